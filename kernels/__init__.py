@@ -1,0 +1,1 @@
+"""Masked-expert and statistics kernels (installed as `resect.kernels`)."""

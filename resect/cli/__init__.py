@@ -1,0 +1,43 @@
+"""The `resect` command line. Each command lives in its own module as a thin wrapper: parse,
+call one library function, render. Heavy imports happen inside the commands so that
+`resect --help` stays fast."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="resect",
+    help="Cut knowledge out of Monet language models by ablating experts exactly, and prove nothing else broke.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+# Command modules register themselves on `app` when imported.
+from . import info  # noqa: E402,F401
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console entry point: ResectError -> one line on stderr and its exit code, no traceback."""
+    from resect.errors import ResectError
+
+    try:
+        app()
+    except ResectError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)

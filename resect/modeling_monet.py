@@ -1,0 +1,370 @@
+"""Monet causal LM (Mixture of Monosemantic Experts, arXiv 2412.04139) for transformers 5.x.
+
+Loads the published checkpoints byte for byte: every tensor name and shape of the released
+`modeling_monet.py`, the same router (eval-mode BatchNorm, the Phi^-1 threshold, softmax of raw
+logits over the selected halves) and the same expert sums, computed head by head so the
+262,144-wide product is never formed. Self-contained apart from torch and transformers (and the
+masked-expert path): edited checkpoints carry a copy of this file for `trust_remote_code=True`.
+
+Notation (shape comments): B batch, T tokens, H router heads (`moe_heads`), E halves per side
+(`moe_experts`), m expert width (`moe_dim`), D hidden size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_monet import MonetConfig
+from .kernels.dispatch import masked_moe_forward  # resect:export-import
+
+BN_EPS = 1e-5
+NEG_INF = -1e10
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)**2 in place on a fresh projection output (saves two full-width temporaries)."""
+    return F.relu(x, inplace=True).square_()
+
+
+def routing_threshold(topk: int, experts: int) -> float:
+    """sigma = Phi^-1(1 - topk / E): the normalised logit above which a half is selected."""
+    return NormalDist().inv_cdf(1.0 - topk / experts)
+
+
+class MonetRMSNorm(LlamaRMSNorm):
+    pass
+
+
+class MonetAttention(LlamaAttention):
+    """LLaMA attention (no bias, RoPE, sdpa/eager/flash through transformers' dispatch)."""
+
+
+class MonetRouter(nn.Module):
+    """Two product-key routers: per head, a softmax over the halves whose normalised logit
+    reaches min(max, sigma). Runs in float32 whatever the model dtype."""
+
+    def __init__(self, config: MonetConfig):
+        super().__init__()
+        self.heads, self.experts = config.moe_heads, config.moe_experts
+        self.w1 = nn.Linear(config.hidden_size, self.heads * self.experts, bias=False)
+        self.w2 = nn.Linear(config.hidden_size, self.heads * self.experts, bias=False)
+        self.norm1 = nn.BatchNorm1d(self.heads, affine=False, eps=BN_EPS)
+        self.norm2 = nn.BatchNorm1d(self.heads, affine=False, eps=BN_EPS)
+        self.sigma = routing_threshold(config.moe_topk, config.moe_experts)
+
+    def _normalise(self, z: torch.Tensor, norm: nn.BatchNorm1d) -> torch.Tensor:
+        """Per-head BatchNorm pooled over experts. z: [B, T, H, E] float32."""
+        if self.training:  # live statistics, only while training a model
+            n = norm(z.transpose(-1, -2).reshape(-1, self.heads))  # [B*T*E, H]
+            return n.view(*z.shape[:-2], self.experts, self.heads).transpose(-1, -2)
+        mean = norm.running_mean.float()[:, None]  # [H, 1]
+        std = torch.sqrt(norm.running_var.float()[:, None] + norm.eps)
+        return (z - mean) / std
+
+    def _gate(self, z: torch.Tensor, norm: nn.BatchNorm1d) -> torch.Tensor:
+        n = self._normalise(z, norm)  # [B, T, H, E]
+        s = n.amax(-1, keepdim=True).clamp(max=self.sigma)  # at least one half per head
+        return torch.softmax(torch.where(n >= s, z, torch.full_like(z, NEG_INF)), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, T, D] -> g1, g2: [B, T, H, E] float32, each head's row summing to 1."""
+        z1 = self.w1(x).unflatten(-1, (self.heads, self.experts)).float()
+        z2 = self.w2(x).unflatten(-1, (self.heads, self.experts)).float()
+        return self._gate(z1, self.norm1), self._gate(z2, self.norm2)
+
+
+class MonetExperts(nn.Module):
+    """Common part of both decompositions: the expert mask of the routing group (None = keep all)."""
+
+    expert_mask: torch.Tensor | None
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("expert_mask", None, persistent=False)  # [E, E] bool, True = removed
+
+    def forward(self, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+        g1, g2 = g1.to(x.dtype), g2.to(x.dtype)
+        if self.expert_mask is not None:
+            return masked_moe_forward(self, x, g1, g2, self.expert_mask)
+        return self.dense_forward(x, g1, g2)
+
+
+class MonetMoVDE(MonetExperts):
+    """Vertical decomposition: expert (i, j) = [V11_i a1_i + V12_i a2_j + b1_i ;
+    V21_j a1_i + V22_j a2_j + b2_j], weighted by w[i, j] = sum_h g1[h, i] g2[h, j]."""
+
+    def __init__(self, config: MonetConfig):
+        super().__init__()
+        self.experts, self.half_dim = config.moe_experts, config.moe_dim // 2
+        width, out = config.moe_experts * self.half_dim, config.hidden_size // 2
+        self.u1 = nn.Linear(config.hidden_size, width)
+        self.u2 = nn.Linear(config.hidden_size, width)
+        self.v11 = nn.Linear(width, out, bias=False)
+        self.v12 = nn.Linear(width, out, bias=False)
+        self.v21 = nn.Linear(width, out, bias=False)
+        self.v22 = nn.Linear(width, out, bias=False)
+        self.b1 = nn.Parameter(torch.zeros(config.moe_experts, out))
+        self.b2 = nn.Parameter(torch.zeros(config.moe_experts, out))
+
+    def activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a1, a2: [B, T, E, m/2]."""
+        shape = (self.experts, self.half_dim)
+        return relu2(self.u1(x)).unflatten(-1, shape), relu2(self.u2(x)).unflatten(-1, shape)
+
+    def project(self, a1, a2, r, c, p, q) -> torch.Tensor:
+        """Output from the row/column sums r, c [B, T, E] and mixed terms p, q [B, T, E, m/2]."""
+        top = self.v11((r.unsqueeze(-1) * a1).flatten(-2)) + self.v12(p.flatten(-2)) + r @ self.b1
+        bottom = self.v21(q.flatten(-2)) + self.v22((c.unsqueeze(-1) * a2).flatten(-2)) + c @ self.b2
+        return torch.cat((top, bottom), dim=-1)  # [B, T, D]
+
+    def dense_forward(self, x, g1, g2):
+        a1, a2 = self.activations(x)
+        # P[i] = sum_h g1[h,i] (g2_h . a2), Q[j] = sum_h g2[h,j] (g1_h . a1): heads contracted first.
+        p = g1.transpose(-1, -2) @ (g2 @ a2)  # [B,T,E,H] @ [B,T,H,m/2] -> [B, T, E, m/2]
+        q = g2.transpose(-1, -2) @ (g1 @ a1)
+        return self.project(a1, a2, g1.sum(-2), g2.sum(-2), p, q)
+
+
+class MonetMoHDE(MonetExperts):
+    """Horizontal decomposition: expert (i, j) = V_j relu2(U_i x) + b_j."""
+
+    def __init__(self, config: MonetConfig):
+        super().__init__()
+        self.experts, self.dim = config.moe_experts, config.moe_dim
+        width = config.moe_experts * config.moe_dim
+        self.u = nn.Linear(config.hidden_size, width)
+        self.v = nn.Linear(width, config.hidden_size, bias=False)
+        self.b = nn.Parameter(torch.zeros(config.moe_experts, config.hidden_size))
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """a: [B, T, E, m]."""
+        return relu2(self.u(x)).unflatten(-1, (self.experts, self.dim))
+
+    def project(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """q [B, T, E, m] (column-mixed activations), c [B, T, E] column sums -> [B, T, D]."""
+        return self.v(q.flatten(-2)) + c @ self.b
+
+    def dense_forward(self, x, g1, g2):
+        a = self.activations(x)
+        q = g2.transpose(-1, -2) @ (g1 @ a)  # Q[j] = sum_h g2[h,j] (g1_h . a): [B, T, E, m]
+        return self.project(q, g2.sum(-2))
+
+
+class MonetDecoderLayer(nn.Module):
+    def __init__(self, config: MonetConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.self_attn = MonetAttention(config=config, layer_idx=layer_idx)
+        experts = MonetMoVDE if config.moe_decompose == "vertical" else MonetMoHDE
+        self.moe = experts(config)
+        self.router = MonetRouter(config) if layer_idx % config.moe_groups == 0 else None
+        self.input_layernorm = MonetRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = MonetRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, router_probs, *, attention_mask, position_embeddings, cache, **kwargs):
+        """Returns (hidden [B, T, D], router probs (g1, g2) of this group, attention weights)."""
+        residual = hidden_states
+        hidden_states, attn_weights = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            cache=cache,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+        normed = self.post_attention_layernorm(hidden_states)
+        if self.router is not None:  # first layer of a routing group routes for the whole group
+            router_probs = self.router(normed)
+        hidden_states = hidden_states + self.moe(normed, *router_probs)
+        return hidden_states, router_probs, attn_weights
+
+
+@dataclass
+class MonetModelOutputWithPast(BaseModelOutputWithPast):
+    router_probs: tuple | None = None
+
+
+@dataclass
+class MonetCausalLMOutputWithPast(CausalLMOutputWithPast):
+    router_probs: tuple | None = None
+
+
+class MonetPreTrainedModel(PreTrainedModel):
+    config_class = MonetConfig
+    config: MonetConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["MonetDecoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MonetMoVDE):
+            init.zeros_(module.b1)
+            init.zeros_(module.b2)
+        elif isinstance(module, MonetMoHDE):
+            init.zeros_(module.b)
+
+
+class MonetModel(MonetPreTrainedModel):
+    def __init__(self, config: MonetConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(MonetDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = MonetRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_probs: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MonetModelOutputWithPast | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_router_probs = self.config.output_router_probs if output_router_probs is None else output_router_probs
+        output_attentions = bool(output_attentions)
+        inputs_embeds = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None] + past
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        hidden_states = inputs_embeds  # [B, T, D]
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        all_hidden, all_attn, all_router = [], [], []
+        router_probs = None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            hidden_states, router_probs, attn = layer(
+                hidden_states,
+                router_probs,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                cache=cache,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
+            all_attn.append(attn)
+            all_router.append(router_probs if layer.router is not None else None)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        out = MonetModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+            router_probs=tuple(all_router) if output_router_probs else None,
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+
+class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
+    def __init__(self, config: MonetConfig):
+        super().__init__(config)
+        self.model = MonetModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MonetCausalLMOutputWithPast | tuple:
+        kwargs.pop("cache_position", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
+            loss = F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+        out = MonetCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_probs=outputs.router_probs,
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+
+__all__ = ["MonetForCausalLM", "MonetModel", "MonetPreTrainedModel"]
