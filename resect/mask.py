@@ -1,0 +1,289 @@
+"""Expert masks: for each routing group, the set of removed experts (i, j), flat id i*E + j.
+
+A mask is a plain value: set algebra (`|`, `&`, `-`), counts, a fingerprint, validation against
+a model's geometry, and two file forms. The JSON interchange form is meant to be written by hand
+or by other tools:
+
+    {"format": "resect.mask/v1", "moe_experts": E, "num_groups": G,
+     "experts": {"<group>": [flat ids]}, ...extra metadata keys}
+
+Any other suffix gets a compact binary form (a JSON header, then one zlib-compressed bitmap of
+E*E bits per non-empty group), about 33 KB per fully populated group at E = 512.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import MaskError
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT = "resect.mask/v1"
+BINARY_MAGIC = b"RESECTMASK1\n"
+RESERVED_KEYS = {"format", "moe_experts", "num_groups", "experts"}
+
+
+def _geometry(config: Any) -> tuple[int, int]:
+    """(E, number of routing groups) of a MonetConfig or a config.json dict."""
+    get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+    experts, layers, per_group = get("moe_experts"), get("num_hidden_layers"), get("moe_groups")
+    if not all(isinstance(v, int) and v > 0 for v in (experts, layers, per_group)):
+        raise MaskError("Config lacks moe_experts / num_hidden_layers / moe_groups: not a Monet model config.")
+    return experts, -(-layers // per_group)
+
+
+def _as_ids(values: Iterable[int], limit: int, group: int) -> np.ndarray:
+    """Sorted unique int64 flat ids, each checked to lie in [0, limit)."""
+    try:
+        ids = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
+    except TypeError:
+        raise MaskError(f"Group {group}: expert ids must be a list of integers.") from None
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))):
+        raise MaskError(f"Group {group}: expert ids must be integers (flat id i*E + j), found {ids.dtype} values.")
+    ids = np.unique(ids.astype(np.int64).ravel())
+    if ids[0] < 0 or ids[-1] >= limit:
+        bad = int(ids[0] if ids[0] < 0 else ids[-1])
+        raise MaskError(f"Group {group}: expert id {bad} is outside [0, {limit}) (E*E for E={int(limit**0.5)}).")
+    return ids
+
+
+class ExpertMask:
+    """Removed experts per routing group. `experts` maps a 0-based group to flat ids i*E + j."""
+
+    def __init__(
+        self,
+        moe_experts: int,
+        num_groups: int,
+        experts: Mapping[int, Iterable[int]] | None = None,
+        meta: dict | None = None,
+    ):
+        if not (isinstance(moe_experts, int) and moe_experts > 0 and isinstance(num_groups, int) and num_groups > 0):
+            raise MaskError(f"A mask needs positive integer moe_experts and num_groups, found {moe_experts!r}, {num_groups!r}.")
+        self.moe_experts, self.num_groups = moe_experts, num_groups
+        self.meta: dict = dict(meta or {})
+        self._ids: dict[int, np.ndarray] = {}
+        for group, values in (experts or {}).items():
+            g = self._group_index(group)
+            ids = _as_ids(values, moe_experts * moe_experts, g)
+            if ids.size:
+                self._ids[g] = np.union1d(self._ids[g], ids) if g in self._ids else ids
+
+    def _group_index(self, group: Any) -> int:
+        try:
+            g = int(group)
+        except (TypeError, ValueError):
+            raise MaskError(f"Group key {group!r} is not an integer (0-based routing group).") from None
+        if str(g) != str(group).strip() and not isinstance(group, (int, np.integer)):
+            raise MaskError(f"Group key {group!r} is not an integer (0-based routing group).")
+        if not 0 <= g < self.num_groups:
+            raise MaskError(f"Group {g} does not exist: this mask has groups 0..{self.num_groups - 1} (0-based).")
+        return g
+
+    # ---- constructors -------------------------------------------------------------------
+    @classmethod
+    def empty_like(cls, config: Any) -> ExpertMask:
+        """An empty mask with the geometry of a MonetConfig (or config.json dict)."""
+        experts, groups = _geometry(config)
+        return cls(experts, groups)
+
+    @classmethod
+    def from_dense(cls, dense: Mapping[int, torch.Tensor], *, num_groups: int, meta: dict | None = None) -> ExpertMask:
+        """From {group: BoolTensor [E, E]} (True = removed)."""
+        experts = {g: m.flatten().nonzero().flatten().tolist() for g, m in dense.items()}
+        sizes = {m.shape[-1] for m in dense.values()} or {0}
+        if len(sizes) != 1 or any(m.shape[0] != m.shape[1] for m in dense.values()):
+            raise MaskError("Dense masks must all be square [E, E] with the same E.")
+        return cls(sizes.pop(), num_groups, experts, meta)
+
+    # ---- queries ------------------------------------------------------------------------
+    def ids(self, group: int) -> np.ndarray:
+        """Sorted flat ids removed in a group (int64, possibly empty)."""
+        return self._ids.get(self._group_index(group), np.zeros(0, dtype=np.int64))
+
+    @property
+    def groups(self) -> list[int]:
+        """Groups with at least one removed expert, ascending."""
+        return sorted(self._ids)
+
+    def counts(self) -> dict[int, int]:
+        """Removed experts per group, every group listed (0 where none)."""
+        return {g: int(self._ids[g].size) if g in self._ids else 0 for g in range(self.num_groups)}
+
+    @property
+    def total(self) -> int:
+        return sum(int(v.size) for v in self._ids.values())
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._ids
+
+    def fingerprint(self) -> str:
+        """sha256 over geometry and removed ids (metadata ignored): 16 hex digits."""
+        h = hashlib.sha256(f"{FORMAT}:{self.moe_experts}:{self.num_groups}".encode())
+        for g in self.groups:
+            h.update(struct.pack("<q", g))
+            h.update(self._ids[g].astype("<i8").tobytes())
+        return h.hexdigest()[:16]
+
+    def dense(self, group: int) -> torch.Tensor:
+        """BoolTensor [E, E], True = removed."""
+        import torch
+
+        flat = torch.zeros(self.moe_experts * self.moe_experts, dtype=torch.bool)
+        flat[torch.from_numpy(self.ids(group).copy())] = True
+        return flat.view(self.moe_experts, self.moe_experts)
+
+    def validate_for(self, config: Any) -> None:
+        """Raise MaskError unless the mask fits the model's E and number of routing groups."""
+        experts, groups = _geometry(config)
+        if experts != self.moe_experts:
+            raise MaskError(
+                f"Mask is for moe_experts={self.moe_experts} but the model has moe_experts={experts}. "
+                "Build the mask from this model's statistics."
+            )
+        if groups != self.num_groups:
+            raise MaskError(
+                f"Mask has {self.num_groups} routing groups but the model has {groups}. Build the mask from this model's statistics."
+            )
+
+    # ---- algebra ------------------------------------------------------------------------
+    def _combine(self, other: ExpertMask, op, name: str) -> ExpertMask:
+        if not isinstance(other, ExpertMask):
+            return NotImplemented
+        if (other.moe_experts, other.num_groups) != (self.moe_experts, self.num_groups):
+            raise MaskError(
+                f"Cannot combine masks of different geometry: E={self.moe_experts}, {self.num_groups} groups vs "
+                f"E={other.moe_experts}, {other.num_groups} groups."
+            )
+        empty = np.zeros(0, dtype=np.int64)
+        experts = {g: op(self._ids.get(g, empty), other._ids.get(g, empty)) for g in set(self._ids) | set(other._ids)}
+        meta = {"derived": f"{self.fingerprint()} {name} {other.fingerprint()}"}
+        return ExpertMask(self.moe_experts, self.num_groups, experts, meta)
+
+    def __or__(self, other: ExpertMask) -> ExpertMask:
+        return self._combine(other, np.union1d, "|")
+
+    def __and__(self, other: ExpertMask) -> ExpertMask:
+        return self._combine(other, np.intersect1d, "&")
+
+    def __sub__(self, other: ExpertMask) -> ExpertMask:
+        return self._combine(other, np.setdiff1d, "-")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExpertMask):
+            return NotImplemented
+        return (self.moe_experts, self.num_groups) == (other.moe_experts, other.num_groups) and self.groups == other.groups and all(
+            np.array_equal(self._ids[g], other._ids[g]) for g in self.groups
+        )
+
+    __hash__ = None  # mutable meta; compare with == or fingerprint()
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{g}: {n}" for g, n in self.counts().items() if n)
+        return f"ExpertMask(E={self.moe_experts}, groups={self.num_groups}, removed={self.total} {{{counts}}})"
+
+    # ---- files --------------------------------------------------------------------------
+    def to_json_dict(self) -> dict:
+        """The interchange form (metadata keys first-level, reserved keys win)."""
+        out = {k: v for k, v in self.meta.items() if k not in RESERVED_KEYS}
+        out.update(format=FORMAT, moe_experts=self.moe_experts, num_groups=self.num_groups)
+        out["experts"] = {str(g): self._ids[g].tolist() for g in self.groups}
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """JSON when the name ends in .json, compact binary otherwise. Written atomically."""
+        path = Path(path)
+        data = json.dumps(self.to_json_dict()).encode() if path.suffix.lower() == ".json" else self._to_binary()
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            from .errors import OutputError
+
+            raise OutputError(f"Cannot write mask to '{path}' ({exc.strerror}). Choose a writable path.") from None
+        return path
+
+    def _to_binary(self) -> bytes:
+        header = {k: v for k, v in self.to_json_dict().items() if k != "experts"}
+        header["groups"] = self.groups
+        blob = json.dumps(header).encode()
+        parts = [BINARY_MAGIC, struct.pack("<I", len(blob)), blob]
+        for g in self.groups:
+            bits = np.zeros(self.moe_experts * self.moe_experts, dtype=bool)
+            bits[self._ids[g]] = True
+            packed = zlib.compress(np.packbits(bits, bitorder="little").tobytes(), 6)
+            parts += [struct.pack("<Q", len(packed)), packed]
+        return b"".join(parts)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ExpertMask:
+        """Read either form (detected from the content, not the name)."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise MaskError(f"Mask file '{path}' does not exist.") from None
+        except OSError as exc:
+            raise MaskError(f"Cannot read mask file '{path}' ({exc.strerror}).") from None
+        if raw.startswith(BINARY_MAGIC):
+            return cls._from_binary(raw, path)
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MaskError(f"Mask file '{path}' is neither a resect binary mask nor valid JSON ({exc}).") from None
+        return cls.from_json_dict(data, source=str(path))
+
+    @classmethod
+    def from_json_dict(cls, data: Any, *, source: str = "mask") -> ExpertMask:
+        if not isinstance(data, dict):
+            raise MaskError(f"{source}: expected a JSON object with moe_experts, num_groups and experts.")
+        if data.get("format", FORMAT) != FORMAT:
+            raise MaskError(f"{source}: format is {data['format']!r}, expected {FORMAT!r}.")
+        missing = [k for k in ("moe_experts", "num_groups", "experts") if k not in data]
+        if missing:
+            raise MaskError(f"{source}: missing key(s) {', '.join(missing)}; expected {{'format': '{FORMAT}', "
+                            "'moe_experts': E, 'num_groups': G, 'experts': {'<group>': [flat ids]}}.")
+        if not isinstance(data["experts"], dict) or not all(isinstance(v, list) for v in data["experts"].values()):
+            raise MaskError(f"{source}: 'experts' must map a group number (string) to a list of flat ids.")
+        meta = {k: v for k, v in data.items() if k not in RESERVED_KEYS}
+        try:
+            return cls(data["moe_experts"], data["num_groups"], data["experts"], meta)
+        except MaskError as exc:
+            raise MaskError(f"{source}: {exc}") from None
+
+    @classmethod
+    def _from_binary(cls, raw: bytes, path: Path) -> ExpertMask:
+        try:
+            off = len(BINARY_MAGIC)
+            (n,) = struct.unpack_from("<I", raw, off)
+            header = json.loads(raw[off + 4 : off + 4 + n])
+            off += 4 + n
+            experts_n = int(header["moe_experts"])
+            experts = {}
+            for g in header["groups"]:
+                (size,) = struct.unpack_from("<Q", raw, off)
+                bits = np.unpackbits(np.frombuffer(zlib.decompress(raw[off + 8 : off + 8 + size]), dtype=np.uint8), bitorder="little")
+                experts[g] = np.flatnonzero(bits[: experts_n * experts_n])
+                off += 8 + size
+        except (struct.error, zlib.error, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise MaskError(f"Mask file '{path}' is a damaged binary mask. Recreate it.") from None
+        meta = {k: v for k, v in header.items() if k not in RESERVED_KEYS | {"groups"}}
+        return cls(experts_n, header["num_groups"], experts, meta)
+
+
+__all__ = ["ExpertMask", "FORMAT"]
