@@ -1,0 +1,123 @@
+"""`resect eval`, `resect ppl-tasks`, `resect toxicity-eval`: measure one model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _write_json(data: dict, out: Path | None) -> None:
+    from resect.verify import write_atomic
+
+    text = json.dumps(data, indent=2, default=str)
+    if out is None:
+        typer.echo(text)
+        return
+    if out.is_dir():
+        from resect.errors import OutputError
+
+        raise OutputError(f"'{out}' is a folder. Pass a file name for the results JSON.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text)
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Argument(help="Checkpoint folder (edited or not) or Hugging Face repo id.")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated lm-eval task names, task folders or YAML files.")],
+    include_path: Annotated[list[Path] | None, typer.Option("--include-path", help="Folder of extra lm-eval task YAMLs (repeatable).")] = None,
+    limit: Annotated[float | None, typer.Option(help="Examples per task (a fraction when below 1); for quick checks.")] = None,
+    batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for lm-eval's samplers.")] = 0,
+    dtype: Annotated[str | None, typer.Option(help="Load weights as float32 | bfloat16 | float16.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write lm-eval's full results JSON here (default: stdout).")] = None,
+) -> None:
+    """Run lm-eval on a Monet checkpoint in memory (masks included) and write lm-eval's results JSON."""
+    from resect.evaluate import evaluate, require_extras
+    from resect.loading import load_model, load_tokenizer
+
+    require_extras("lm_eval", "accelerate")
+    names = _csv(tasks)
+    if not names:
+        raise typer.BadParameter("name at least one task", param_hint="--tasks")
+    lim = int(limit) if limit is not None and limit >= 1 else limit
+    from resect.evaluate import resolve_tasks
+
+    resolve_tasks(names, include_path)  # a typo fails before the model loads
+    results = evaluate(
+        load_model(model, dtype=dtype, device=device), load_tokenizer(model), names,
+        include_path=include_path, limit=lim, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    _write_json(results, out)
+    _print_summary(results)
+
+
+def _print_summary(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lm-eval results")
+    for col in ("task", "metric", "value", "stderr"):
+        table.add_column(col)
+    for task, entry in sorted(results["results"].items()):
+        for key, value in entry.items():
+            name, _, filt = key.partition(",")
+            if not filt or "_stderr" in name or not isinstance(value, (int, float)):
+                continue
+            se = entry.get(f"{name}_stderr,{filt}")
+            table.add_row(task, name, f"{value:.4f}", f"{se:.4f}" if isinstance(se, (int, float)) else "-")
+    Console(stderr=True).print(table)
+
+
+@app.command("ppl-tasks")
+def ppl_tasks(
+    corpus: Annotated[Path, typer.Argument(help="JSONL of {\"text\", \"label\"} lines of held-out text.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the task YAMLs and data (use it as --include-path).")],
+    prefix: Annotated[str, typer.Option(help="Task names are <prefix>_<label>.")] = "ppl",
+    max_docs: Annotated[int | None, typer.Option(help="Keep at most this many texts per label.")] = None,
+) -> None:
+    """Generate lm-eval perplexity tasks (loglikelihood_rolling), one per label, from held-out text."""
+    from resect.tasks import make_perplexity_tasks
+
+    names = make_perplexity_tasks(corpus, out_dir, prefix=prefix, max_docs=max_docs)
+    typer.echo(",".join(names))
+
+
+@app.command("toxicity-eval")
+def toxicity_eval(
+    model: Annotated[str, typer.Argument(help="Checkpoint folder (edited or not).")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="JSONL of {\"prompt\": ..., \"toxic\"?: bool} lines.")],
+    samples: Annotated[int, typer.Option(help="Samples per prompt (k).")] = 25,
+    max_new_tokens: Annotated[int, typer.Option(help="New tokens per sample.")] = 20,
+    temperature: Annotated[float, typer.Option()] = 1.0,
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    seed: Annotated[int, typer.Option()] = 0,
+    scorer: Annotated[str, typer.Option(help="profanity | detoxify | perspective.")] = "profanity",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the toxicity JSON here (default: stdout).")] = None,
+) -> None:
+    """Expected maximum toxicity and toxicity probability of sampled continuations (the paper's protocol)."""
+    from resect.loading import load_model, load_tokenizer
+    from resect.scoring import get_scorer
+    from resect.toxicity import check_settings, measure_toxicity, read_prompts
+
+    check_settings(samples, max_new_tokens, temperature, top_p, limit)
+    read_prompts(prompts)  # bad prompts fail before the model loads
+    get_scorer(scorer)
+    result = measure_toxicity(
+        load_model(model, device=device), load_tokenizer(model), prompts, samples=samples, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, seed=seed, scorer=scorer, limit=limit,
+    )  # fmt: skip
+    _write_json(result, out)

@@ -1,0 +1,85 @@
+"""`resect verify EDITED`: the CI gate. Exit 0 pass, 1 a threshold breached, 2 usage or input error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@app.command()
+def verify(
+    edited: Annotated[str, typer.Argument(help="Edited checkpoint folder.")],
+    baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="Baseline checkpoint (default: the source in EDITED's provenance).")] = None,
+    target_tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks that must fall (task or task:metric).")] = None,
+    general_tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks that must hold (task or task:metric).")] = None,
+    min_target_drop: Annotated[float | None, typer.Option(help="Every target must drop at least this much (points, or % for perplexity).")] = None,
+    max_general_drop: Annotated[float | None, typer.Option(help="No general task may drop more than this (points, or % for perplexity).")] = None,
+    target_toxicity: Annotated[list[Path] | None, typer.Option(help="Prompts JSONL whose expected maximum toxicity must fall (repeatable).")] = None,
+    toxicity_samples: Annotated[int, typer.Option(help="Samples per toxicity prompt.")] = 25,
+    toxicity_max_new_tokens: Annotated[int, typer.Option(help="New tokens per toxicity sample.")] = 20,
+    toxicity_limit: Annotated[int | None, typer.Option(help="Use only the first N toxicity prompts.")] = None,
+    scorer: Annotated[str, typer.Option(help="Toxicity scorer: profanity | detoxify | perspective.")] = "profanity",
+    include_path: Annotated[list[Path] | None, typer.Option("--include-path", help="Folder of extra lm-eval task YAMLs (repeatable).")] = None,
+    limit: Annotated[float | None, typer.Option(help="Examples per task (a fraction when below 1).")] = None,
+    batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for lm-eval and sampling.")] = 0,
+    dtype: Annotated[str | None, typer.Option(help="Load weights as float32 | bfloat16 | float16.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate the baseline even when cached results exist.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for verify.json, verify.md and verify.png.")] = Path("resect-verify"),
+    step_summary: Annotated[bool, typer.Option("--step-summary", help="Append verify.md to $GITHUB_STEP_SUMMARY.")] = False,
+) -> None:
+    """Evaluate EDITED against its baseline and gate on thresholds: targets must fall, the rest must hold."""
+    from resect.toxicity import check_settings
+    from resect.verify import verify as run_verify
+
+    if toxicity_limit is not None or target_toxicity:
+        check_settings(toxicity_samples, toxicity_max_new_tokens, 1.0, 0.9, toxicity_limit)
+    report = run_verify(
+        edited, baseline,
+        target_tasks=_csv(target_tasks), general_tasks=_csv(general_tasks),
+        min_target_drop=min_target_drop, max_general_drop=max_general_drop,
+        target_toxicity=[str(p) for p in target_toxicity or []],
+        toxicity_settings={"samples": toxicity_samples, "max_new_tokens": toxicity_max_new_tokens,
+                           "limit": toxicity_limit, "scorer": scorer},
+        include_path=include_path, limit=int(limit) if limit is not None and limit >= 1 else limit,
+        batch_size=batch_size, seed=seed, use_cache=not no_cache, out_dir=out, dtype=dtype, device=device,
+    )  # fmt: skip
+    _print(report, out)
+    if step_summary and os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
+            fh.write((out / "verify.md").read_text())
+    if report["verdict"] != "pass":
+        raise typer.Exit(1)
+
+
+def _print(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{report['edited']['path']} vs {report['baseline']['path']}")
+    for col in ("task", "role", "metric", "baseline", "edited", "drop", "threshold", "result"):
+        table.add_column(col)
+    for r in report["rows"]:
+        unit = " pts" if r["unit"] == "points" else " %"
+        se = f" ± {r['drop_stderr']:.2g}" if r["drop_stderr"] is not None else ""
+        rule = ("≥ " if r["role"] == "target" else "≤ ") + f"{r['threshold']:g}{unit}"
+        result = "[green]pass[/green]" if r["passed"] else "[bold red]BREACHED[/bold red]"
+        table.add_row(r["task"], r["role"], r["metric"], f"{r['baseline']:.4g}", f"{r['edited']:.4g}", f"{r['drop']:+.2f}{unit}{se}", rule, result)
+    console.print(table)
+    if report["baseline"]["cached"]:
+        console.print("baseline results: from cache")
+    if report["verdict"] == "pass":
+        console.print(f"[bold green]PASS[/bold green]  report in {out}/verify.json, verify.md, verify.png")
+    else:
+        console.print(f"[bold red]FAIL[/bold red]  breached: {', '.join(report['breached'])}  (report in {out})")

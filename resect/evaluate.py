@@ -1,0 +1,197 @@
+"""lm-eval on the in-memory model: any registered task name, a local task folder or YAML file.
+
+The model object goes straight into `HFLM(pretrained=model)`, so a masked model is evaluated
+exactly as it sits in memory (no save and reload). Task names are checked against lm-eval's
+index (built-in tasks plus every include path) before anything runs, so a typo costs seconds
+and ends with a "did you mean", not a traceback deep inside lm-eval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import EvalError, unknown
+
+log = logging.getLogger(__name__)
+
+EXTRAS = {"lm_eval": "lm-eval", "accelerate": "accelerate", "matplotlib": "matplotlib"}
+BOOTSTRAP_ITERS = 1000  # one deterministic chunk (random.Random(0)) in lm-eval's bootstrap
+
+
+def require_extras(*modules: str) -> None:
+    """Fail with one line naming what to install when an optional evaluation package is missing."""
+    for module in modules or tuple(EXTRAS):
+        try:
+            __import__(module)
+        except ImportError:
+            raise EvalError(
+                f"Evaluation needs the package '{EXTRAS.get(module, module)}', which is not installed. "
+                "Install the extras: pip install 'resect[eval]'."
+            ) from None
+
+
+def lm_eval_version() -> str:
+    """The installed lm-eval version (part of every cache key)."""
+    from importlib.metadata import version
+
+    return version("lm-eval")
+
+
+@contextlib.contextmanager
+def _single_process_bootstrap() -> Iterator[None]:
+    """lm-eval bootstraps perplexity stderrs in a process pool unless DISABLE_MULTIPROC is set;
+    forking a process that holds a model wastes memory, and one process gives the same numbers."""
+    saved = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = saved
+
+
+@lru_cache(maxsize=8)
+def _task_manager(include_paths: tuple[str, ...]):
+    """lm-eval's TaskManager (indexing ~15k YAMLs takes seconds: built once per include set)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths) or None)
+
+
+def _tasks_in(folder: Path) -> list[str]:
+    """Names of the tasks defined by the YAML files directly under or below a folder."""
+    names = []
+    for file in sorted(folder.rglob("*.yaml")):
+        try:
+            cfg = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError:
+            continue  # lm-eval YAMLs may use !function tags; those tasks are reached by name
+        if isinstance(cfg, dict) and isinstance(cfg.get("task"), str):
+            names.append(cfg["task"])
+    return names
+
+
+def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequence | None = None) -> tuple[list[str], list[str]]:
+    """Task names and include paths from names, local task folders and YAML files; unknown names fail.
+
+    A folder contributes every task its YAML files define; a YAML file contributes its `task`.
+    """
+    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path or [])
+    includes = [str(Path(p).resolve()) for p in paths]
+    for p in includes:
+        if not Path(p).is_dir():
+            raise EvalError(f"Include path '{p}' is not a folder. Pass a folder of lm-eval task YAML files.")
+    names: list[str] = []
+    for task in tasks:
+        path = Path(task).expanduser()
+        if task.endswith((".yaml", ".yml")) or path.is_dir():
+            if not path.exists():
+                raise EvalError(f"Task file '{task}' does not exist. Pass a task name, a task folder or a YAML file.")
+            folder = path if path.is_dir() else path.parent
+            found = _tasks_in(folder) if path.is_dir() else _tasks_in_file(path)
+            if not found:
+                raise EvalError(f"'{task}' defines no lm-eval task (no YAML with a 'task:' key). Check the path.")
+            includes.append(str(folder.resolve()))
+            names += found
+        else:
+            names.append(task)
+    includes = list(dict.fromkeys(includes))
+    known = set(_task_manager(tuple(includes)).all_tasks)
+    for name in names:
+        if name not in known:
+            raise EvalError(unknown("lm-eval task", name, _near(name, known)) + " Add --include-path for local tasks.")
+    return list(dict.fromkeys(names)), includes
+
+
+def _tasks_in_file(file: Path) -> list[str]:
+    try:
+        cfg = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise EvalError(f"Task file '{file}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
+    return [cfg["task"]] if isinstance(cfg, dict) and isinstance(cfg.get("task"), str) else []
+
+
+def _near(name: str, known: set[str]) -> list[str]:
+    """The candidates worth listing after 'Available:' (lm-eval knows ~15k names: show the close ones)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=10, cutoff=0.6)
+    return close or sorted(k for k in known if k.split("_")[0] == name.split("_")[0])[:10]
+
+
+def task_config_hash(tasks: Sequence[str], include_paths: Sequence[str]) -> str:
+    """Hash of the YAML configs behind the tasks and of the local data files they read.
+
+    Editing a task YAML or its JSONL changes the hash, so cached baseline results are not reused.
+    """
+    manager = _task_manager(tuple(include_paths))
+    digest = hashlib.sha256()
+    for name in sorted(tasks):
+        entry = manager.task_index.get(name)
+        digest.update(name.encode())
+        yaml_path = getattr(entry, "yaml_path", None)
+        if yaml_path and Path(yaml_path).is_file():
+            text = Path(yaml_path).read_text()
+            digest.update(text.encode())
+            for data_file in _local_data_files(entry.cfg or {}):
+                digest.update(hashlib.sha256(data_file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _local_data_files(cfg: dict[str, Any]) -> list[Path]:
+    files = ((cfg.get("dataset_kwargs") or {}).get("data_files")) or {}
+    values = files.values() if isinstance(files, dict) else [files]
+    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    return [Path(v) for v in flat if isinstance(v, str) and Path(v).is_file()]
+
+
+def evaluate(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    include_path: str | os.PathLike | Sequence | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> dict:
+    """Run lm-eval on an in-memory model; returns lm-eval's results dict (JSON-serialisable)."""
+    require_extras("lm_eval", "accelerate")
+    if limit is not None and limit <= 0:
+        raise EvalError(f"--limit must be positive, got {limit}.")
+    if batch_size < 1:
+        raise EvalError(f"--batch-size must be at least 1, got {batch_size}.")
+    names, includes = resolve_tasks(tasks, include_path)
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    log.info("lm-eval %s on %s (limit %s)", lm_eval_version(), ", ".join(names), limit)
+    with _single_process_bootstrap():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            task_manager=_task_manager(tuple(includes)),
+            limit=limit,
+            bootstrap_iters=BOOTSTRAP_ITERS,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    if results is None:
+        raise EvalError("lm-eval returned no results (a non-zero rank of a distributed run). Run on one process.")
+    return json.loads(json.dumps(results, default=str))

@@ -1,0 +1,105 @@
+"""Perplexity tasks generated from held-out text: a universal metric for labels without a quiz.
+
+A JSONL of {"text", "label"} lines becomes one lm-eval task per label
+(`loglikelihood_rolling`, metrics word_perplexity / byte_perplexity / bits_per_byte), written as
+a YAML beside a JSONL of that label's texts, with absolute data paths so the folder works as an
+`--include-path` from anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from .errors import CorpusError, OutputError
+
+log = logging.getLogger(__name__)
+
+PPL_METRICS = ["word_perplexity", "byte_perplexity", "bits_per_byte"]
+
+
+def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", label_field: str = "label") -> dict[str, list[str]]:
+    """Texts grouped by label from a JSONL file; malformed lines fail with their line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"Held-out text file '{path}' does not exist. Pass a JSONL of {{\"{text_field}\", \"{label_field}\"}} lines.")
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise CorpusError(f"'{path}' line {number} is not JSON. Each line must be one JSON object.") from None
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str) or label_field not in row:
+            raise CorpusError(f"'{path}' line {number} lacks a string '{text_field}' or a '{label_field}'.")
+        if row[text_field].strip():
+            by_label[str(row[label_field])].append(row[text_field])
+    if not by_label:
+        raise CorpusError(f"'{path}' holds no non-empty text. Add {{\"{text_field}\", \"{label_field}\"}} lines.")
+    return dict(by_label)
+
+
+def task_name(prefix: str, label: str) -> str:
+    """`<prefix>_<label>` with the label reduced to [a-z0-9_] (lm-eval task names are identifiers)."""
+    return f"{prefix}_{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_') or 'unlabelled'}"
+
+
+def perplexity_task_config(name: str, data_file: Path) -> dict:
+    """The YAML config of one rolling-loglikelihood task over a JSONL of {"text"} lines."""
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
+        "test_split": "test",
+        "output_type": "loglikelihood_rolling",
+        "doc_to_text": "",
+        "doc_to_target": "{{text}}",
+        "should_decontaminate": False,
+        "metric_list": [{"metric": m} for m in PPL_METRICS],
+        "metadata": {"version": 1.0},
+    }
+
+
+def make_perplexity_tasks(
+    corpus: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    prefix: str = "ppl",
+    text_field: str = "text",
+    label_field: str = "label",
+    max_docs: int | None = None,
+) -> list[str]:
+    """Write `<prefix>_<label>.yaml` + `.jsonl` per label into out_dir; returns the task names."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
+        raise OutputError(f"Task prefix '{prefix}' must be an identifier (letters, digits, underscores).")
+    texts = read_labelled_texts(corpus, text_field=text_field, label_field=label_field)
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"'{out}' exists and is not a folder. Pass a folder for the generated tasks.")
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for label, docs in sorted(texts.items()):
+        name = task_name(prefix, label)
+        if name in names:
+            raise CorpusError(f"Labels collide in task name '{name}'. Rename one of the labels in '{corpus}'.")
+        lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[:max_docs])
+        _write_atomic(out / f"{name}.jsonl", lines)
+        _write_atomic(out / f"{name}.yaml", yaml.safe_dump(perplexity_task_config(name, out / f"{name}.jsonl"), sort_keys=False))
+        names.append(name)
+    log.info("wrote %d perplexity tasks to %s", len(names), out)
+    return names
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,453 @@
+"""The gate: did the target fall, and did everything else hold?
+
+`verify` evaluates a baseline and an edited checkpoint on target and general tasks, turns each
+metric into a *drop* (positive = the edited model does worse at it) with a standard error, and
+compares drops with two thresholds: every target task must drop by at least `min_target_drop`,
+no general task may drop by more than `max_general_drop`.
+
+How a drop is measured depends on the metric's direction (lm-eval's `higher_is_better`):
+- higher is better (acc, acc_norm, exact_match, ...; values in [0, 1]): drop in points,
+  100 * (baseline - edited). 0.40 -> 0.35 is a drop of 5 points.
+- lower is better (word_perplexity, byte_perplexity, bits_per_byte): relative drop in percent,
+  100 * (edited - baseline) / baseline. Perplexity 20 -> 25 is a drop of 25 %. Perplexity spans
+  orders of magnitude across models and labels, so only a relative change is comparable.
+- toxicity targets (expected maximum toxicity, in [0, 1]): drop in points,
+  100 * (baseline - edited): the target behaviour is toxicity itself, so it should fall.
+Standard errors of drops treat the two evaluations as independent (conservative for paired
+data): sqrt(se_b^2 + se_e^2) in points, the delta method for relative drops.
+
+Baseline results are cached on disk ($RESECT_CACHE_DIR or ~/.cache/resect), keyed by a digest of
+the baseline's weights and masks, the task configuration (YAML and local data files), limit,
+seed and the lm-eval version, so verifying ten edits of one model evaluates the base once.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, EvalError, OutputError, UsageError
+
+log = logging.getLogger(__name__)
+
+GEOMETRY_KEYS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "moe_experts", "moe_heads", "moe_dim", "moe_topk", "moe_groups", "moe_decompose",
+)  # fmt: skip
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "toxicity")
+PREFERRED_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "bits_per_byte")
+
+
+@dataclass
+class Row:
+    """One task's comparison: values, drop with its standard error, and whether it passed."""
+
+    task: str
+    role: str  # "target" | "general"
+    metric: str
+    unit: str  # "points" | "%"
+    baseline: float
+    edited: float
+    baseline_stderr: float | None
+    edited_stderr: float | None
+    drop: float
+    drop_stderr: float | None
+    threshold: float
+    passed: bool
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Where baseline results live: $RESECT_CACHE_DIR, else ~/.cache/resect."""
+    root = os.environ.get("RESECT_CACHE_DIR") or Path.home() / ".cache" / "resect"
+    return Path(root) / "baselines"
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def cache_load(key: str) -> dict | None:
+    file = cache_dir() / f"{key}.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("ignoring unreadable cache entry %s", file)
+        return None
+
+
+def cache_store(key: str, value: dict) -> None:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        write_atomic(cache_dir() / f"{key}.json", json.dumps(value, sort_keys=True))
+    except OSError as exc:  # a read-only cache must not fail a verification
+        log.warning("could not write the baseline cache (%s)", exc)
+
+
+def weights_digest(model) -> str:
+    """Digest of every weight and every expert-mask buffer: two models share it only if they compute the same.
+
+    (loading.model_fingerprint samples values and ignores masks; a cache key must not.)
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().cpu().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
+    for name, module in sorted(model.named_modules()):
+        mask = getattr(module, "expert_mask", None)
+        if mask is not None:
+            digest.update(f"mask:{name}".encode() + mask.detach().cpu().to(dtype=_byte_dtype()).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _byte_dtype():
+    import torch
+
+    return torch.uint8
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_thresholds(min_target_drop: float | None, max_general_drop: float | None, target: list, general: list) -> None:
+    """Thresholds are non-negative and present for every role that has tasks."""
+    for name, value in (("--min-target-drop", min_target_drop), ("--max-general-drop", max_general_drop)):
+        if value is not None and (value < 0 or math.isnan(value)):
+            raise UsageError(f"{name} must be a non-negative number (a drop in points or percent), got {value}.")
+    if not target and not general:
+        raise UsageError("Nothing to verify: pass --target-tasks, --target-toxicity or --general-tasks.")
+    if target and min_target_drop is None:
+        raise UsageError("Target tasks need --min-target-drop (how much they must fall, in points or percent).")
+    if general and max_general_drop is None:
+        raise UsageError("General tasks need --max-general-drop (how much they may fall, in points or percent).")
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """'task' or 'task:metric' (pick a metric other than the task's first)."""
+    name, _, metric = spec.partition(":") if not spec.endswith((".yaml", ".yml")) else (spec, "", "")
+    return name, metric or None
+
+
+def baseline_from_provenance(edited: Path) -> Path:
+    """The source checkpoint named in an edited checkpoint's config.json 'resect' key."""
+    config = json.loads((edited / "config.json").read_text())
+    source = (config.get("resect") or {}).get("source")
+    if not source:
+        raise UsageError(f"'{edited}' has no 'resect' provenance naming its source. Pass --baseline BASE.")
+    if not Path(source).is_dir():
+        raise CheckpointError(f"The source '{source}' named in '{edited}/config.json' does not exist. Pass --baseline BASE.")
+    return Path(source)
+
+
+def check_compatible(edited: Path, baseline: Path) -> None:
+    """Same geometry and same tokenizer, else the comparison means nothing."""
+    from .loading import inspect_checkpoint, load_tokenizer
+
+    a, b = inspect_checkpoint(edited).config, inspect_checkpoint(baseline).config
+    for key in GEOMETRY_KEYS:
+        if a.get(key) != b.get(key):
+            raise EvalError(
+                f"Baseline '{baseline}' has {key}={b.get(key)} where '{edited}' has {a.get(key)}: another geometry. "
+                "Compare an edit with its own source model."
+            )
+    if tokenizer_digest(load_tokenizer(edited)) != tokenizer_digest(load_tokenizer(baseline)):
+        raise EvalError(
+            f"Baseline '{baseline}' uses another tokenizer than '{edited}' (vocabularies differ). "
+            "Compare an edit with its own source model."
+        )
+
+
+def tokenizer_digest(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return cache_key({"vocab": vocab, "special": tokenizer.special_tokens_map})
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def pick_metric(results: dict, task: str, requested: str | None = None) -> tuple[str, str]:
+    """(metric, result key) of a task: the requested one, else the task's first configured metric."""
+    entry = results["results"].get(task)
+    if entry is None:
+        raise EvalError(f"lm-eval returned no results for '{task}'. Check the task name and its data.")
+    keys = {k.split(",")[0]: k for k in entry if "," in k and "_stderr" not in k.split(",")[0]}
+    if requested:
+        if requested not in keys:
+            raise EvalError(f"Task '{task}' has no metric '{requested}'. Available: {', '.join(sorted(keys))}.")
+        return requested, keys[requested]
+    configured = [m.get("metric") for m in (results.get("configs", {}).get(task, {}).get("metric_list") or [])]
+    for metric in [*configured, *PREFERRED_METRICS, *sorted(keys)]:
+        if metric in keys and isinstance(entry[keys[metric]], (int, float)):
+            return metric, keys[metric]
+    raise EvalError(f"Task '{task}' reported no numeric metric. Pick one with '{task}:METRIC'.")
+
+
+def higher_is_better(results: dict, task: str, metric: str) -> bool:
+    flag = (results.get("higher_is_better") or {}).get(task, {}).get(metric)
+    return bool(flag) if flag is not None else not any(w in metric for w in LOWER_IS_BETTER)
+
+
+def task_value(results: dict, task: str, key: str) -> tuple[float, float | None]:
+    entry = results["results"][task]
+    name, _, filt = key.partition(",")
+    stderr = entry.get(f"{name}_stderr,{filt}")
+    return float(entry[key]), float(stderr) if isinstance(stderr, (int, float)) else None
+
+
+def drop_of(base: float, edited: float, se_b: float | None, se_e: float | None, *, higher_better: bool) -> tuple[float, float | None, str]:
+    """(drop, its stderr, unit): points for higher-is-better scores, relative percent otherwise."""
+    both = se_b is not None and se_e is not None
+    if higher_better:
+        return 100 * (base - edited), 100 * math.hypot(se_b, se_e) if both else None, "points"
+    if base == 0:
+        raise EvalError("The baseline scores 0 on a lower-is-better metric: a relative drop is undefined.")
+    se = 100 * math.sqrt((se_e / base) ** 2 + (edited * se_b / base**2) ** 2) if both else None
+    return 100 * (edited - base) / base, se, "%"
+
+
+def compare(base: dict, edited: dict, specs: dict[str, tuple[str, str | None]], thresholds: dict[str, float | None]) -> list[Row]:
+    """Rows for every lm-eval task spec {spec: (role, metric)} plus toxicity entries."""
+    rows = []
+    for spec, (role, requested) in specs.items():
+        task = split_spec(spec)[0]
+        metric, key = pick_metric(base, task, requested)
+        b, se_b = task_value(base, task, key)
+        e, se_e = task_value(edited, task, key)
+        drop, se, unit = drop_of(b, e, se_b, se_e, higher_better=higher_is_better(base, task, metric))
+        rows.append(_row(task, role, metric, unit, b, e, se_b, se_e, drop, se, thresholds[role]))
+    return rows
+
+
+def toxicity_row(name: str, base: dict, edited: dict, threshold: float) -> Row:
+    """A target row for expected maximum toxicity: it should fall, in points."""
+    b, e = base["expected_max_toxicity"], edited["expected_max_toxicity"]
+    se_b, se_e = base["expected_max_toxicity_stderr"], edited["expected_max_toxicity_stderr"]
+    finite = [s for s in (se_b, se_e) if s is not None and not math.isnan(s)]
+    se = 100 * math.hypot(se_b, se_e) if len(finite) == 2 else None
+    return _row(name, "target", "expected_max_toxicity", "points", b, e, se_b, se_e, 100 * (b - e), se, threshold)
+
+
+def _row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold) -> Row:
+    passed = drop >= threshold if role == "target" else drop <= threshold
+    return Row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold, passed)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_checkpoint(
+    path: Path, *, tasks: list[str], includes: list[str], limit, batch_size: int, seed: int,
+    toxicity: list[str], toxicity_settings: dict, use_cache: bool, dtype: str | None, device: str,
+) -> dict:  # fmt: skip
+    """lm-eval results and toxicity of one checkpoint, from the cache when `use_cache` and present."""
+    from . import __version__
+    from .evaluate import evaluate, lm_eval_version, task_config_hash
+    from .loading import load_model, load_tokenizer, model_fingerprint
+    from .toxicity import measure_toxicity
+
+    model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
+    key = cache_key({
+        "weights": weights_digest(model), "tasks": sorted(tasks), "task_config": task_config_hash(tasks, includes),
+        "limit": limit, "seed": seed, "lm_eval": lm_eval_version(), "dtype": str(dtype), "resect": __version__,
+        "toxicity": {p: _file_digest(p) for p in toxicity}, "toxicity_settings": toxicity_settings,
+    })  # fmt: skip
+    out = {"path": str(path), "fingerprint": model_fingerprint(model), "cache_key": key}
+    cached = cache_load(key) if use_cache else None
+    if cached is not None:
+        log.info("baseline cache hit for %s (%s)", path, key)
+        out.update(results=cached["results"], toxicity=cached["toxicity"], cached=True)
+    else:
+        results = evaluate(model, tok, tasks, include_path=includes, limit=limit, batch_size=batch_size, seed=seed) if tasks else None
+        tox = {p: measure_toxicity(model, tok, p, seed=seed, **toxicity_settings) for p in toxicity}
+        out.update(results=results, toxicity=tox, cached=False)
+        if use_cache:
+            cache_store(key, {"results": results, "toxicity": tox})
+    del model
+    gc.collect()
+    return out
+
+
+def _file_digest(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise EvalError(f"Toxicity prompts '{path}' do not exist. Pass a JSONL of {{\"prompt\": ...}} lines.")
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+
+
+def verify(
+    edited: str | os.PathLike,
+    baseline: str | os.PathLike | None = None,
+    *,
+    target_tasks: list[str] = (),
+    general_tasks: list[str] = (),
+    min_target_drop: float | None = None,
+    max_general_drop: float | None = None,
+    target_toxicity: list[str] = (),
+    toxicity_settings: dict | None = None,
+    include_path: str | os.PathLike | list | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    use_cache: bool = True,
+    out_dir: str | os.PathLike | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Evaluate baseline (cached) and edited, compare, write verify.json/.md/.png; returns the report."""
+    from .evaluate import require_extras, resolve_tasks
+    from .loading import resolve_model_path
+
+    require_extras()
+    target_tasks, general_tasks, target_toxicity = list(target_tasks), list(general_tasks), list(target_toxicity)
+    check_thresholds(min_target_drop, max_general_drop, target_tasks + target_toxicity, general_tasks)
+    specs = {s: ("target", split_spec(s)[1]) for s in target_tasks} | {s: ("general", split_spec(s)[1]) for s in general_tasks}
+    if len(specs) < len(target_tasks) + len(general_tasks):
+        raise UsageError("A task is listed twice (or as both target and general). List each task once.")
+    edited_path = resolve_model_path(edited)
+    base_path = resolve_model_path(baseline) if baseline is not None else baseline_from_provenance(edited_path)
+    check_compatible(edited_path, base_path)
+    tasks, includes = resolve_tasks([split_spec(s)[0] for s in specs], include_path)
+    for p in target_toxicity:
+        _file_digest(p)
+    run = dict(tasks=tasks, includes=includes, limit=limit, batch_size=batch_size, seed=seed, toxicity=target_toxicity,
+               toxicity_settings=toxicity_settings or {}, dtype=dtype, device=device)  # fmt: skip
+    base = evaluate_checkpoint(base_path, use_cache=use_cache, **run)
+    edit = evaluate_checkpoint(edited_path, use_cache=False, **run)
+    _check_provenance(edited_path, base)
+    thresholds = {"target": min_target_drop, "general": max_general_drop}
+    rows = compare(base["results"], edit["results"], specs, thresholds) if specs else []
+    rows += [toxicity_row(f"toxicity:{Path(p).stem}", base["toxicity"][p], edit["toxicity"][p], min_target_drop) for p in target_toxicity]
+    report = build_report(base, edit, rows, thresholds, limit=limit, seed=seed)
+    if out_dir is not None:
+        write_outputs(report, Path(out_dir))
+    return report
+
+
+def _check_provenance(edited: Path, base: dict) -> None:
+    recorded = (json.loads((edited / "config.json").read_text()).get("resect") or {}).get("source_fingerprint")
+    if recorded and recorded != base["fingerprint"]:
+        log.warning("baseline fingerprint %s differs from the source fingerprint %s recorded in %s", base["fingerprint"], recorded, edited)
+
+
+def build_report(base: dict, edit: dict, rows: list[Row], thresholds: dict, *, limit, seed: int) -> dict:
+    """verify.json's content: verdict, rows, thresholds, both results, fingerprints and versions."""
+    import torch
+    import transformers
+
+    from . import __version__
+    from .evaluate import lm_eval_version
+
+    breached = [r.task for r in rows if not r.passed]
+    return {
+        "verdict": "fail" if breached else "pass",
+        "breached": breached,
+        "thresholds": {"min_target_drop": thresholds["target"], "max_general_drop": thresholds["general"]},
+        "drop_units": {"points": "100 * (baseline - edited) for higher-is-better scores and toxicity",
+                       "%": "100 * (edited - baseline) / baseline for lower-is-better metrics (perplexity)"},  # fmt: skip
+        "rows": [asdict(r) for r in rows],
+        "baseline": {k: base[k] for k in ("path", "fingerprint", "cached", "cache_key")},
+        "edited": {k: edit[k] for k in ("path", "fingerprint")},
+        "settings": {"limit": limit, "seed": seed},
+        "versions": {"resect": __version__, "lm_eval": lm_eval_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "results": {"baseline": base["results"], "edited": edit["results"]},
+        "toxicity": {"baseline": base["toxicity"], "edited": edit["toxicity"]},
+    }
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write beside the target then rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_outputs(report: dict, out: Path) -> dict[str, Path]:
+    """verify.json, verify.md and verify.png in `out` (created if needed)."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"'{out}' exists and is not a folder. Pass a folder for verify.json, verify.md and verify.png.")
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "verify.json", "md": out / "verify.md", "png": out / "verify.png"}
+    write_atomic(files["json"], json.dumps(report, indent=2, sort_keys=False, default=str))
+    write_atomic(files["md"], render_markdown(report))
+    write_atomic(files["png"], render_chart(report))
+    return files
+
+
+def _fmt(value: float, se: float | None, unit: str = "") -> str:
+    text = f"{value:.4g}" if not unit else f"{value:+.2f}{' pts' if unit == 'points' else ' %'}"
+    return text if se is None or math.isnan(se) else f"{text} ± {se:.2g}"
+
+
+def render_markdown(report: dict) -> str:
+    """A table for $GITHUB_STEP_SUMMARY: one row per task, breached rows marked."""
+    ok = report["verdict"] == "pass"
+    lines = [
+        f"## resect verify: {'PASS ✅' if ok else 'FAIL ❌'}",
+        "",
+        f"Edited `{report['edited']['path']}` (`{report['edited']['fingerprint']}`) against baseline "
+        f"`{report['baseline']['path']}` (`{report['baseline']['fingerprint']}`"
+        f"{', cached' if report['baseline']['cached'] else ''}).",
+        "",
+        "| task | role | metric | baseline | edited | drop | threshold | result |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        rule = f"≥ {r['threshold']:g}" if r["role"] == "target" else f"≤ {r['threshold']:g}"
+        lines.append(
+            f"| {r['task']} | {r['role']} | {r['metric']} | {_fmt(r['baseline'], r['baseline_stderr'])} | "
+            f"{_fmt(r['edited'], r['edited_stderr'])} | {_fmt(r['drop'], r['drop_stderr'], r['unit'])} | {rule} | "
+            f"{'pass' if r['passed'] else '**BREACHED**'} |"
+        )
+    lines += [
+        "",
+        "Drop = how much worse the edited model does (positive = worse): points, 100 × (baseline − edited), for "
+        "higher-is-better scores and toxicity; percent, 100 × (edited − baseline) / baseline, for perplexity-like metrics.",
+        f"lm-eval {report['versions']['lm_eval']}, resect {report['versions']['resect']}, limit {report['settings']['limit']}, "
+        f"seed {report['settings']['seed']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_chart(report: dict) -> bytes:
+    """A horizontal bar chart of drops with their standard errors and thresholds, as PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(7, 1 + 0.5 * max(len(rows), 1)))
+    labels = [f"{r['task']} ({r['role']}, {'pts' if r['unit'] == 'points' else '%'})" for r in rows]
+    errors = [r["drop_stderr"] or 0.0 for r in rows]
+    colors = ["tab:green" if r["passed"] else "tab:red" for r in rows]
+    ax.barh(range(len(rows)), [r["drop"] for r in rows], xerr=errors, color=colors)
+    for i, r in enumerate(rows):
+        ax.plot([r["threshold"]] * 2, [i - 0.4, i + 0.4], color="black", linestyle="--")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("drop (positive = edited model worse); dashed = threshold")
+    ax.set_title(f"resect verify: {report['verdict'].upper()}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
