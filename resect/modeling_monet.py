@@ -35,7 +35,10 @@ NEG_INF = -1e10
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:
-    """relu(x)**2 in place on a fresh projection output (saves two full-width temporaries)."""
+    """relu(x)**2 in place on a fresh projection output (saves two full-width temporaries);
+    out of place when autograd records (training), which needs the relu output."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.relu(x).square()
     return F.relu(x, inplace=True).square_()
 
 
@@ -124,18 +127,31 @@ class MonetMoVDE(MonetExperts):
         shape = (self.experts, self.half_dim)
         return relu2(self.u1(x)).unflatten(-1, shape), relu2(self.u2(x)).unflatten(-1, shape)
 
+    def project_top(self, a1: torch.Tensor, r: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Top half [B, T, D/2] = V11 . (R * a1) + V12 . P + R b1; r [B, T, E], p [B, T, E, m/2]."""
+        top = self.v11((r.unsqueeze(-1) * a1).flatten(-2))
+        top += self.v12(p.flatten(-2))
+        return top + r @ self.b1
+
+    def project_bottom(self, a2: torch.Tensor, c: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Bottom half [B, T, D/2] = V21 . Q + V22 . (C * a2) + C b2."""
+        bottom = self.v21(q.flatten(-2))
+        bottom += self.v22((c.unsqueeze(-1) * a2).flatten(-2))
+        return bottom + c @ self.b2
+
     def project(self, a1, a2, r, c, p, q) -> torch.Tensor:
         """Output from the row/column sums r, c [B, T, E] and mixed terms p, q [B, T, E, m/2]."""
-        top = self.v11((r.unsqueeze(-1) * a1).flatten(-2)) + self.v12(p.flatten(-2)) + r @ self.b1
-        bottom = self.v21(q.flatten(-2)) + self.v22((c.unsqueeze(-1) * a2).flatten(-2)) + c @ self.b2
-        return torch.cat((top, bottom), dim=-1)  # [B, T, D]
+        return torch.cat((self.project_top(a1, r, p), self.project_bottom(a2, c, q)), dim=-1)  # [B, T, D]
 
     def dense_forward(self, x, g1, g2):
         a1, a2 = self.activations(x)
-        # P[i] = sum_h g1[h,i] (g2_h . a2), Q[j] = sum_h g2[h,j] (g1_h . a1): heads contracted first.
-        p = g1.transpose(-1, -2) @ (g2 @ a2)  # [B,T,E,H] @ [B,T,H,m/2] -> [B, T, E, m/2]
-        q = g2.transpose(-1, -2) @ (g1 @ a1)
-        return self.project(a1, a2, g1.sum(-2), g2.sum(-2), p, q)
+        # P[i] = sum_h g1[h,i] (g2_h . a2), Q[j] = sum_h g2[h,j] (g1_h . a1): heads contracted first,
+        # one full-width temporary alive at a time.
+        g1t_a1 = g1 @ a1  # [B, T, H, m/2]
+        top = self.project_top(a1, g1.sum(-2), g1.transpose(-1, -2) @ (g2 @ a2))  # [B,T,E,H] @ [B,T,H,m/2]
+        del a1
+        bottom = self.project_bottom(a2, g2.sum(-2), g2.transpose(-1, -2) @ g1t_a1)
+        return torch.cat((top, bottom), dim=-1)  # [B, T, D]
 
 
 class MonetMoHDE(MonetExperts):
