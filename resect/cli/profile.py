@@ -1,0 +1,107 @@
+"""`resect profile MODEL --corpus CORPUS --out STATS`: routing statistics over labelled text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse to overwrite (unless forced) and to write into a missing folder."""
+    from resect.errors import OutputError
+
+    if out.exists() and not force:
+        raise OutputError(f"'{out}' already exists. Choose another --out or pass --force to overwrite it.")
+    if not out.parent.is_dir():
+        raise OutputError(f"Folder '{out.parent}' does not exist. Create it or choose another --out.")
+
+
+def _init_distributed(device: str) -> str:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1; returns this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = device.startswith("cuda")
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    return device
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class TokensPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed or 0:,.0f} tok/s")
+
+    return Progress(TextColumn("profiling"), BarColumn(), TaskProgressColumn(), TokensPerSecond(), TimeRemainingColumn(), transient=False)
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="Checkpoint folder or Hugging Face repo id.")],
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="JSONL, folder of text files per label, corpus YAML, or task:NAME.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Statistics file to write (safetensors).")],
+    max_tokens_per_label: Annotated[int | None, typer.Option(help="Profile at most this many tokens per label.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the document order and sampling.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    max_length: Annotated[int, typer.Option(help="Longer texts are cut into pieces of this many tokens.")] = 512,
+    scorer: Annotated[str | None, typer.Option(help="Score every token for toxicity correlation: profanity | detoxify | perspective.")] = None,
+    score_window: Annotated[int, typer.Option(help="A token's score is the scorer's score of the last N tokens ending at it.")] = 32,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.partial.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Save partial state every N batches.")] = 50,
+    dtype: Annotated[str | None, typer.Option(help="Load weights as float32 | bfloat16 | float16.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (each torchrun rank takes cuda:LOCAL_RANK).")] = "cpu",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Stream labelled text through MODEL and record each expert's mean routing score per label and group."""
+    from resect.loading import load_model, load_tokenizer
+    from resect.profile import dist_info, partial_path, profile_corpus
+
+    device = _init_distributed(device)
+    rank, world = dist_info()
+    check_output(out, force)
+    checkpoint = out.with_name(out.name + ".partial")
+    net, tok = load_model(model, dtype=dtype, device=device), load_tokenizer(model)
+    options = dict(
+        max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
+        scorer=scorer, score_window=score_window, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        resume=checkpoint if resume else None,
+    )  # fmt: skip
+    if rank == 0:
+        with _progress_bar() as bar:
+            task = bar.add_task("profile", total=None)
+            stats = profile_corpus(net, tok, corpus, progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
+    else:
+        stats = profile_corpus(net, tok, corpus, **options)
+    partial_path(checkpoint, rank, world).unlink(missing_ok=True)
+    if rank == 0:
+        stats.meta["model"] = str(model)
+        stats.save(out)
+        _summary(stats, out)
+
+
+def _summary(stats, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Routing statistics -> {out}")
+    table.add_column("label")
+    table.add_column("tokens", justify="right")
+    for label in stats.labels:
+        table.add_row(label, f"{stats.token_counts[label]:,}")
+    console = Console()
+    console.print(table)
+    if stats.corr is not None:
+        console.print(f"scored tokens: {stats.scored_tokens:,}")
+    console.print(f"{stats.num_groups} routing groups, E={stats.moe_experts}; model {stats.model_fingerprint}, corpus {stats.corpus_fingerprint}")

@@ -1,0 +1,231 @@
+"""Labelled text corpora for profiling: documents with a label and, optionally, a score.
+
+Sources (`load_corpus(spec)`):
+- a JSONL file, one `{"text": ..., "label": ..., "score": ...}` object per line; `score` is
+  optional and is either one number for the whole text or a list with one number per token;
+- a folder with one sub-folder per label holding `*.txt` files (one document each), or
+  `<label>.txt` files directly in the folder (one document each);
+- a corpus YAML (see `recipes/corpora/`): a list of `sources`, each a `path` (JSONL or folder,
+  relative to the YAML file), a `builtin` path inside the built-in data folder, or an lm-eval
+  `task`; optional `label` (a fixed label for every document of the source) and field names
+  `text_field`, `label_field`, `score_field`;
+- `task:NAME[,NAME...]`: the documents of lm-eval tasks (question plus correct answer), labelled
+  by task name.
+
+A corpus keeps its documents in source order; sampling and batching are the profiler's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CorpusError
+
+log = logging.getLogger(__name__)
+
+Score = float | list[float] | None
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    label: str
+    score: Score = None
+
+
+@dataclass
+class Corpus:
+    """Documents in a fixed order, and where they came from."""
+
+    documents: list[Document]
+    source: str = ""
+
+    @property
+    def labels(self) -> list[str]:
+        """Distinct labels, sorted (the order of the statistics' label axis)."""
+        return sorted({d.label for d in self.documents})
+
+    @property
+    def has_scores(self) -> bool:
+        return any(d.score is not None for d in self.documents)
+
+    def fingerprint(self) -> str:
+        """sha256 over every (label, text, score), in order: 16 hex digits."""
+        digest = hashlib.sha256()
+        for doc in self.documents:
+            digest.update(json.dumps([doc.label, doc.text, doc.score]).encode())
+            digest.update(b"\n")
+        return digest.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+
+def _score(value: Any, where: str) -> Score:
+    if value is None:
+        return None
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    raise CorpusError(f"{where}: score must be a number or a list of numbers (one per token), found {type(value).__name__}.")
+
+
+def read_jsonl(
+    path: Path, *, label: str | None = None, text_field: str = "text", label_field: str = "label", score_field: str = "score"
+) -> list[Document]:
+    """Documents of a JSONL file; a fixed `label` overrides the label field."""
+    docs = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"Cannot read corpus file '{path}' ({exc}).") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{where}: not valid JSON ({exc.msg}). Each line must be one JSON object.") from None
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise CorpusError(f"{where}: expected an object with a string field '{text_field}'.")
+        doc_label = label if label is not None else row.get(label_field)
+        if not isinstance(doc_label, (str, int)) or str(doc_label) == "":
+            raise CorpusError(f"{where}: missing label field '{label_field}' (or give the source a fixed label).")
+        docs.append(Document(row[text_field], str(doc_label), _score(row.get(score_field), where)))
+    return docs
+
+
+def read_folder(path: Path, *, label: str | None = None) -> list[Document]:
+    """`<label>/*.txt` sub-folders and `<label>.txt` files, each file one document, sorted by name."""
+    docs = []
+    for entry in sorted(path.iterdir()):
+        if entry.is_dir():
+            files = sorted(entry.glob("*.txt"))
+            docs += [Document(f.read_text(encoding="utf-8", errors="replace"), label or entry.name) for f in files]
+        elif entry.suffix == ".txt":
+            docs.append(Document(entry.read_text(encoding="utf-8", errors="replace"), label or entry.stem))
+    return docs
+
+
+def read_tasks(names: list[str], *, include_path: str | None = None, label: str | None = None, limit: int | None = None) -> list[Document]:
+    """Documents of lm-eval tasks: the task's prompt followed by its correct answer, labelled by task."""
+    try:
+        from lm_eval.tasks import TaskManager, get_task_dict
+    except ImportError:
+        raise CorpusError("Task corpora need lm-eval: pip install 'resect[eval]'.") from None
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    missing = [n for n in names if n not in manager.all_tasks]
+    if missing:
+        from .errors import unknown
+
+        raise CorpusError(unknown("lm-eval task", missing[0], manager.all_tasks))
+    docs = []
+    for name, task in sorted(_flatten(get_task_dict(names, manager)).items()):
+        split = task.test_docs() if task.has_test_docs() else task.validation_docs()
+        for k, doc in enumerate(split or []):
+            if limit is not None and k >= limit:
+                break
+            docs.append(Document(_task_text(task, doc), label or name))
+    return docs
+
+
+def _flatten(tasks: dict) -> dict:
+    out = {}
+    for key, value in tasks.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value))
+        else:
+            out[getattr(key, "group_name", key) if not isinstance(key, str) else key] = value
+    return out
+
+
+def _task_text(task: Any, doc: dict) -> str:
+    """Prompt plus the correct answer (index into the choices for multiple choice)."""
+    text, target = task.doc_to_text(doc), task.doc_to_target(doc)
+    if isinstance(target, int) and task.config.doc_to_choice is not None:
+        target = task.doc_to_choice(doc)[target]
+    if isinstance(target, list):
+        target = target[0] if target else ""
+    sep = task.config.target_delimiter if hasattr(task.config, "target_delimiter") else " "
+    return f"{text}{sep}{target}" if str(target) else str(text)
+
+
+def read_recipe(path: Path) -> tuple[list[Document], str]:
+    """Documents of a corpus YAML (sources relative to the YAML's folder)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CorpusError(f"Cannot read corpus recipe '{path}' ({exc}).") from None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("sources"), list) or not recipe["sources"]:
+        raise CorpusError(f"'{path}': a corpus recipe needs a non-empty 'sources' list (each with path, builtin or task).")
+    docs = []
+    for k, source in enumerate(recipe["sources"]):
+        docs += _read_source(source, path.parent, f"{path} source {k}")
+    return docs, str(recipe.get("name", path.stem))
+
+
+def _read_source(source: Any, base: Path, where: str) -> list[Document]:
+    if not isinstance(source, dict):
+        raise CorpusError(f"{where}: expected a mapping with 'path', 'builtin' or 'task'.")
+    label = None if source.get("label") is None else str(source["label"])
+    fields = {k: source[k] for k in ("text_field", "label_field", "score_field") if k in source}
+    if "task" in source:
+        names = source["task"] if isinstance(source["task"], list) else [source["task"]]
+        include = source.get("include_path")
+        include = str(_builtin_tasks() if include == "builtin" else base / include) if include else None
+        return read_tasks([str(n) for n in names], include_path=include, label=label, limit=source.get("limit"))
+    if "builtin" in source:
+        from .builtin import builtin_data_path
+
+        target = builtin_data_path() / str(source["builtin"])
+    elif "path" in source:
+        target = base / os.path.expanduser(str(source["path"]))
+    else:
+        raise CorpusError(f"{where}: a source needs 'path', 'builtin' or 'task'.")
+    return _read_path(target, label=label, **fields)
+
+
+def _builtin_tasks() -> Path:
+    from .builtin import task_dir
+
+    return task_dir()
+
+
+def _read_path(path: Path, *, label: str | None = None, **fields: str) -> list[Document]:
+    if path.is_dir():
+        return read_folder(path, label=label)
+    if path.is_file():
+        return read_jsonl(path, label=label, **fields)
+    raise CorpusError(f"Corpus path '{path}' does not exist. Pass a JSONL file, a folder of text files or a corpus YAML.")
+
+
+def load_corpus(spec: str | os.PathLike | Corpus) -> Corpus:
+    """A corpus from a JSONL path, a folder, a recipe YAML or `task:NAME[,NAME]`; CorpusError when empty."""
+    if isinstance(spec, Corpus):
+        corpus = spec
+    elif str(spec).startswith("task:"):
+        names = [n for n in str(spec)[5:].split(",") if n]
+        corpus = Corpus(read_tasks(names), source=str(spec))
+    else:
+        path = Path(spec).expanduser()
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            docs, _ = read_recipe(path)
+            corpus = Corpus(docs, source=str(path))
+        else:
+            corpus = Corpus(_read_path(path), source=str(path))
+    if not any(d.text.strip() for d in corpus.documents):
+        raise CorpusError(f"Corpus '{corpus.source}' has no text. Give it at least one non-empty document per label.")
+    return corpus
+
+
+__all__ = ["Corpus", "Document", "load_corpus", "read_jsonl", "read_folder", "read_recipe", "read_tasks"]
