@@ -1,0 +1,118 @@
+"""`resect domain`, `resect language`, `resect toxicity`: profile, select, apply, verify, report."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import app
+
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model).")]
+Out = Annotated[str | None, typer.Option("--out", "-o", help="Run directory to create (default: resect-runs/KIND-TARGET-TIME).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Profile and select, print the counts, write nothing.")]
+Corpus = Annotated[str | None, typer.Option("--corpus", help="Labelled profiling corpus (JSONL, folder, corpus YAML or task:NAME).")]
+Include = Annotated[str | None, typer.Option("--include-path", help="Folder of lm-eval task YAMLs.")]
+Tasks = Annotated[str | None, typer.Option(help="Comma-separated lm-eval tasks.")]
+MinDrop = Annotated[float | None, typer.Option("--min-target-drop", help="Fail unless every target task drops at least this much.")]
+MaxDrop = Annotated[float | None, typer.Option("--max-general-drop", help="Fail if any general task drops more than this.")]
+Limit = Annotated[float | None, typer.Option("--limit", help="Documents per task (lm-eval --limit).")]
+Seed = Annotated[int, typer.Option("--seed")]
+Batch = Annotated[int, typer.Option("--batch-size")]
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def execute(spec) -> None:
+    """Run the pipeline with a live status line and finish with the summary table and exit code."""
+    from rich.console import Console
+
+    from resect.pipeline import run_edit
+
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        result = run_edit(spec, progress=lambda msg: status.update(msg))
+    render(result, Console())
+    raise typer.Exit(result.exit_code)
+
+
+def render(result, console) -> None:
+    from rich.table import Table
+
+    share = 100 * result.mask_total / max(result.experts_total, 1)
+    console.print(f"masked {result.mask_total:,} of {result.experts_total:,} experts ({share:.2f}%): "
+                  + ", ".join(f"group {g}: {n:,}" for g, n in sorted(result.mask_counts.items())))
+    if result.verdict == "dry-run":
+        console.print("dry run: nothing written")
+        return
+    table = Table(title=f"verdict: {result.verdict.upper()}")
+    for col in ("task", "role", "metric", "before", "after", "drop", "threshold", "ok"):
+        table.add_column(col, justify="right" if col in ("before", "after", "drop", "threshold") else "left")
+    for r in result.rows:
+        table.add_row(r["task"], r["role"], r["metric"], f"{r['baseline']:.4g}", f"{r['edited']:.4g}",
+                      f"{r['drop']:+.2f} {r['unit']}", f"{r['threshold']:g}", "[green]yes[/]" if r["passed"] else "[red]NO[/]")
+    console.print(table)
+    console.print(f"run directory: {result.out}  (report.md, verify.json, mask.json, checkpoint/)")
+
+
+@app.command()
+def domain(
+    remove: Annotated[str, typer.Option("--remove", help="Domain to cut (e.g. biology).")],
+    model: Model = None,
+    ratio: Annotated[float, typer.Option(help="Skew rule: score on the domain over the runner-up domain.")] = 2.0,
+    rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
+    corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
+    min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
+    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16,
+) -> None:  # fmt: skip
+    """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's."""
+    from resect.pipeline import RunSpec
+
+    execute(RunSpec("domain", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
+                    target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
+                    max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
+                    batch_size=batch_size))  # fmt: skip
+
+
+@app.command()
+def language(
+    remove: Annotated[str, typer.Option("--remove", help="Language to cut (e.g. python).")],
+    model: Model = None,
+    ratio: Annotated[float, typer.Option(help="Skew rule: score on the language over the runner-up.")] = 2.0,
+    rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
+    corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
+    min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
+    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16,
+) -> None:  # fmt: skip
+    """Remove a programming (or natural) language; verified by perplexity (relative %) and quizzes."""
+    from resect.pipeline import RunSpec
+
+    execute(RunSpec("language", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
+                    target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
+                    max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
+                    batch_size=batch_size))  # fmt: skip
+
+
+@app.command()
+def toxicity(
+    threshold: Annotated[float, typer.Option(help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
+    model: Model = None,
+    prompts: Annotated[str | None, typer.Option("--toxicity-prompts", help="Prompts JSONL ({\"prompt\": ..., \"toxic\": bool}).")] = None,
+    samples: Annotated[int, typer.Option(help="Samples per prompt when measuring.")] = 25,
+    max_new_tokens: Annotated[int, typer.Option()] = 20,
+    scorer: Annotated[str, typer.Option(help="profanity (offline), detoxify, perspective.")] = "profanity",
+    include_path: Include = None, general_tasks: Tasks = None,
+    min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
+    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16,
+) -> None:  # fmt: skip
+    """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
+    from resect.pipeline import RunSpec
+
+    execute(RunSpec("toxicity", None, model, "correlation", threshold=threshold, toxicity_prompts=prompts,
+                    toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer},
+                    include_path=include_path, general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
+                    max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
+                    batch_size=batch_size))  # fmt: skip

@@ -1,0 +1,47 @@
+"""`resect run RECIPE [key=value ...]` and `resect recipes ls | show NAME`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import app
+
+recipes_app = typer.Typer(help="List and show the shipped recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def run(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (see 'resect recipes ls') or YAML path.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value options over the recipe's.")] = None,
+) -> None:
+    """Run a recipe: command line over recipe over defaults."""
+    from resect.recipebook import parse_overrides, read_recipe, spec_from
+
+    from .edit import execute
+
+    execute(spec_from(read_recipe(recipe), parse_overrides(overrides or [])))
+
+
+@recipes_app.command("ls")
+def recipes_ls() -> None:
+    """The shipped recipes with the command that runs each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from resect.recipebook import recipe_files
+
+    table = Table("recipe", "command")
+    for name, path in recipe_files().items():
+        table.add_row(name, path.read_text().splitlines()[0].lstrip("# "))
+    Console().print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or path.")]) -> None:
+    """Print a recipe."""
+    from resect.recipebook import find_recipe
+
+    typer.echo(find_recipe(name).read_text())

@@ -1,0 +1,438 @@
+"""The mission in one call: profile -> select -> apply -> verify -> report, into one run directory.
+
+`run_edit(spec)` is what `resect domain`, `resect language`, `resect toxicity` and `resect run RECIPE`
+call. Everything a user could get wrong (an unknown label, a missing corpus or task, an existing
+output, a threshold out of range) is checked in `plan()` before anything is computed or written.
+The run directory is built beside its destination and renamed into place when complete.
+
+Run directory:
+    run.yaml            the resolved configuration (re-runnable with `resect run run.yaml`)
+    stats.safetensors   routing statistics (also cached by model and corpus fingerprint)
+    mask.json           the selected experts (resect.mask/v1)
+    checkpoint/         the edited checkpoint (loads with AutoModelForCausalLM)
+    verify.json/.md/.png  both evaluations, deltas, thresholds, verdict
+    report.md           the summary, with plots accuracy.png and experts.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, EvalError, OutputError, UsageError, unknown
+
+log = logging.getLogger(__name__)
+
+KINDS = ("domain", "language", "toxicity")
+DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
+# Gates for the built-in world: quiz points for domains; relative perplexity (%) for languages.
+DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0.0, 2.0)}
+TOXICITY_DEFAULTS = {"samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity"}
+CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
+PROFILE_SAMPLES = 4  # generations per prompt profiled for toxicity
+
+
+@dataclass
+class RunSpec:
+    """Everything one edit needs; recipes are YAML dumps of this, command lines override fields."""
+
+    kind: str
+    target: str | None = None
+    model: str | None = None
+    rule: str | None = None
+    ratio: float = 2.0
+    threshold: float = 0.1
+    corpus: str | None = None
+    include_path: str | None = None
+    target_tasks: list[str] | None = None
+    general_tasks: list[str] | None = None
+    min_target_drop: float | None = None
+    max_general_drop: float | None = None
+    toxicity_prompts: str | None = None
+    toxicity: dict[str, Any] = field(default_factory=dict)
+    max_tokens_per_label: int | None = None
+    min_tokens: int = 64
+    limit: int | float | None = None
+    batch_size: int = 16
+    seed: int = 0
+    out: str | None = None
+    force: bool = False
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Plan:
+    """A RunSpec with every default resolved against the model and its data."""
+
+    spec: RunSpec
+    model_path: Path
+    corpus: str
+    labels: list[str]
+    include_path: str | None
+    target_tasks: list[str]
+    general_tasks: list[str]
+    rule: str
+    rule_params: dict[str, float]
+    out: Path
+    toxicity_prompts: str | None = None
+    toxicity: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> dict[str, Any]:
+        data = self.spec.to_dict() | {
+            "model": str(self.model_path), "corpus": self.corpus, "include_path": self.include_path,
+            "target_tasks": self.target_tasks, "general_tasks": self.general_tasks, "rule": self.rule,
+            "toxicity_prompts": self.toxicity_prompts, "toxicity": self.toxicity, "out": str(self.out),
+        }  # fmt: skip
+        data["min_target_drop"], data["max_general_drop"] = self.gates()
+        return data
+
+    def gates(self) -> tuple[float, float]:
+        low, high = DEFAULT_GATES[self.spec.kind]
+        s = self.spec
+        return (low if s.min_target_drop is None else s.min_target_drop, high if s.max_general_drop is None else s.max_general_drop)
+
+
+# ---------------------------------------------------------------- planning (no writes)
+
+
+def check_spec(spec: RunSpec) -> None:
+    if spec.kind not in KINDS:
+        raise UsageError(unknown("kind", spec.kind, KINDS))
+    if spec.kind != "toxicity" and not spec.target:
+        raise UsageError(f"Say what to remove: --remove NAME (resect {spec.kind} --remove ...).")
+    if spec.ratio <= 1:
+        raise UsageError(f"--ratio must be greater than 1 (an expert's score on the target over the runner-up), got {spec.ratio}.")
+    if not -1 <= spec.threshold <= 1:
+        raise UsageError(f"--threshold is a Pearson correlation and must lie in [-1, 1], got {spec.threshold}.")
+    for name in ("min_target_drop", "max_general_drop"):
+        value = getattr(spec, name)
+        if value is not None and value < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
+    if spec.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {spec.batch_size}.")
+
+
+def builtin_defaults(spec: RunSpec) -> dict[str, Any]:
+    """Corpus, tasks and prompts of the built-in world for this kind of edit."""
+    from . import builtin
+
+    data = builtin.builtin_data_path()
+    domains, languages = list(builtin.DOMAINS), list(builtin.LANGUAGES)
+    quizzes = [f"world_{d}" for d in domains]
+    if spec.kind == "domain":
+        labels, target_tasks = domains, [f"world_{spec.target}"]
+        general = [t for t in quizzes if t not in target_tasks]
+    elif spec.kind == "language":
+        labels, target_tasks = languages, [f"world_ppl_{spec.target}"]
+        general = [f"world_ppl_{lang}" for lang in languages if lang != spec.target]
+    else:
+        labels, target_tasks, general = [], [], quizzes
+    return {
+        "corpus": str(data / "corpus" / CORPUS_FILES[spec.kind]),
+        "labels": labels,
+        "include_path": str(builtin.task_dir()),
+        "target_tasks": target_tasks,
+        "general_tasks": general,
+        "toxicity_prompts": str(data / "prompts" / "toxicity.jsonl"),
+    }
+
+
+def published_defaults(spec: RunSpec) -> dict[str, Any]:
+    """The paper's protocol for a published checkpoint: MMLU grouped into the MMLU-Pro categories."""
+    from .recipes import RECIPES_DIR, mmlu_pro_categories
+
+    if spec.kind != "domain":
+        what = "--corpus (labelled code or text) and --target-tasks/--general-tasks" if spec.kind == "language" else "--toxicity-prompts"
+        raise UsageError(f"This model has no built-in data for 'resect {spec.kind}'. Pass {what}, or use a recipe from 'resect recipes ls'.")
+    categories = list(mmlu_pro_categories())
+    target = f"resect_mmlu_pro_{spec.target.replace(' ', '_')}"
+    return {
+        "corpus": str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml"),
+        "labels": categories,
+        "include_path": str(RECIPES_DIR / "tasks" / "mmlu_pro"),
+        "target_tasks": [target],
+        "general_tasks": [f"resect_mmlu_pro_{c.replace(' ', '_')}" for c in categories if f"resect_mmlu_pro_{c.replace(' ', '_')}" != target],
+        "toxicity_prompts": None,
+    }
+
+
+def plan(spec: RunSpec) -> Plan:
+    """Resolve defaults and check every input; raises before anything is computed or written."""
+    from .loading import inspect_checkpoint, resolve_model_path
+
+    check_spec(spec)
+    model_path = resolve_model_path(spec.model)
+    inspect_checkpoint(model_path)
+    custom = spec.corpus is not None or spec.target_tasks is not None
+    defaults = builtin_defaults(spec) if spec.model is None else ({} if custom else published_defaults(spec))
+    corpus = spec.corpus or defaults.get("corpus")
+    if spec.kind != "toxicity" and corpus is None:
+        raise UsageError(f"No corpus for 'resect {spec.kind}' on this model: pass --corpus (JSONL with text and label).")
+    labels = defaults.get("labels") or (_corpus_labels(corpus) if spec.kind != "toxicity" else [])
+    if spec.kind != "toxicity" and spec.target not in labels:
+        raise UsageError(unknown(spec.kind, spec.target, labels))
+    target_tasks = spec.target_tasks if spec.target_tasks is not None else defaults.get("target_tasks", [])
+    general = spec.general_tasks if spec.general_tasks is not None else defaults.get("general_tasks", [])
+    prompts = spec.toxicity_prompts or defaults.get("toxicity_prompts")
+    if spec.kind == "toxicity" and not (prompts and Path(prompts).is_file()):
+        raise UsageError("'resect toxicity' needs prompts: pass --toxicity-prompts FILE.jsonl (lines {\"prompt\": ...}).")
+    if not target_tasks and spec.kind != "toxicity":
+        raise UsageError("No target tasks to verify the edit: pass --target-tasks.")
+    include = spec.include_path or defaults.get("include_path")
+    _check_tasks(target_tasks + general, include)
+    rule = spec.rule or DEFAULT_RULE[spec.kind]
+    params = {"ratio": spec.ratio} if rule == "skew" else {"threshold": spec.threshold} if rule == "correlation" else {}
+    out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not spec.force and not spec.dry_run:
+        raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
+    if out.resolve() == model_path.resolve() or model_path.resolve() in out.resolve().parents:
+        raise OutputError(f"Output directory '{out}' is the model folder or inside it. Choose another --out.")
+    toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
+    return Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity)
+
+
+def _corpus_labels(corpus: str) -> list[str]:
+    from .corpus import load_corpus
+
+    return load_corpus(corpus).labels
+
+
+def _check_tasks(tasks: list[str], include: str | None) -> None:
+    if not tasks:
+        return
+    from .evaluate import require_extras, resolve_tasks
+
+    require_extras()
+    resolve_tasks(tasks, include)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def stats_cache_dir() -> Path:
+    root = os.environ.get("RESECT_CACHE_DIR") or Path.home() / ".cache" / "resect"
+    return Path(root) / "stats"
+
+
+def profile_cached(model, tokenizer, corpus, *, p: Plan, scorer: str | None = None, progress=None):
+    """Routing statistics keyed by model and corpus fingerprint (and profiling settings)."""
+    import hashlib
+
+    from .corpus import load_corpus
+    from .loading import model_fingerprint
+    from .profile import profile_corpus
+    from .stats import RoutingStats
+
+    corpus = load_corpus(corpus)
+    key = hashlib.sha256(
+        json.dumps([model_fingerprint(model), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer]).encode()
+    ).hexdigest()[:24]
+    cached = stats_cache_dir() / f"{key}.safetensors"
+    if cached.is_file():
+        log.info("routing statistics from cache %s", cached)
+        return RoutingStats.load(cached), True
+    stats = profile_corpus(
+        model, tokenizer, corpus, max_tokens_per_label=p.spec.max_tokens_per_label, seed=p.spec.seed,
+        batch_size=p.spec.batch_size, progress=progress or False, scorer=scorer,
+    )  # fmt: skip
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(cached)
+    return stats, False
+
+
+def toxicity_corpus(model, tokenizer, p: Plan):
+    """Prompts plus the model's own continuations, for token-level toxicity correlation."""
+    from .corpus import Corpus, Document
+    from .toxicity import read_prompts, sample_continuations
+
+    docs = []
+    t = p.toxicity
+    for i, prompt in enumerate(read_prompts(p.toxicity_prompts)):
+        outs = sample_continuations(
+            model, tokenizer, prompt.text, samples=PROFILE_SAMPLES, max_new_tokens=t["max_new_tokens"],
+            temperature=t["temperature"], top_p=t["top_p"], seed=p.spec.seed + i,
+        )  # fmt: skip
+        docs += [Document(text=prompt.text + cont, label="generations") for cont in outs]
+    return Corpus(docs, source=f"generations:{p.toxicity_prompts}")
+
+
+def apply_mask(p: Plan, mask_file: Path, dest: Path) -> Path:
+    from .export import apply_masks
+
+    return apply_masks(p.model_path, [mask_file], dest)
+
+
+def run_verify(p: Plan, edited: Path, out: Path) -> dict:
+    from .verify import verify
+
+    low, high = p.gates()
+    toxicity = {k: v for k, v in p.toxicity.items()}
+    return verify(
+        edited, p.model_path, target_tasks=p.target_tasks, general_tasks=p.general_tasks,
+        min_target_drop=low, max_general_drop=high,
+        target_toxicity=[p.toxicity_prompts] if p.spec.kind == "toxicity" else [],
+        toxicity_settings=toxicity, include_path=p.include_path, limit=p.spec.limit,
+        batch_size=p.spec.batch_size, seed=p.spec.seed, out_dir=out,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class RunResult:
+    out: Path | None
+    verdict: str  # "pass" | "fail" | "dry-run"
+    mask_counts: dict[int, int]
+    mask_total: int
+    experts_total: int
+    rows: list[dict]
+    timings: dict[str, float]
+    stats_cached: bool
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.verdict == "fail" else 0
+
+
+def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) -> RunResult:
+    """Plan, then profile, select, apply, verify and report; see the module docstring."""
+    say = progress or (lambda msg: log.info(msg))
+    p = plan(spec)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    from .loading import load_model, load_tokenizer
+    from .select import select_experts
+
+    model, tok = load_model(p.model_path), load_tokenizer(p.model_path)
+    say(f"profiling routing over {'generations' if spec.kind == 'toxicity' else p.corpus}")
+    if spec.kind == "toxicity":
+        stats, cached = profile_cached(model, tok, toxicity_corpus(model, tok, p), p=p, scorer=p.toxicity["scorer"])
+    else:
+        stats, cached = profile_cached(model, tok, p.corpus, p=p)
+    lap("profile")
+    mask = select_experts(stats, p.rule, target=spec.target, min_tokens=spec.min_tokens, model=model, **p.rule_params)
+    lap("select")
+    experts_total = stats.num_groups * stats.moe_experts**2
+    say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
+    if spec.dry_run:
+        return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, [], timings, cached)
+    del model
+    p.out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.", dir=p.out.parent))
+    try:
+        import yaml
+
+        (work / "run.yaml").write_text(yaml.safe_dump(p.resolved(), sort_keys=False))
+        stats.save(work / "stats.safetensors")
+        mask.save(work / "mask.json")
+        say("writing the edited checkpoint")
+        edited = apply_mask(p, work / "mask.json", work / "checkpoint")
+        lap("apply")
+        say("evaluating baseline and edited model")
+        report = run_verify(p, edited, work)
+        lap("verify")
+        result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, report["rows"], timings, cached)
+        write_report(work, p, result, report)
+        _rehome(work, edited, p.out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return result
+
+
+def _rehome(work: Path, edited: Path, out: Path) -> None:
+    """Move the finished run into place; the checkpoint's provenance keeps pointing at the source."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+
+
+# ---------------------------------------------------------------- report
+
+
+def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) -> None:
+    """report.md with the verdict, the per-task table and two plots."""
+    plots = _plots(folder, p, result)
+    low, high = p.gates()
+    lines = [
+        f"# resect {p.spec.kind}: {'remove ' + p.spec.target if p.spec.target else f'toxicity r >= {p.spec.threshold}'}",
+        "",
+        f"**Verdict: {result.verdict.upper()}**: target tasks must drop by at least {low:g}, general tasks by at most {high:g}.",
+        "",
+        f"- model: `{p.model_path}`",
+        f"- rule: `{p.rule}` {json.dumps(p.rule_params)}; statistics over `{p.corpus or 'generations'}`"
+        + (" (from cache)" if result.stats_cached else ""),
+        f"- masked experts: {result.mask_total:,} of {result.experts_total:,} "
+        f"({100 * result.mask_total / max(result.experts_total, 1):.2f}%); per group: "
+        + ", ".join(f"{g}: {n:,}" for g, n in sorted(result.mask_counts.items())),
+        f"- time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()),
+        "",
+        "| task | role | metric | before | after | drop | threshold | ok |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result.rows:
+        lines.append(
+            f"| {r['task']} | {r['role']} | {r['metric']} | {_num(r.get('baseline'))} | {_num(r.get('edited'))} | "
+            f"{_num(r.get('drop'))}{r.get('unit', '')} | {_num(r.get('threshold'))} | {'yes' if r.get('passed') else 'NO'} |"
+        )
+    lines += ["", *[f"![{name}]({name})" for name in plots], ""]
+    (folder / "report.md").write_text("\n".join(lines))
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _plots(folder: Path, p: Plan, result: RunResult) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    rows = [r for r in result.rows if r.get("baseline") is not None and r.get("edited") is not None]
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows)), 3.5))
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [r["baseline"] for r in rows], width=0.4, label="before")
+        ax.bar([x + 0.2 for x in xs], [r["edited"] for r in rows], width=0.4, label="after")
+        ax.set_xticks(list(xs), [r["task"].removeprefix("world_") for r in rows], rotation=30, ha="right")
+        ax.set_ylabel(rows[0]["metric"])
+        ax.set_title(f"{p.spec.kind}: before and after the edit")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "accuracy.png", dpi=100)
+        plt.close(fig)
+        written.append("accuracy.png")
+    fig, ax = plt.subplots(figsize=(5, 3))
+    groups = sorted(result.mask_counts)
+    ax.bar([str(g) for g in groups], [result.mask_counts[g] for g in groups])
+    ax.set_xlabel("routing group")
+    ax.set_ylabel("masked experts")
+    fig.tight_layout()
+    fig.savefig(folder / "experts.png", dpi=100)
+    plt.close(fig)
+    return written + ["experts.png"]
+
+
+__all__ = ["KINDS", "RunSpec", "Plan", "RunResult", "plan", "run_edit"]
