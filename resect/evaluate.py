@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import EvalError, unknown
+from .errors import EvalError, UsageError, unknown
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,14 @@ def _local_data_files(cfg: dict[str, Any]) -> list[Path]:
     return [Path(v) for v in flat if isinstance(v, str) and Path(v).is_file()]
 
 
+def check_run_options(limit: int | float | None, batch_size: int) -> None:
+    """A positive limit (count, or fraction below 1) and batch size."""
+    if limit is not None and not limit > 0:
+        raise UsageError(f"--limit must be positive (a count, or a fraction below 1), got {limit}.")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
+
+
 def evaluate(
     model,
     tokenizer,
@@ -169,10 +177,7 @@ def evaluate(
 ) -> dict:
     """Run lm-eval on an in-memory model; returns lm-eval's results dict (JSON-serialisable)."""
     require_extras("lm_eval", "accelerate")
-    if limit is not None and limit <= 0:
-        raise EvalError(f"--limit must be positive, got {limit}.")
-    if batch_size < 1:
-        raise EvalError(f"--batch-size must be at least 1, got {batch_size}.")
+    check_run_options(limit, batch_size)
     names, includes = resolve_tasks(tasks, include_path)
     import lm_eval
     from lm_eval.models.huggingface import HFLM

@@ -22,7 +22,7 @@ from .errors import CorpusError, OutputError
 
 log = logging.getLogger(__name__)
 
-PPL_METRICS = ["word_perplexity", "byte_perplexity", "bits_per_byte"]
+PPL_METRICS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity", "bits_per_byte": "bits_per_byte"}
 
 
 def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", label_field: str = "label") -> dict[str, list[str]]:
@@ -63,7 +63,7 @@ def perplexity_task_config(name: str, data_file: Path) -> dict:
         "doc_to_text": "",
         "doc_to_target": "{{text}}",
         "should_decontaminate": False,
-        "metric_list": [{"metric": m} for m in PPL_METRICS],
+        "metric_list": [{"metric": m, "aggregation": a, "higher_is_better": False} for m, a in PPL_METRICS.items()],
         "metadata": {"version": 1.0},
     }
 
@@ -86,7 +86,7 @@ def make_perplexity_tasks(
         raise OutputError(f"'{out}' exists and is not a folder. Pass a folder for the generated tasks.")
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    for label, docs in sorted(texts.items()):
+    for label, docs in sorted(texts.items(), key=lambda kv: task_name(prefix, kv[0])):
         name = task_name(prefix, label)
         if name in names:
             raise CorpusError(f"Labels collide in task name '{name}'. Rename one of the labels in '{corpus}'.")

@@ -306,10 +306,11 @@ def verify(
     device: str = "cpu",
 ) -> dict:
     """Evaluate baseline (cached) and edited, compare, write verify.json/.md/.png; returns the report."""
-    from .evaluate import require_extras, resolve_tasks
+    from .evaluate import check_run_options, require_extras, resolve_tasks
     from .loading import resolve_model_path
 
     require_extras()
+    check_run_options(limit, batch_size)
     target_tasks, general_tasks, target_toxicity = list(target_tasks), list(general_tasks), list(target_toxicity)
     check_thresholds(min_target_drop, max_general_drop, target_tasks + target_toxicity, general_tasks)
     specs = {s: ("target", split_spec(s)[1]) for s in target_tasks} | {s: ("general", split_spec(s)[1]) for s in general_tasks}

@@ -52,8 +52,9 @@ def eval_command(
     if not names:
         raise typer.BadParameter("name at least one task", param_hint="--tasks")
     lim = int(limit) if limit is not None and limit >= 1 else limit
-    from resect.evaluate import resolve_tasks
+    from resect.evaluate import check_run_options, resolve_tasks
 
+    check_run_options(lim, batch_size)
     resolve_tasks(names, include_path)  # a typo fails before the model loads
     results = evaluate(
         load_model(model, dtype=dtype, device=device), load_tokenizer(model), names,
