@@ -96,6 +96,11 @@ def spec_from(data: dict[str, Any], overrides: dict[str, Any] | None = None):
     return RunSpec(**merged)
 
 
+def is_training(data: dict[str, Any]) -> bool:
+    """Training recipes (the built-in model's) describe a model and a schedule, not an edit."""
+    return "kind" not in data and "train" in data
+
+
 def validate_recipe(name_or_path: str) -> None:
     """Raise when a shipped recipe is malformed (option names, kind, ranges, first-line command)."""
     from .pipeline import check_spec
@@ -104,4 +109,10 @@ def validate_recipe(name_or_path: str) -> None:
     first = path.read_text().splitlines()[0] if path.read_text() else ""
     if not first.startswith("# resect "):
         raise UsageError(f"Recipe '{path}' must start with a comment holding the command that runs it.")
-    check_spec(spec_from(read_recipe(str(path))))
+    data = read_recipe(str(path))
+    if is_training(data):
+        from .train import load_recipe
+
+        load_recipe(path)
+        return
+    check_spec(spec_from(data))

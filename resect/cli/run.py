@@ -17,12 +17,23 @@ def run(
     recipe: Annotated[str, typer.Argument(help="Recipe name (see 'resect recipes ls') or YAML path.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value options over the recipe's.")] = None,
 ) -> None:
-    """Run a recipe: command line over recipe over defaults."""
-    from resect.recipebook import parse_overrides, read_recipe, spec_from
+    """Run a recipe: command line over recipe over defaults (training recipes need out=DIR)."""
+    from resect.recipebook import find_recipe, is_training, parse_overrides, read_recipe, spec_from
 
+    data = read_recipe(recipe)
+    if is_training(data):
+        from resect.errors import UsageError
+        from resect.train import load_recipe, run_recipe
+
+        rest = [o for o in overrides or [] if not o.startswith("out=")]
+        outs = [o[4:] for o in overrides or [] if o.startswith("out=")]
+        if not outs:
+            raise UsageError("A training recipe needs out=DIR (where the trained checkpoint goes).")
+        run_recipe(load_recipe(find_recipe(recipe), rest), outs[-1])
+        return
     from .edit import execute
 
-    execute(spec_from(read_recipe(recipe), parse_overrides(overrides or [])))
+    execute(spec_from(data, parse_overrides(overrides or [])))
 
 
 @recipes_app.command("ls")

@@ -1,0 +1,100 @@
+"""End to end on the built-in model: resect domain / run / recipes, and their bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resect.recipebook import recipe_files, validate_recipe
+
+RESECT = str(Path(sys.executable).parent / "resect")
+
+
+def resect(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = os.environ | {"RESECT_CACHE_DIR": str(env_cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([RESECT, *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("name", sorted(recipe_files()))
+def test_every_shipped_recipe_validates(name):
+    validate_recipe(name)
+
+
+def one_line_error(res: subprocess.CompletedProcess, phrase: str) -> None:
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and phrase in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unknown_domain_suggests_and_writes_nothing(tmp_path, cache):
+    res = resect("domain", "--remove", "biolgy", "--out", str(tmp_path / "run"), env_cache=cache)
+    one_line_error(res, "Did you mean: biology?")
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_output_is_refused_and_untouched(tmp_path, cache):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = resect("domain", "--remove", "biology", "--out", str(out), env_cache=cache)
+    one_line_error(res, "already exists")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["toxicity", "--threshold", "1.5", "--out", "{out}"], "[-1, 1]"),
+    (["domain", "--remove", "biology", "--ratio", "1.0", "--out", "{out}"], "greater than 1"),
+    (["domain", "--remove", "biology", "--max-general-drop", "-1", "--out", "{out}"], "must not be negative"),
+    (["run", "world-domain", "targt=law", "out={out}"], "Did you mean: target?"),
+    (["run", "no-such-recipe", "out={out}"], "Unknown recipe"),
+])  # fmt: skip
+def test_out_of_range_options_exit_2(args, phrase, tmp_path, cache):
+    out = tmp_path / "run"
+    res = resect(*(a.format(out=out) for a in args), env_cache=cache)
+    one_line_error(res, phrase)
+    assert not out.exists()
+
+
+def test_dry_run_selects_but_writes_nothing(tmp_path, cache):
+    res = resect("run", "world-domain", "target=chemistry", "dry_run=true", f"out={tmp_path / 'run'}", env_cache=cache)
+    assert res.returncode == 0, res.stderr
+    assert "masked" in res.stdout and "dry run" in res.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_domain_biology_end_to_end(tmp_path, cache):
+    runs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        res = resect("domain", "--remove", "biology", "--out", str(out), env_cache=cache)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "PASS" in res.stdout
+        runs.append(out)
+    first, second = runs
+    for name in ("run.yaml", "stats.safetensors", "mask.json", "verify.json", "verify.md", "report.md", "accuracy.png", "experts.png"):
+        assert (first / name).is_file(), name
+    verdict = json.loads((first / "verify.json").read_text())
+    assert verdict["verdict"] == "pass"
+    rows = {r["task"]: r for r in verdict["rows"]}
+    assert rows["world_biology"]["role"] == "target" and rows["world_biology"]["drop"] >= 10
+    assert all(r["drop"] <= 2 for r in rows.values() if r["role"] == "general")
+    # the edited checkpoint is self-describing and loads
+    config = json.loads((first / "checkpoint" / "config.json").read_text())
+    assert config["resect"]["mask"]["total"] > 0
+    # same inputs and seed: same mask, same numbers (the second run's baseline came from the cache)
+    assert json.loads((first / "mask.json").read_text())["experts"] == json.loads((second / "mask.json").read_text())["experts"]
+    again = json.loads((second / "verify.json").read_text())
+    assert [(r["task"], r["edited"]) for r in again["rows"]] == [(r["task"], r["edited"]) for r in verdict["rows"]]
+    assert again["baseline"]["cached"] is True
