@@ -80,9 +80,10 @@ class Settings:
 
 
 # ---- planning -------------------------------------------------------------------------------
-def _doc_sequences(doc: Document, label: int, tokenizer: Any, s: Settings) -> list[Piece]:
+def _doc_sequences(doc: Document, label: int, tokenizer: Any, s: Settings, special: set[int]) -> list[Piece]:
     enc = tokenizer(doc.text, add_special_tokens=True, return_special_tokens_mask=True, return_offsets_mapping=s.scorer is not None)
-    ids, counted = list(enc["input_ids"]), [not m for m in enc["special_tokens_mask"]]
+    ids = list(enc["input_ids"])
+    counted = [not m and t not in special for m, t in zip(enc["special_tokens_mask"], ids)]  # also "</s>" typed in the text
     scores = _given_scores(doc, counted)
     spans = None
     if scores is None and s.scorer is not None:
@@ -117,13 +118,14 @@ def _given_scores(doc: Document, counted: list[bool]) -> list[float | None] | No
 def plan_sequences(corpus: Corpus, tokenizer: Any, settings: Settings) -> list[Piece]:
     """Every model input in processing order: label by label (sorted), shuffled, capped."""
     out = []
+    special = set(tokenizer.all_special_ids)
     for index, label in enumerate(corpus.labels):
         docs = [d for d in corpus.documents if d.label == label]
         random.Random(f"{settings.seed}:{label}").shuffle(docs)
         budget = settings.max_tokens_per_label
         taken = 0
         for doc in docs:
-            for seq in _doc_sequences(doc, index, tokenizer, settings):
+            for seq in _doc_sequences(doc, index, tokenizer, settings, special):
                 if budget is not None and taken + seq.num_counted > budget:
                     seq = seq.cut(budget - taken)
                 out.append(seq)
@@ -307,9 +309,9 @@ def profile_corpus(
     try:
         for k in range(done, len(mine)):
             _run_batch(model, mine[k], stats, score_fn, pad_id, device, config.moe_groups)
-            report(sum(s.num_counted for s in mine[k]))
             if checkpoint and (k + 1) % checkpoint_every == 0 and k + 1 < len(mine):
                 _save_partial(partial_path(checkpoint, rank, world), stats, plan, k + 1)
+            report(sum(s.num_counted for s in mine[k]))
     finally:
         model.train(was_training)
     return _finish(stats, corpus, settings, world, device)
