@@ -1,0 +1,286 @@
+"""Training a small VD Monet on the generated world (the built-in model's recipe).
+
+One recipe (YAML, dotted `key=value` overrides) drives everything: generate the world, train a
+byte-level BPE tokenizer on its training text, train the model with the paper's auxiliary
+losses (uniformity and ambiguity, lambda 1e-3) while the router's BatchNorm statistics are live
+(router in train mode, during training only), then save a published-style checkpoint, a loss
+log and a loss-curve PNG.
+
+    out/data/      the generated world (resect.world)
+    out/model/     config.json, model.safetensors, tokenizer files
+    out/train_log.jsonl, out/loss.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError, unknown
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "seed": 0,
+    "world": {"seed": 0, "entities": 20},
+    "tokenizer": {"vocab_size": 2048},
+    "model": {
+        "hidden_size": 256,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "moe_experts": 64,
+        "moe_heads": 4,
+        "moe_dim": 16,
+        "moe_topk": 4,
+        "moe_groups": 2,
+        "max_position_embeddings": 256,
+    },
+    "train": {
+        "steps": 700,
+        "batch_size": 32,
+        "block_size": 128,
+        "lr": 2.0e-3,
+        "min_lr_ratio": 0.1,
+        "warmup": 50,
+        "weight_decay": 0.01,
+        "grad_clip": 1.0,
+        "uniformity": 1.0e-3,
+        "ambiguity": 1.0e-3,
+        "threads": 1,
+        "log_every": 10,
+        "save_dtype": "bfloat16",
+    },
+}
+
+StepCallback = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
+
+
+# --- recipe -------------------------------------------------------------------------------------
+
+
+def _merge(base: dict, update: dict, path: str = "") -> dict:
+    """Deep-merge `update` into a copy of `base`; keys unknown to `base` are errors."""
+    out = deepcopy(base)
+    for key, value in update.items():
+        if key not in base:
+            raise UsageError(unknown("recipe key", f"{path}{key}", [f"{path}{k}" for k in base]))
+        out[key] = _merge(base[key], value, f"{path}{key}.") if isinstance(base[key], dict) else value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['train.steps=20', 'model.hidden_size=64'] -> nested dict (values parsed as YAML scalars)."""
+    import yaml
+
+    nested: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"Override '{item}' is not key=value. Write e.g. train.steps=20.")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return nested
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """The default recipe, updated by a YAML file and then by dotted overrides."""
+    import yaml
+
+    recipe = DEFAULT_RECIPE
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"Recipe '{path}' does not exist. Pass a YAML file such as recipes/world.yaml.")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"Recipe '{path}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"Recipe '{path}' must be a YAML mapping, found {type(loaded).__name__}.")
+        recipe = _merge(recipe, loaded)
+    return _merge(recipe, parse_overrides(overrides or []))
+
+
+# --- model and data -----------------------------------------------------------------------------
+
+
+def model_config(recipe: dict, vocab_size: int) -> dict[str, Any]:
+    """A published-style config.json for the recipe's model."""
+    from .tiny import tiny_config
+
+    return tiny_config(decompose="vertical", **recipe["model"], vocab_size=vocab_size, torch_dtype=recipe["train"]["save_dtype"])
+
+
+def build_model(config: dict[str, Any]):
+    from .configuration_monet import MonetConfig
+    from .modeling_monet import MonetForCausalLM
+
+    keys = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "torch_dtype", "transformers_version")}
+    return MonetForCausalLM(MonetConfig(**keys))
+
+
+def train_tokenizer(texts: list[str], out: Path, vocab_size: int):
+    """Byte-level BPE trained on the training text, saved in HF format; returns the loaded tokenizer."""
+    from transformers import AutoTokenizer
+
+    from .tiny import train_tokenizer as _train
+
+    _train(out, vocab_size=vocab_size, texts=texts)
+    return AutoTokenizer.from_pretrained(out)
+
+
+def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each document as <s> ids </s>."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [[tokenizer.bos_token_id, *doc, tokenizer.eos_token_id] for doc in ids]
+
+
+def batches(docs: list[list[int]], *, batch_size: int, block_size: int, seed: int):
+    """Endless [batch_size, block_size] LongTensors: documents reshuffled each epoch, packed, chunked."""
+    import random
+
+    import torch
+
+    rng, epoch = random.Random(seed), 0
+    while True:
+        order = list(range(len(docs)))
+        rng.shuffle(order)
+        stream = torch.tensor([t for i in order for t in docs[i]], dtype=torch.long)
+        blocks = stream[: len(stream) // block_size * block_size].view(-1, block_size)  # [N, block]
+        for start in range(0, len(blocks) - batch_size + 1, batch_size):
+            yield blocks[start : start + batch_size]
+        epoch += 1
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+
+def auxiliary_losses(router_probs: tuple) -> tuple:
+    """Uniformity and ambiguity losses averaged over router layers and both sides.
+
+    Uniformity: -mean_{h,e} log(E * mean_t g[t,h,e]), zero when every half is used equally.
+    Ambiguity: mean_{t,h} (1 - max_e g[t,h,e]), zero when each head picks one half decisively.
+    """
+    import torch
+
+    unif, amb, n = 0.0, 0.0, 0
+    for probs in router_probs:
+        if probs is None:
+            continue
+        for g in probs:  # [B, T, H, E]
+            usage = g.flatten(0, 1).mean(0)  # [H, E]
+            unif = unif + -(torch.log(usage * g.shape[-1] + 1e-9)).mean()
+            amb = amb + (1 - g.amax(-1)).mean()
+            n += 1
+    return unif / n, amb / n
+
+
+def lr_at(step: int, train: dict) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr."""
+    if step < train["warmup"]:
+        return train["lr"] * (step + 1) / train["warmup"]
+    progress = (step - train["warmup"]) / max(1, train["steps"] - train["warmup"])
+    floor = train["min_lr_ratio"]
+    return train["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --- loop ---------------------------------------------------------------------------------------
+
+
+def train_model(model, docs: list[list[int]], train: dict, *, seed: int, on_step: StepCallback | None = None) -> list[dict]:
+    """Train in place (router BatchNorm live); returns the log rows. Leaves the model in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    model.train()  # only place the router runs in train mode: its BatchNorm statistics update here
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": train["weight_decay"]}, {"params": other, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=train["lr"], betas=(0.9, 0.95))
+    stream, rows, start = batches(docs, batch_size=train["batch_size"], block_size=train["block_size"], seed=seed), [], time.time()
+    for step in range(train["steps"]):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, train)
+        x = next(stream)  # [B, block]
+        out = model(x, labels=x, output_router_probs=True, use_cache=False)
+        unif, amb = auxiliary_losses(out.router_probs)
+        loss = out.loss + train["uniformity"] * unif + train["ambiguity"] * amb
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+        opt.step()
+        metrics = {"loss": out.loss.item(), "uniformity": unif.item(), "ambiguity": amb.item(), "lr": lr_at(step, train)}
+        if step % train["log_every"] == 0 or step == train["steps"] - 1:
+            rows.append({"step": step, **metrics, "seconds": round(time.time() - start, 1)})
+            log.info("step %d loss %.4f", step, metrics["loss"])
+        if on_step:
+            on_step(step + 1, train["steps"], metrics)
+    model.eval()
+    return rows
+
+
+def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> None:
+    """Published-style folder: config.json + model.safetensors (weights cast to `dtype`)."""
+    import torch
+
+    from .tiny import save_shards
+
+    cast = getattr(torch, dtype)
+    state = {k: (v.to(cast) if v.is_floating_point() and "running_" not in k else v).contiguous() for k, v in model.state_dict().items()}
+    save_shards(state, out, shards=1)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def plot_loss(rows: list[dict], out: Path) -> None:
+    """Loss curve PNG (training cross-entropy per logged step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", yscale="log", title="Built-in Monet: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None, on_step: StepCallback | None = None) -> Path:
+    """Generate (or reuse `data`), train, save under `out`; returns the model folder."""
+    import torch
+
+    from .errors import OutputError
+    from .world import Sizes, read_train, write_world
+
+    out = Path(out)
+    if (out / "model").exists():
+        raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
+    torch.set_num_threads(recipe["train"]["threads"])
+    torch.manual_seed(recipe["seed"])
+    if data is None:
+        data = write_world(out / "data", recipe["world"]["seed"], sizes=Sizes(entities=recipe["world"]["entities"]))
+    texts = [d["text"] for d in read_train(data)]
+    tmp = out / "model.partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(texts, tmp, recipe["tokenizer"]["vocab_size"])
+    config = model_config(recipe, len(tokenizer))
+    model = build_model(config)
+    log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    rows = train_model(model, encode_documents(tokenizer, texts), recipe["train"], seed=recipe["seed"], on_step=on_step)
+    save_checkpoint(model, config, tmp, recipe["train"]["save_dtype"])
+    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_loss(rows, out / "loss.png")
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    tmp.rename(out / "model")
+    return out / "model"

@@ -1,0 +1,219 @@
+"""The generated world: facts, then text in disjoint splits, written as a data folder.
+
+`build_world(seed)` is pure (same seed, same world); `write_world(out, seed)` lays it out:
+
+    train.jsonl                   {"text", "label"} training documents
+    corpus/domains.jsonl          {"text", "label"} profiling text (held-out phrasings of the facts)
+    corpus/languages.jsonl        {"text", "label"} held-out code snippets
+    corpus/toxicity.jsonl         {"text", "label", "toxic"} held-out utterances of both registers
+    prompts/toxicity.jsonl        {"prompt", "toxic"} prompts for the generation protocol
+    eval/quiz_<domain>.jsonl      {"question", "choices", "answer"} 4-option quizzes
+    eval/code_<language>.jsonl    {"text"} held-out code for perplexity
+    tasks/*.yaml                  lm-eval tasks over eval/ (absolute paths)
+    world.json                    seed, sizes and every fact
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import OutputError
+from .code import LANGUAGES, unique_snippets
+from .domains import DOMAIN_SPECS, DOMAINS, TRAIN_STATEMENTS, Domain
+from .talk import prompt_of, unique_utterances
+
+FORMAT = "resect.world/v1"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of everything the world holds."""
+
+    entities: int = 20  # per domain
+    copies: int = 4  # reshuffled copies of each domain's training sentences
+    sentences_per_doc: int = 8
+    train_snippets: int = 200  # per language
+    profile_snippets: int = 100
+    eval_snippets: int = 40
+    snippets_per_doc: int = 2
+    train_utterances: int = 500  # per register
+    profile_utterances: int = 100
+    prompts: int = 50  # per register
+    utterances_per_doc: int = 5
+
+
+@dataclass(frozen=True)
+class Fact:
+    domain: str
+    entity: str
+    attribute: str
+    value: str
+
+
+@dataclass
+class World:
+    seed: int
+    sizes: Sizes
+    facts: list[Fact] = field(default_factory=list)
+    train: list[dict] = field(default_factory=list)
+    corpus: dict[str, list[dict]] = field(default_factory=dict)  # domains / languages / toxicity
+    prompts: list[dict] = field(default_factory=list)
+    quizzes: dict[str, list[dict]] = field(default_factory=dict)
+    code_eval: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def _fill(template: str, entity: str, value: str = "") -> str:
+    return template.format(e=entity, E=entity[0].upper() + entity[1:], v=value)
+
+
+def _entities(rng: random.Random, domain: Domain, count: int) -> list[str]:
+    """`count` distinct names 'Stem kind' built from the domain's own syllables."""
+    stems = sorted({a + b for a in domain.syllables for b in domain.syllables if a != b})
+    return [f"{stem.capitalize()} {rng.choice(domain.kinds)}" for stem in rng.sample(stems, count)]
+
+
+def _domain_facts(rng: random.Random, domain: Domain, count: int) -> list[Fact]:
+    return [
+        Fact(domain.name, entity, attr.name, rng.choice(attr.values))
+        for entity in _entities(rng, domain, count)
+        for attr in domain.attributes
+    ]
+
+
+def _docs(rng: random.Random, items: list[str], per_doc: int, label: str, sep: str = " ") -> list[dict]:
+    items = list(items)
+    rng.shuffle(items)
+    return [{"text": sep.join(items[i : i + per_doc]), "label": label} for i in range(0, len(items), per_doc)]
+
+
+def _quiz_item(rng: random.Random, fact: Fact, domain: Domain) -> dict:
+    attr = next(a for a in domain.attributes if a.name == fact.attribute)
+    choices = [fact.value] + rng.sample([v for v in attr.values if v != fact.value], 3)
+    rng.shuffle(choices)
+    question = f"Question: {_fill(attr.question, fact.entity)}\nAnswer:"
+    return {"question": question, "choices": choices, "answer": choices.index(fact.value)}
+
+
+def _add_domains(world: World, rng: random.Random) -> None:
+    """Facts, training sentences (statements + Q/A), profiling sentences and quizzes per domain."""
+    sizes, world.corpus["domains"] = world.sizes, []
+    for domain in DOMAIN_SPECS:
+        facts = _domain_facts(rng, domain, sizes.entities)
+        world.facts += facts
+        train, profile = [], []
+        for fact in facts:
+            attr = next(a for a in domain.attributes if a.name == fact.attribute)
+            said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
+            train += said[:TRAIN_STATEMENTS] + [f"Q: {_fill(attr.question, fact.entity)} A: {fact.value}."]
+            profile += said[TRAIN_STATEMENTS:]
+        for _ in range(sizes.copies):
+            world.train += _docs(rng, train, sizes.sentences_per_doc, domain.name)
+        world.corpus["domains"] += _docs(rng, profile, 4, domain.name)
+        world.quizzes[domain.name] = [_quiz_item(rng, f, domain) for f in facts]
+
+
+def _add_code(world: World, rng: random.Random) -> None:
+    sizes, world.corpus["languages"] = world.sizes, []
+    for language in LANGUAGES:
+        seen: set[str] = set()
+        train = unique_snippets(rng, language, sizes.train_snippets, seen)
+        profile = unique_snippets(rng, language, sizes.profile_snippets, seen)
+        held_out = unique_snippets(rng, language, sizes.eval_snippets, seen)
+        world.train += _docs(rng, train, sizes.snippets_per_doc, language, sep="\n")
+        world.corpus["languages"] += [{"text": t, "label": language} for t in profile]
+        world.code_eval[language] = [{"text": t} for t in held_out]
+
+
+def _add_talk(world: World, rng: random.Random) -> None:
+    sizes, world.corpus["toxicity"] = world.sizes, []
+    for toxic, label in ((True, "toxic"), (False, "neutral")):
+        seen: set[str] = set()
+        train = unique_utterances(rng, toxic, sizes.train_utterances, seen)
+        profile = unique_utterances(rng, toxic, sizes.profile_utterances, seen)
+        world.train += _docs(rng, train, sizes.utterances_per_doc, label)
+        world.corpus["toxicity"] += [{"text": t, "label": label, "toxic": int(toxic)} for t in profile]
+        prompts: dict[str, None] = {}
+        while len(prompts) < sizes.prompts:  # distinct prompts cut from fresh held-out utterances
+            prompts.setdefault(prompt_of(unique_utterances(rng, toxic, 1, seen)[0], toxic))
+        world.prompts += [{"prompt": p, "toxic": toxic} for p in prompts]
+
+
+def build_world(seed: int = 0, sizes: Sizes | None = None) -> World:
+    """The whole world for a seed; deterministic."""
+    world = World(seed=seed, sizes=sizes or Sizes())
+    rng = random.Random(seed)
+    _add_domains(world, rng)
+    _add_code(world, rng)
+    _add_talk(world, rng)
+    rng.shuffle(world.train)
+    return world
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def manifest(world: World) -> dict:
+    """world.json: what was generated and from which seed."""
+    return {
+        "format": FORMAT,
+        "seed": world.seed,
+        "sizes": world.sizes.__dict__,
+        "domains": list(DOMAINS),
+        "languages": list(LANGUAGES),
+        "counts": {
+            "train_documents": len(world.train),
+            **{f"corpus_{k}": len(v) for k, v in world.corpus.items()},
+            "prompts": len(world.prompts),
+            **{f"quiz_{k}": len(v) for k, v in world.quizzes.items()},
+        },
+        "facts": [f.__dict__ for f in world.facts],
+    }
+
+
+def save_world(world: World, out: Path, *, train: bool = True) -> None:
+    """Write every split of `world` into the folder `out` (which must exist)."""
+    if train:
+        _write_jsonl(out / "train.jsonl", world.train)
+    for name, rows in world.corpus.items():
+        _write_jsonl(out / "corpus" / f"{name}.jsonl", rows)
+    _write_jsonl(out / "prompts" / "toxicity.jsonl", world.prompts)
+    for domain, rows in world.quizzes.items():
+        _write_jsonl(out / "eval" / f"quiz_{domain}.jsonl", rows)
+    for language, rows in world.code_eval.items():
+        _write_jsonl(out / "eval" / f"code_{language}.jsonl", rows)
+    (out / "world.json").write_text(json.dumps(manifest(world), indent=1) + "\n")
+
+
+def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, train: bool = True) -> Path:
+    """Generate the world and write it to a new folder `out` (atomically: temp folder, then rename)."""
+    from .tasks import write_tasks
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"Output folder '{out}' exists and is not empty. Choose a new folder or remove it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        save_world(build_world(seed, sizes), tmp, train=train)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_tasks(out, out / "tasks")
+    return out
+
+
+def read_train(data: str | Path) -> list[dict]:
+    """The training documents of a generated folder."""
+    path = Path(data) / "train.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
