@@ -63,11 +63,20 @@ def _single_process_bootstrap() -> Iterator[None]:
 
 
 @lru_cache(maxsize=8)
-def _task_manager(include_paths: tuple[str, ...]):
-    """lm-eval's TaskManager (indexing ~15k YAMLs takes seconds: built once per include set)."""
+def _task_manager(include_paths: tuple[str, ...], defaults: bool = True):
+    """lm-eval's TaskManager; indexing its ~15k built-in YAMLs takes seconds, so built once per include set."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(include_paths) or None)
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=defaults)
+
+
+def task_manager_for(names: Sequence[str], include_paths: Sequence[str]):
+    """The include paths alone when they define every task (fast), else with lm-eval's built-in tasks."""
+    if include_paths:
+        local = _task_manager(tuple(include_paths), defaults=False)
+        if set(names) <= set(local.all_tasks):
+            return local
+    return _task_manager(tuple(include_paths))
 
 
 def _tasks_in(folder: Path) -> list[str]:
@@ -108,11 +117,19 @@ def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequen
         else:
             names.append(task)
     includes = list(dict.fromkeys(includes))
-    known = set(_task_manager(tuple(includes)).all_tasks)
+    if includes:  # a typo of a local task is answered from the local index, without indexing lm-eval's tasks
+        local = set(_task_manager(tuple(includes), defaults=False).all_tasks)
+        _check_known(names, local, only_if_close=True)
+    _check_known(names, set(task_manager_for(names, includes).all_tasks))
+    return list(dict.fromkeys(names)), includes
+
+
+def _check_known(names: Sequence[str], known: set[str], *, only_if_close: bool = False) -> None:
     for name in names:
         if name not in known:
-            raise EvalError(unknown("lm-eval task", name, _near(name, known)) + " Add --include-path for local tasks.")
-    return list(dict.fromkeys(names)), includes
+            near = _near(name, known, fallback=not only_if_close)
+            if near or not only_if_close:
+                raise EvalError(unknown("lm-eval task", name, near) + " Add --include-path for local tasks.")
 
 
 def _tasks_in_file(file: Path) -> list[str]:
@@ -123,12 +140,14 @@ def _tasks_in_file(file: Path) -> list[str]:
     return [cfg["task"]] if isinstance(cfg, dict) and isinstance(cfg.get("task"), str) else []
 
 
-def _near(name: str, known: set[str]) -> list[str]:
+def _near(name: str, known: set[str], *, fallback: bool = True) -> list[str]:
     """The candidates worth listing after 'Available:' (lm-eval knows ~15k names: show the close ones)."""
     import difflib
 
     close = difflib.get_close_matches(name, sorted(known), n=10, cutoff=0.6)
-    return close or sorted(k for k in known if k.split("_")[0] == name.split("_")[0])[:10]
+    if close or not fallback:
+        return close
+    return sorted(k for k in known if k.split("_")[0] == name.split("_")[0])[:10]
 
 
 def task_config_hash(tasks: Sequence[str], include_paths: Sequence[str]) -> str:
@@ -136,7 +155,7 @@ def task_config_hash(tasks: Sequence[str], include_paths: Sequence[str]) -> str:
 
     Editing a task YAML or its JSONL changes the hash, so cached baseline results are not reused.
     """
-    manager = _task_manager(tuple(include_paths))
+    manager = task_manager_for(tasks, include_paths)
     digest = hashlib.sha256()
     for name in sorted(tasks):
         entry = manager.task_index.get(name)
@@ -188,7 +207,7 @@ def evaluate(
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=names,
-            task_manager=_task_manager(tuple(includes)),
+            task_manager=task_manager_for(names, includes),
             limit=limit,
             bootstrap_iters=BOOTSTRAP_ITERS,
             log_samples=False,

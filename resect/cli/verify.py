@@ -67,9 +67,9 @@ def _print(report: dict, out: Path) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"{report['edited']['path']} vs {report['baseline']['path']}")
+    table = Table(title=f"{Path(report['edited']['path']).name} vs baseline {Path(report['baseline']['path']).name}")
     for col in ("task", "role", "metric", "baseline", "edited", "drop", "threshold", "result"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("task", "result"))
     for r in report["rows"]:
         unit = " pts" if r["unit"] == "points" else " %"
         se = f" ± {r['drop_stderr']:.2g}" if r["drop_stderr"] is not None else ""
