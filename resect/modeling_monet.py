@@ -320,6 +320,51 @@ class MonetModel(MonetPreTrainedModel):
         return out if return_dict is not False else out.to_tuple()
 
 
+class _JsonMask:
+    """Minimal reader of the `resect.mask/v1` JSON file, for folders loaded without resect
+    installed (`trust_remote_code=True`). With resect, `resect.mask.ExpertMask` is used instead."""
+
+    def __init__(self, data: dict):
+        self.moe_experts, self.num_groups = int(data["moe_experts"]), int(data["num_groups"])
+        self.experts = {int(g): sorted({int(i) for i in ids}) for g, ids in data["experts"].items() if ids}
+
+    def counts(self) -> dict[int, int]:
+        return {g: len(self.experts.get(g, ())) for g in range(self.num_groups)}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def dense(self, group: int) -> torch.Tensor:
+        flat = torch.zeros(self.moe_experts * self.moe_experts, dtype=torch.bool)
+        flat[torch.tensor(self.experts.get(group, []), dtype=torch.long)] = True
+        return flat.view(self.moe_experts, self.moe_experts)
+
+
+def read_mask_file(path: str):
+    """An edited checkpoint's mask: resect's ExpertMask when resect is importable, else _JsonMask."""
+    try:
+        from resect.mask import ExpertMask
+    except ImportError:
+        import json
+
+        with open(path) as fh:
+            return _JsonMask(json.load(fh))
+    return ExpertMask.load(path)
+
+
+def _check_mask_geometry(mask, config: MonetConfig) -> None:
+    if hasattr(mask, "validate_for"):
+        mask.validate_for(config)
+        return
+    groups = -(-config.num_hidden_layers // config.moe_groups)
+    if (mask.moe_experts, mask.num_groups) != (config.moe_experts, groups):
+        raise ValueError(
+            f"Expert mask for E={mask.moe_experts}, {mask.num_groups} groups does not fit this model "
+            f"(E={config.moe_experts}, {groups} groups)."
+        )
+
+
 class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
     def __init__(self, config: MonetConfig):
         super().__init__(config)
@@ -327,6 +372,38 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def set_expert_mask(self, mask) -> None:
+        """Remove the experts of `mask` (an ExpertMask; None restores every expert).
+
+        Each routing group's [E, E] bool mask goes to the `expert_mask` buffer of its layers;
+        groups with nothing removed keep None, the unmasked path at zero cost."""
+        dense = {}
+        if mask is not None:
+            _check_mask_geometry(mask, self.config)
+            dense = {g: mask.dense(g) for g, n in mask.counts().items() if n}  # [E, E] bool per group
+        for index, layer in enumerate(self.model.layers):
+            found = dense.get(index // self.config.moe_groups)
+            layer.moe.expert_mask = None if found is None else found.to(next(layer.moe.parameters()).device)
+        self._expert_mask = mask
+
+    def expert_mask_state(self):
+        """The mask set on this model (an ExpertMask), or None when every expert is kept."""
+        return getattr(self, "_expert_mask", None)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load as usual; an edited checkpoint (config key `resect.mask`) also gets its mask set."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        provenance = getattr(model.config, "resect", None)
+        mask_file = (provenance.get("mask") or {}).get("file") if isinstance(provenance, dict) else None
+        if mask_file:
+            from transformers.utils import cached_file
+
+            hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+            model.set_expert_mask(read_mask_file(cached_file(pretrained_model_name_or_path, mask_file, **hub)))
+        return loaded
 
     def get_input_embeddings(self):
         return self.model.embed_tokens

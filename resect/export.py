@@ -1,0 +1,200 @@
+"""Edited checkpoints: a source's weights (hard links, never modified) plus a mask, in HF layout.
+
+The folder loads three ways: with `import resect` and `AutoModelForCausalLM`; through
+`trust_remote_code=True` without resect (it carries configuration_monet.py, modeling_monet.py
+and the pure-torch masked path as monet_masking.py, named by `auto_map`); and with lm-eval's CLI.
+config.json gains a "resect" key saying what was done; a short README.md card repeats it.
+Applying masks to an edited checkpoint composes them (union) and keeps the original source.
+Everything is written to a temporary folder beside the destination, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CheckpointError, OutputError
+from .loading import INDEX_FILE, inspect_checkpoint, load_model, model_fingerprint, resolve_model_path
+from .mask import ExpertMask
+
+log = logging.getLogger(__name__)
+
+MASK_FILE = "resect_mask.json"
+MASKING_MODULE = "monet_masking"
+EXPORT_IMPORT = "from .kernels.dispatch import masked_moe_forward  # resect:export-import"
+AUTO_MAP = {"AutoConfig": "configuration_monet.MonetConfig", "AutoModelForCausalLM": "modeling_monet.MonetForCausalLM"}
+OWN_FILES = {"config.json", "README.md", MASK_FILE, "configuration_monet.py", "modeling_monet.py", f"{MASKING_MODULE}.py"}
+
+
+@dataclass
+class ApplyResult:
+    """What `apply_masks` wrote."""
+
+    path: Path
+    mask: ExpertMask
+    source: Path
+    linked: int  # weight files hard-linked (the rest were copied)
+    copied: int
+
+
+def load_masks(masks: list[str | os.PathLike | ExpertMask], config: dict[str, Any]) -> ExpertMask:
+    """Read, validate against the model's geometry and unite the given masks."""
+    union = ExpertMask.empty_like(config)
+    for item in masks:
+        mask = item if isinstance(item, ExpertMask) else ExpertMask.load(item)
+        mask.validate_for(config)
+        union = union | mask
+    return union
+
+
+def _check_output(source: Path, out: Path, force: bool) -> None:
+    src, dst = source.resolve(), out.resolve()
+    if dst == src:
+        raise OutputError(f"Output '{out}' is the source checkpoint. Choose a new folder: the source is never modified.")
+    if src.is_relative_to(dst):
+        raise OutputError(f"Output '{out}' contains the source checkpoint '{source}'. Choose a folder outside it.")
+    if out.exists() and not force:
+        raise OutputError(f"Output '{out}' already exists. Pass --force to replace it, or choose a new folder.")
+    if not out.parent.is_dir():
+        raise OutputError(f"Folder '{out.parent}' does not exist. Create it first or choose another output.")
+
+
+def _link_or_copy(src: Path, dst: Path) -> bool:
+    """Hard-link src to dst (True); copy when links are impossible, e.g. across filesystems (False)."""
+    try:
+        os.link(src, dst)
+        return True
+    except OSError:
+        shutil.copy2(src, dst)
+        return False
+
+
+def _weight_origin(source: Path, provenance: dict[str, Any] | None, shards: list[str]) -> Path:
+    """The folder whose weight files to link: the original source of an edited checkpoint when it
+    still holds the same files, else the given folder (whose files are links to them anyway)."""
+    original = Path(provenance["source"]) if provenance and provenance.get("source") else None
+    if original is None or not original.is_dir():
+        return source
+    same = all((original / s).is_file() and (original / s).stat().st_size == (source / s).stat().st_size for s in shards)
+    return original if same else source
+
+
+def _write_code(folder: Path) -> None:
+    """configuration_monet.py, modeling_monet.py (import rewritten) and monet_masking.py."""
+    here = Path(__file__).parent
+    from .kernels import masked_torch
+
+    shutil.copy2(here / "configuration_monet.py", folder / "configuration_monet.py")
+    modeling = (here / "modeling_monet.py").read_text()
+    if EXPORT_IMPORT not in modeling:
+        raise OutputError("resect's modeling_monet.py lacks its export import line; reinstall resect.")
+    rewritten = modeling.replace(EXPORT_IMPORT, f"from .{MASKING_MODULE} import masked_moe_forward")
+    (folder / "modeling_monet.py").write_text(rewritten)
+    shutil.copy2(masked_torch.__file__, folder / f"{MASKING_MODULE}.py")
+
+
+def _card(provenance: dict[str, Any], mask: ExpertMask) -> str:
+    counts = ", ".join(f"group {g}: {n:,}" for g, n in mask.counts().items())
+    return f"""---
+library_name: transformers
+tags: [monet, resect, expert-ablation]
+---
+# Edited Monet checkpoint
+
+Experts removed exactly by resect {provenance['version']} (the removed experts' terms are dropped
+from each layer's expert sum; no weight was changed).
+
+- Source: `{provenance['source']}` (fingerprint `{provenance['source_fingerprint']}`)
+- Mask: `{MASK_FILE}`, fingerprint `{mask.fingerprint()}`, {mask.total:,} of
+  {mask.moe_experts ** 2 * mask.num_groups:,} experts removed ({counts})
+- Weights: the source's files, hard-linked where possible (editing them here edits the source).
+
+Load with resect installed (`import resect`, then `AutoModelForCausalLM.from_pretrained(path)`),
+or without it: `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`.
+"""
+
+
+def apply_masks(
+    model: str | os.PathLike,
+    masks: list[str | os.PathLike | ExpertMask],
+    out: str | os.PathLike,
+    *,
+    force: bool = False,
+) -> ApplyResult:
+    """Write an edited checkpoint of `model` with the union of `masks` (and any mask it has) to `out`."""
+    source = resolve_model_path(model)
+    info = inspect_checkpoint(source)
+    out = Path(out).expanduser()
+    _check_output(source, out, force)
+    provenance = info.config.get("resect") if isinstance(info.config.get("resect"), dict) else None
+    mask = load_masks(masks, info.config)
+    if provenance and provenance.get("mask"):
+        mask = load_masks([source / provenance["mask"]["file"]], info.config) | mask
+    mask.meta = {"source": str(source.resolve()), "resect_version": __version__}
+    record = {
+        "version": __version__,
+        "source": provenance["source"] if provenance else str(source.resolve()),
+        "source_fingerprint": provenance["source_fingerprint"] if provenance else model_fingerprint(load_model(source)),
+        "mask": {"file": MASK_FILE, "fingerprint": mask.fingerprint(), "counts": {str(g): n for g, n in mask.counts().items()}, "total": mask.total},
+    }
+    tmp = out.parent / f".{out.name}.resect-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        linked, copied = _fill(tmp, source, info, provenance, mask, record)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s: %d weight files linked, %d copied", out, linked, copied)
+    return ApplyResult(path=out, mask=mask, source=Path(record["source"]), linked=linked, copied=copied)
+
+
+def _fill(tmp: Path, source: Path, info, provenance, mask: ExpertMask, record: dict) -> tuple[int, int]:
+    """Populate the temporary folder; returns (weight files linked, weight files copied)."""
+    weights = [*info.shards, *([INDEX_FILE] if (source / INDEX_FILE).is_file() else [])]
+    origin = _weight_origin(source, provenance, info.shards)
+    links = [_link_or_copy(origin / name, tmp / name) for name in weights]
+    for item in sorted(source.iterdir()):  # tokenizer, generation config, ...
+        if item.is_file() and item.name not in OWN_FILES and item.name not in weights and not item.name.startswith("."):
+            shutil.copy2(item, tmp / item.name)
+    mask.save(tmp / MASK_FILE)
+    _write_code(tmp)
+    config = dict(info.config)
+    config["auto_map"] = dict(AUTO_MAP)
+    config["resect"] = record
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / "README.md").write_text(_card(record, mask))
+    return sum(links), len(links) - sum(links)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an existing output goes only once the new one is whole."""
+    old = None
+    if out.is_dir() and not out.is_symlink():
+        old = out.parent / f".{out.name}.resect-old-{os.getpid()}"
+        os.replace(out, old)
+    elif out.exists() or out.is_symlink():
+        out.unlink()
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The "resect" record of an edited checkpoint's config.json, or None for an unedited one."""
+    config_file = Path(path) / "config.json"
+    try:
+        value = json.loads(config_file.read_text()).get("resect")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"Cannot read '{config_file}' ({exc}).") from None
+    return value if isinstance(value, dict) else None
+
+
+__all__ = ["ApplyResult", "apply_masks", "load_masks", "read_provenance", "MASK_FILE"]
