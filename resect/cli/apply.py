@@ -1,0 +1,91 @@
+"""`resect apply MODEL --mask MASK [--mask MASK2 ...] --out DIR`: write an edited checkpoint;
+`resect mask info MASK` and `resect mask union A B ... --out C`: look at and combine masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+mask_app = typer.Typer(help="Inspect and combine expert masks.", no_args_is_help=True)
+app.add_typer(mask_app, name="mask")
+
+MaskFiles = Annotated[list[Path], typer.Option("--mask", help="Mask file (JSON resect.mask/v1 or binary); repeat to unite several.")]
+
+
+@app.command()
+def apply(
+    model: Annotated[str, typer.Argument(help="Source checkpoint folder (Monet, or a checkpoint resect edited).")],
+    mask: MaskFiles,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create for the edited checkpoint.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+) -> None:
+    """Write an edited checkpoint: the source's weights (hard links, untouched) plus the mask.
+
+    It loads with resect, with transformers' trust_remote_code=True (no resect needed) and with
+    lm-eval. Applying to an edited checkpoint unites its mask with the new ones."""
+    from rich.console import Console
+
+    from resect.export import apply_masks
+
+    result = apply_masks(model, list(mask), out, force=force)
+    _summary(Console(), result.mask, title=f"edited checkpoint {result.path}")
+    Console().print(
+        f"source {result.source}; weights: {result.linked} hard-linked, {result.copied} copied; "
+        f"mask fingerprint {result.mask.fingerprint()}"
+    )
+
+
+def _summary(console, mask, *, title: str) -> None:
+    from rich.table import Table
+
+    per_group = mask.moe_experts**2
+    table = Table(title=title)
+    for col in ("group", "removed", "share"):
+        table.add_column(col, justify="right")
+    for g, n in mask.counts().items():
+        table.add_row(str(g), f"{n:,}", f"{100 * n / per_group:.2f}%")
+    table.add_row("all", f"{mask.total:,}", f"{100 * mask.total / (per_group * mask.num_groups):.2f}%")
+    console.print(table)
+
+
+@mask_app.command("info")
+def mask_info(path: Annotated[Path, typer.Argument(help="Mask file.")]) -> None:
+    """Geometry, removed experts per group, fingerprint and metadata of a mask."""
+    import json
+
+    from rich.console import Console
+
+    from resect.mask import ExpertMask
+
+    m = ExpertMask.load(path)
+    console = Console()
+    _summary(console, m, title=f"{path}: E={m.moe_experts}, {m.num_groups} groups, fingerprint {m.fingerprint()}")
+    if m.meta:
+        console.print(json.dumps(m.meta, indent=2, default=str))
+
+
+@mask_app.command("union")
+def mask_union(
+    paths: Annotated[list[Path], typer.Argument(help="Masks to unite (same geometry).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Mask file to write (.json for JSON, else binary).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Unite masks (an expert removed in any of them is removed)."""
+    from rich.console import Console
+
+    from resect.errors import OutputError
+    from resect.mask import ExpertMask
+
+    if out.exists() and not force:
+        raise OutputError(f"Output '{out}' already exists. Pass --force to replace it, or choose a new file.")
+    masks = [ExpertMask.load(p) for p in paths]
+    union = masks[0]
+    for m in masks[1:]:
+        union = union | m
+    union.meta = {"union_of": [str(p) for p in paths]}
+    union.save(out)
+    _summary(Console(), union, title=f"{out}: union of {len(paths)} masks, fingerprint {union.fingerprint()}")
