@@ -117,6 +117,8 @@ def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequen
         else:
             names.append(task)
     includes = list(dict.fromkeys(includes))
+    if not names:
+        return [], includes
     if includes:  # a typo of a local task is answered from the local index, without indexing lm-eval's tasks
         local = set(_task_manager(tuple(includes), defaults=False).all_tasks)
         _check_known(names, local, only_if_close=True)
@@ -155,8 +157,10 @@ def task_config_hash(tasks: Sequence[str], include_paths: Sequence[str]) -> str:
 
     Editing a task YAML or its JSONL changes the hash, so cached baseline results are not reused.
     """
-    manager = task_manager_for(tasks, include_paths)
     digest = hashlib.sha256()
+    if not tasks:
+        return digest.hexdigest()[:16]
+    manager = task_manager_for(tasks, include_paths)
     for name in sorted(tasks):
         entry = manager.task_index.get(name)
         digest.update(name.encode())
