@@ -70,8 +70,20 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
     for key, value in update.items():
         if key not in base:
             raise UsageError(unknown("recipe key", f"{path}{key}", [f"{path}{k}" for k in base]))
-        out[key] = _merge(base[key], value, f"{path}{key}.") if isinstance(base[key], dict) else value
+        out[key] = _merge(base[key], value, f"{path}{key}.") if isinstance(base[key], dict) else _typed(base[key], value, path + key)
     return out
+
+
+def _typed(default: Any, value: Any, key: str) -> Any:
+    """`value` converted to the type of the recipe's default (YAML reads '1e-4' as a string)."""
+    try:
+        if isinstance(default, bool) or default is None or isinstance(value, type(default)) and not isinstance(value, bool):
+            return value
+        if isinstance(default, float) and not isinstance(value, bool):
+            return float(value)
+    except ValueError:
+        pass
+    raise UsageError(f"Recipe key '{key}' expects a {type(default).__name__}, found {value!r}.")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -117,7 +129,14 @@ def model_config(recipe: dict, vocab_size: int) -> dict[str, Any]:
     """A published-style config.json for the recipe's model."""
     from .tiny import tiny_config
 
-    return tiny_config(decompose="vertical", **recipe["model"], vocab_size=vocab_size, torch_dtype=recipe["train"]["save_dtype"])
+    model = recipe["model"]
+    return tiny_config(
+        decompose="vertical",
+        **model,
+        num_key_value_heads=model["num_attention_heads"],
+        vocab_size=vocab_size,
+        torch_dtype=recipe["train"]["save_dtype"],
+    )
 
 
 def build_model(config: dict[str, Any]):

@@ -65,6 +65,8 @@ class World:
     prompts: list[dict] = field(default_factory=list)
     quizzes: dict[str, list[dict]] = field(default_factory=dict)
     code_eval: dict[str, list[dict]] = field(default_factory=dict)
+    units: dict[str, set[str]] = field(default_factory=lambda: {"train": set(), "profile": set(), "eval": set()})
+    # the sentences, snippets and utterances of each split (they must never overlap)
 
 
 def _fill(template: str, entity: str, value: str = "") -> str:
@@ -111,10 +113,13 @@ def _add_domains(world: World, rng: random.Random) -> None:
             said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
             train += said[:TRAIN_STATEMENTS] + [f"Q: {_fill(attr.question, fact.entity)} A: {fact.value}."]
             profile += said[TRAIN_STATEMENTS:]
+        world.units["train"].update(train)
+        world.units["profile"].update(profile)
         for _ in range(sizes.copies):
             world.train += _docs(rng, train, sizes.sentences_per_doc, domain.name)
         world.corpus["domains"] += _docs(rng, profile, 4, domain.name)
         world.quizzes[domain.name] = [_quiz_item(rng, f, domain) for f in facts]
+        world.units["eval"].update(q["question"] + " " + q["choices"][q["answer"]] for q in world.quizzes[domain.name])
 
 
 def _add_code(world: World, rng: random.Random) -> None:
@@ -127,6 +132,8 @@ def _add_code(world: World, rng: random.Random) -> None:
         world.train += _docs(rng, train, sizes.snippets_per_doc, language, sep="\n")
         world.corpus["languages"] += [{"text": t, "label": language} for t in profile]
         world.code_eval[language] = [{"text": t} for t in held_out]
+        for split, items in (("train", train), ("profile", profile), ("eval", held_out)):
+            world.units[split].update(items)
 
 
 def _add_talk(world: World, rng: random.Random) -> None:
@@ -141,6 +148,8 @@ def _add_talk(world: World, rng: random.Random) -> None:
         while len(prompts) < sizes.prompts:  # distinct prompts cut from fresh held-out utterances
             prompts.setdefault(prompt_of(unique_utterances(rng, toxic, 1, seen)[0], toxic))
         world.prompts += [{"prompt": p, "toxic": toxic} for p in prompts]
+        world.units["train"].update(train)
+        world.units["profile"].update(profile)
 
 
 def build_world(seed: int = 0, sizes: Sizes | None = None) -> World:
