@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Command modules register themselves on `app` when imported.
-from . import apply, edit, eval, experts, info, profile, run, select, verify  # noqa: E402,F401
+from . import apply, edit, eval, experts, info, profile, run, select, verify, world  # noqa: E402,F401
 
 
 @app.callback()
