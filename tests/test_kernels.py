@@ -1,0 +1,265 @@
+"""Masked expert kernels against the naive reference, and the mask inside the model.
+
+Awkward shapes (T = 1 and 63), empty, full and nearly full masks, masks of experts no token
+routes to; the Triton kernel runs under TRITON_INTERPRET=1 in a subprocess (the interpreter
+must be chosen before triton is first imported) with NaN-poisoned output buffers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from resect.kernels import dispatch, masked_torch
+from resect.kernels.reference import expanded_moe_forward, naive_moe_forward
+from resect.loading import load_model
+from resect.mask import ExpertMask
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def models(tiny_vd, tiny_hd):
+    return {"vertical": load_model(tiny_vd), "horizontal": load_model(tiny_hd)}
+
+
+def layer_inputs(model, tokens: int, seed: int = 0):
+    """(experts, x [1, T, D], g1, g2 [1, T, H, E]) of the first layer, x ~ N(0, 1)."""
+    layer = model.model.layers[0]
+    x = torch.randn(1, tokens, model.config.hidden_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        g1, g2 = layer.router(x)
+    return layer.moe, x, g1, g2
+
+
+def random_mask(experts: int, density: float, seed: int) -> torch.Tensor:
+    return torch.rand(experts, experts, generator=torch.Generator().manual_seed(seed)) < density
+
+
+def never_routed(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """[E, E] bool: the experts whose weight is zero for every token."""
+    w = torch.einsum("bthi,bthj->btij", g1, g2).flatten(0, 1)  # [N, E, E]
+    return w.amax(0) == 0
+
+
+def heaviest_expert(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """[E, E] bool holding only the expert with the largest total weight."""
+    w = torch.einsum("bthi,bthj->ij", g1, g2)
+    return (w == w.max()) & (torch.arange(w.numel()).view(w.shape) == int(w.argmax()))
+
+
+def drop_half(g: torch.Tensor, half: int) -> torch.Tensor:
+    """Gates with one half never chosen (each head renormalised; a head left empty picks half + 1)."""
+    g = g.clone()
+    g[..., half] = 0
+    total = g.sum(-1, keepdim=True)
+    fallback = torch.nn.functional.one_hot(torch.tensor(half + 1), g.shape[-1]).to(g.dtype)
+    return torch.where(total > 0, g / total.clamp_min(1e-30), fallback)
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+@pytest.mark.parametrize("tokens", [1, 63])
+@pytest.mark.parametrize("kind", ["random", "never-routed", "random+never-routed", "nearly-full", "one-expert"])
+def test_production_path_matches_naive(models, decompose, tokens, kind):
+    moe, x, g1, g2 = layer_inputs(models[decompose], tokens, seed=tokens)
+    e = g1.shape[-1]
+    if "never" in kind:  # half 0 of side 1 and half 1 of side 2 are chosen by no token
+        g1, g2 = drop_half(g1, 0), drop_half(g2, 1)
+    mask = {
+        "random": random_mask(e, 0.3, 1),
+        "never-routed": never_routed(g1, g2),
+        "random+never-routed": random_mask(e, 0.1, 2) | never_routed(g1, g2),
+        "nearly-full": ~torch.eye(e, dtype=torch.bool),
+        "one-expert": heaviest_expert(g1, g2),
+    }[kind]
+    if kind == "never-routed":
+        assert mask[0].all() and mask[:, 1].all()
+    with torch.no_grad():
+        naive = naive_moe_forward(moe, x, g1, g2, mask)
+        fast = masked_torch.masked_moe_forward(moe, x, g1, g2, mask)
+        expanded = expanded_moe_forward(moe, x, g1, g2, mask)
+        dense = moe.dense_forward(x, g1, g2)
+    assert max_err(fast, naive) < TOL and max_err(expanded, naive) < TOL
+    if kind == "never-routed":  # removing experts nobody uses changes nothing
+        assert max_err(fast, dense) < TOL
+    else:
+        assert max_err(naive, dense) > 1e-4  # the mask really removed something
+
+
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+def test_empty_and_full_masks(models, decompose):
+    moe, x, g1, g2 = layer_inputs(models[decompose], 63)
+    e = g1.shape[-1]
+    with torch.no_grad():
+        empty = masked_torch.masked_moe_forward(moe, x, g1, g2, torch.zeros(e, e, dtype=torch.bool))
+        full = masked_torch.masked_moe_forward(moe, x, g1, g2, torch.ones(e, e, dtype=torch.bool))
+        assert max_err(empty, moe.dense_forward(x, g1, g2)) < TOL
+        assert torch.equal(full, torch.zeros_like(x))
+        assert max_err(naive_moe_forward(moe, x, g1, g2, torch.ones(e, e, dtype=torch.bool)), full) < TOL
+
+
+def test_chunking_does_not_change_the_result(models, monkeypatch):
+    moe, x, g1, g2 = layer_inputs(models["vertical"], 63)
+    mask = random_mask(g1.shape[-1], 0.3, 3)
+    with torch.no_grad():
+        whole = masked_torch.masked_moe_forward(moe, x, g1, g2, mask)
+        monkeypatch.setattr(masked_torch, "CHUNK_FRACTION", 10**9)  # one (token, head) row per chunk
+        rows = masked_torch.masked_moe_forward(moe, x, g1, g2, mask)
+    assert max_err(whole, rows) < TOL
+
+
+def test_dispatcher_choice(monkeypatch):
+    x = torch.zeros(1)
+    monkeypatch.delenv("RESECT_MASK_KERNEL", raising=False)
+    assert dispatch.choose(x) is masked_torch.masked_moe_forward  # CPU tensors: pure torch
+    assert dispatch.choose(x, "reference") is naive_moe_forward
+    assert dispatch.choose(x, "no-such-kernel") is masked_torch.masked_moe_forward
+    monkeypatch.setenv("RESECT_MASK_KERNEL", "reference")
+    assert dispatch.choose(x) is naive_moe_forward
+
+
+# ---- the mask inside the model --------------------------------------------------------
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(3, 300, (2, 17), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+def test_empty_mask_is_bit_identical_and_none_restores(models, decompose, ids):
+    model = models[decompose]
+    base = logits(model, ids)
+    model.set_expert_mask(ExpertMask.empty_like(model.config))
+    assert all(layer.moe.expert_mask is None for layer in model.model.layers)
+    assert torch.equal(logits(model, ids), base)
+    model.set_expert_mask(ExpertMask(16, model.config.num_routing_groups, {0: range(0, 256, 2)}))
+    assert not torch.equal(logits(model, ids), base)
+    model.set_expert_mask(None)
+    assert model.expert_mask_state() is None and torch.equal(logits(model, ids), base)
+
+
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+def test_full_group_silences_its_layers_only(models, decompose, ids):
+    model = models[decompose]
+    outputs = {}
+    hooks = [layer.moe.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out)) for i, layer in enumerate(model.model.layers)]
+    try:
+        model.set_expert_mask(ExpertMask(16, model.config.num_routing_groups, {0: range(256)}))
+        logits(model, ids)
+    finally:
+        model.set_expert_mask(None)
+        for hook in hooks:
+            hook.remove()
+    per_group = model.config.moe_groups
+    for i, out in outputs.items():
+        assert torch.equal(out, torch.zeros_like(out)) == (i < per_group), f"layer {i}"
+
+
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+def test_masked_model_matches_reference_kernel_and_cached_generation(models, decompose, ids, monkeypatch):
+    model = models[decompose]
+    groups = model.config.num_routing_groups
+    gen = torch.Generator().manual_seed(7)
+    mask = ExpertMask(16, groups, {g: torch.randperm(256, generator=gen)[:90].tolist() for g in range(groups)})
+    model.set_expert_mask(mask)
+    try:
+        assert model.expert_mask_state() is mask
+        fast = logits(model, ids)
+        monkeypatch.setenv("RESECT_MASK_KERNEL", "reference")
+        assert max_err(fast, logits(model, ids)) < TOL
+        monkeypatch.delenv("RESECT_MASK_KERNEL")
+        with torch.no_grad():
+            cached = model.generate(ids[:1, :5], max_new_tokens=8, do_sample=False, use_cache=True)
+            uncached = model.generate(ids[:1, :5], max_new_tokens=8, do_sample=False, use_cache=False)
+            assert torch.equal(cached, uncached)
+            step = model(ids[:, :16], use_cache=True)
+            last = model(ids[:, 16:], cache=step.cache).logits[:, -1]
+        assert max_err(last, fast[:, -1]) < TOL
+    finally:
+        model.set_expert_mask(None)
+
+
+def test_mask_for_another_geometry_is_refused(models):
+    from resect.errors import MaskError
+
+    with pytest.raises(MaskError, match="moe_experts=8"):
+        models["vertical"].set_expert_mask(ExpertMask(8, 2))
+
+
+# ---- Triton (interpreter on CPU) --------------------------------------------------------
+
+TRITON_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from resect.kernels import masked_triton, masked_torch
+    from resect.kernels.reference import naive_moe_forward
+    from resect.loading import load_model
+
+    real_empty = torch.empty
+    def poisoned_empty(*args, **kwargs):  # every buffer the kernel must fill starts as NaN
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+    torch.empty = poisoned_empty
+
+    report = {}
+    for name, path in json.loads(sys.argv[1]).items():
+        model = load_model(path)
+        layer = model.model.layers[0]
+        for tokens in (1, 63):
+            x = torch.randn(1, tokens, model.config.hidden_size, generator=torch.Generator().manual_seed(tokens))
+            with torch.no_grad():
+                g1, g2 = layer.router(x)
+                unrouted = torch.einsum("bthi,bthj->btij", g1, g2).flatten(0, 1).amax(0) == 0
+                for kind, mask in {
+                    "random": torch.rand(16, 16, generator=torch.Generator().manual_seed(1)) < 0.3,
+                    "random+never-routed": (torch.rand(16, 16, generator=torch.Generator().manual_seed(2)) < 0.1) | unrouted,
+                }.items():
+                    ref = naive_moe_forward(layer.moe, x, g1, g2, mask)
+                    out = masked_triton.masked_moe_forward(layer.moe, x, g1, g2, mask)
+                    report[f"{name}/T={tokens}/{kind}"] = float((out - ref).abs().max())
+    # raw kernel buffers: every element written (padding included) under NaN poisoning ...
+    g = torch.rand(5, 16) * (torch.rand(5, 16) < 0.4)
+    v, i = masked_torch.active_halves(g)
+    acts = torch.rand(5, 16, 3)
+    token = torch.arange(5)
+    d_sums, d_mixed = masked_triton.side_corrections(torch.rand(16, 16) < 0.5, v, i, v, i, acts, token)
+    report["buffers_finite"] = bool(torch.isfinite(d_sums).all() and torch.isfinite(d_mixed).all())
+    # ... and the poison does catch a skipped write: launch one program too few
+    d_sums = torch.empty(5, v.shape[1]); d_mixed = torch.empty(5, v.shape[1], 3)
+    flags = (torch.rand(16, 16) < 0.5).view(torch.uint8)
+    masked_triton._side_corrections_kernel[(4,)](v, i, v, i, token, flags, 16, 1, acts, d_sums, d_mixed, 16,
+        v.shape[1], v.shape[1], 3, BKO=16, BKT=16, BM=4)
+    report["skipped_row_is_nan"] = bool(torch.isnan(d_sums[4]).all() and torch.isfinite(d_sums[:4]).all())
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (pip install 'resect[triton]')")
+def test_triton_kernel_matches_naive_under_interpreter(tiny_vd, tiny_hd):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"}
+    paths = json.dumps({"vertical": str(tiny_vd), "horizontal": str(tiny_hd)})
+    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, paths], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report.pop("buffers_finite") and report.pop("skipped_row_is_nan")
+    assert len(report) == 8
+    assert all(err < TOL for err in report.values()), report
