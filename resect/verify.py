@@ -306,9 +306,11 @@ def verify(
     device: str = "cpu",
 ) -> dict:
     """Evaluate baseline (cached) and edited, compare, write verify.json/.md/.png; returns the report."""
+    from . import register
     from .evaluate import check_run_options, require_extras, resolve_tasks
     from .loading import resolve_model_path
 
+    register()  # tokenizers are read before any model: transformers must know Monet already
     require_extras()
     check_run_options(limit, batch_size)
     target_tasks, general_tasks, target_toxicity = list(target_tasks), list(general_tasks), list(target_toxicity)
@@ -409,7 +411,8 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
-        rule = f"≥ {r['threshold']:g}" if r["role"] == "target" else f"≤ {r['threshold']:g}"
+        unit = " pts" if r["unit"] == "points" else " %"
+        rule = ("≥ " if r["role"] == "target" else "≤ ") + f"{r['threshold']:g}{unit}"
         lines.append(
             f"| {r['task']} | {r['role']} | {r['metric']} | {_fmt(r['baseline'], r['baseline_stderr'])} | "
             f"{_fmt(r['edited'], r['edited_stderr'])} | {_fmt(r['drop'], r['drop_stderr'], r['unit'])} | {rule} | "

@@ -11,6 +11,14 @@ import typer
 from . import app
 
 
+def quiet_lm_eval() -> None:
+    """lm-eval warns at length about in-memory models; keep that for --verbose."""
+    import logging
+
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -48,6 +56,7 @@ def eval_command(
     from resect.loading import load_model, load_tokenizer
 
     require_extras("lm_eval", "accelerate")
+    quiet_lm_eval()
     names = _csv(tasks)
     if not names:
         raise typer.BadParameter("name at least one task", param_hint="--tasks")

@@ -42,6 +42,10 @@ def verify(
     from resect.toxicity import check_settings
     from resect.verify import verify as run_verify
 
+    from .eval import quiet_lm_eval
+
+    quiet_lm_eval()
+
     if toxicity_limit is not None or target_toxicity:
         check_settings(toxicity_samples, toxicity_max_new_tokens, 1.0, 0.9, toxicity_limit)
     report = run_verify(
@@ -67,6 +71,8 @@ def _print(report: dict, out: Path) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # CI logs: wide enough for the table
+        console = Console(width=140)
     table = Table(title=f"{Path(report['edited']['path']).name} vs baseline {Path(report['baseline']['path']).name}")
     for col in ("task", "role", "metric", "baseline", "edited", "drop", "threshold", "result"):
         table.add_column(col, no_wrap=col in ("task", "result"))
