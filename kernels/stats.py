@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-PAIR_CHUNK_TOKENS = 512  # tokens per chunk of the head-pair products (bounds their temporaries)
+PAIR_CHUNK_TOKENS = 32  # tokens per chunk of the head-pair products (bounds their temporaries to a few 32*H(H+1)/2*E floats)
 
 
 def routing_sum(g1: torch.Tensor, g2: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -332,7 +332,8 @@ def _run_batch(model, batch, stats: RoutingStats, score_fn, pad_id: int, device,
     ids, attn, counted = _collate(batch, pad_id, device)
     y = _batch_scores(batch, counted, score_fn) if stats.corr is not None else None
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=attn, output_router_probs=True, use_cache=False, logits_to_keep=1)
+        mask = None if bool(attn.all()) else attn  # no padding: let attention take its causal fast path
+        out = model(input_ids=ids, attention_mask=mask, output_router_probs=True, use_cache=False, logits_to_keep=1)
         accumulate(stats, out.router_probs, counted, batch[0].label, y, layers_per_group)
     label = stats.labels[batch[0].label]
     stats.token_counts[label] += int(counted.sum())
