@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -214,7 +215,7 @@ def evaluate(
             task_manager=task_manager_for(names, includes),
             limit=limit,
             bootstrap_iters=BOOTSTRAP_ITERS,
-            log_samples=False,
+            log_samples=True,  # per-document log-likelihoods give the perplexity stderrs lm-eval leaves N/A
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -222,4 +223,36 @@ def evaluate(
         )
     if results is None:
         raise EvalError("lm-eval returned no results (a non-zero rank of a distributed run). Run on one process.")
+    samples = results.pop("samples", {})
+    for task, docs in samples.items():
+        fill_perplexity_stderrs(results["results"].get(task, {}), docs)
     return json.loads(json.dumps(results, default=str))
+
+
+RATIO_METRICS = {"word_perplexity": "exp", "byte_perplexity": "exp", "bits_per_byte": "log2"}
+
+
+def fill_perplexity_stderrs(entry: dict, docs: list[dict]) -> None:
+    """Standard errors of weighted perplexities (lm-eval reports N/A), by the delta method over documents.
+
+    With per-document log-likelihood l_i and weight w_i (words or bytes), the metric is a
+    function of R = -sum(l) / sum(w): exp(R) for perplexities, R / ln 2 for bits per byte.
+    The ratio estimator's variance is var(-l_i - R w_i) / (n mean(w)^2).
+    """
+    for metric, kind in RATIO_METRICS.items():
+        pairs = [d[metric] for d in docs if isinstance(d.get(metric), (list, tuple)) and len(d[metric]) == 2]
+        key = next((k for k in entry if k.split(",")[0] == metric), None)
+        if key is None or len(pairs) < 2 or isinstance(entry.get(_stderr_key(key)), (int, float)):
+            continue
+        ll = [float(p[0]) for p in pairs]
+        w = [float(p[1]) for p in pairs]
+        n, ratio = len(pairs), -sum(ll) / sum(w)
+        resid = [-li - ratio * wi for li, wi in zip(ll, w)]
+        mean_w = sum(w) / n
+        se_ratio = math.sqrt(sum(r * r for r in resid) / (n - 1) / n) / mean_w
+        entry[_stderr_key(key)] = math.exp(ratio) * se_ratio if kind == "exp" else se_ratio / math.log(2)
+
+
+def _stderr_key(key: str) -> str:
+    name, _, filt = key.partition(",")
+    return f"{name}_stderr,{filt}"

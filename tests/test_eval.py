@@ -11,7 +11,7 @@ import torch
 from _eval_tasks import DATA, quiz_task
 
 from resect.errors import CorpusError, EvalError
-from resect.evaluate import evaluate, require_extras, resolve_tasks
+from resect.evaluate import evaluate, fill_perplexity_stderrs, require_extras, resolve_tasks
 from resect.loading import load_model, load_tokenizer
 from resect.tasks import make_perplexity_tasks
 
@@ -52,6 +52,8 @@ def test_choice_and_perplexity_tasks_run_through_lm_eval(model_vd, tasks_dir):
         assert math.isfinite(entry["word_perplexity,none"]) and entry["word_perplexity,none"] > 1
         assert results["n-samples"][label]["effective"] == 3
         assert results["higher_is_better"][label]["word_perplexity"] is False
+        assert entry["word_perplexity_stderr,none"] > 0 and entry["bits_per_byte_stderr,none"] > 0
+    assert "samples" not in results
     json.dumps(results)  # the whole dict is JSON-serialisable
 
 
@@ -145,3 +147,15 @@ def test_cli_eval_missing_extra(tiny_vd, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     code, _, err = run_cli(["eval", str(tiny_vd), "--tasks", "resect_quiz"], capsys, monkeypatch)
     assert code == 2 and "pip install 'resect[eval]'" in err
+
+
+def test_perplexity_stderr_is_the_ratio_estimator():
+    """Equal weights reduce the delta method to the plain standard error of the mean log-likelihood."""
+    ll, w = [-10.0, -14.0, -12.0, -20.0], 8.0
+    entry = {"bits_per_byte,none": 0.0, "bits_per_byte_stderr,none": "N/A", "word_perplexity,none": 0.0}
+    fill_perplexity_stderrs(entry, [{"bits_per_byte": [x, w], "word_perplexity": [x, w]} for x in ll])
+    mean = sum(ll) / 4
+    sem = math.sqrt(sum((x - mean) ** 2 for x in ll) / 3 / 4)
+    assert entry["bits_per_byte_stderr,none"] == pytest.approx(sem / w / math.log(2))
+    assert entry["word_perplexity_stderr,none"] == pytest.approx(math.exp(-mean / w) * sem / w)
+    assert "byte_perplexity_stderr,none" not in entry  # a metric the task did not report stays absent

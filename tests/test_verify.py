@@ -68,6 +68,7 @@ def test_identical_models_pass_zero_thresholds(edited_copy, tasks_dir, tmp_path)
     assert by_task["resect_quiz"]["unit"] == "points" and by_task["heldout_english"]["unit"] == "%"
     assert by_task["heldout_english"]["metric"] == "word_perplexity"
     assert by_task["heldout_python_code"]["metric"] == "bits_per_byte"
+    assert all(r["drop_stderr"] is not None and r["drop_stderr"] > 0 for r in report["rows"])
     assert report["baseline"]["fingerprint"] == report["edited"]["fingerprint"]
     saved = json.loads((tmp_path / "out" / "verify.json").read_text())
     assert saved["verdict"] == "pass" and saved["versions"]["lm_eval"] and saved["results"]["baseline"]["results"]
