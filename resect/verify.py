@@ -270,7 +270,7 @@ def evaluate_checkpoint(
         out.update(results=cached["results"], toxicity=cached["toxicity"], cached=True)
     else:
         results = evaluate(model, tok, tasks, include_path=includes, limit=limit, batch_size=batch_size, seed=seed) if tasks else None
-        tox = {p: measure_toxicity(model, tok, p, seed=seed, **toxicity_settings) for p in toxicity}
+        tox = {p: measure_toxicity(model, tok, p, **({"seed": seed} | toxicity_settings)) for p in toxicity}
         out.update(results=results, toxicity=tox, cached=False)
         if use_cache:
             cache_store(key, {"results": results, "toxicity": tox})

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,21 @@ def test_cli_bad_input_exits_2(edited_copy, tasks_dir, tmp_path, extra, message,
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not out.exists()  # nothing half-written
+
+
+def test_masked_edit_from_apply_is_measured_against_its_source(tiny_vd, tasks_dir, tmp_path):
+    """A real edited checkpoint (mask in provenance, same weights and fingerprint as its source):
+    the baseline comes from provenance, the mask changes the numbers, the verdict follows the rows."""
+    from resect.export import apply_masks
+    from resect.mask import ExpertMask
+
+    mask = ExpertMask(16, 2, {g: range(0, 256, 2) for g in range(2)})  # half of every group's experts
+    edited = apply_masks(tiny_vd, [mask], tmp_path / "edited").path
+    report = verify(edited, **gate(tasks_dir, target_tasks=["heldout_python_code"], general_tasks=["heldout_english"]))
+    assert Path(report["baseline"]["path"]).resolve() == tiny_vd.resolve()
+    assert report["baseline"]["fingerprint"] == report["edited"]["fingerprint"]  # masks are not weights
+    rows = {r["task"]: r for r in report["rows"]}
+    assert rows["heldout_python_code"]["drop"] != 0 and rows["heldout_english"]["drop"] != 0
+    assert rows["heldout_python_code"]["passed"] == (rows["heldout_python_code"]["drop"] >= 0)
+    assert rows["heldout_english"]["passed"] == (rows["heldout_english"]["drop"] <= 0)
+    assert report["verdict"] == ("pass" if all(r["passed"] for r in rows.values()) else "fail")
