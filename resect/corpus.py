@@ -7,8 +7,8 @@ Sources (`load_corpus(spec)`):
   `<label>.txt` files directly in the folder (one document each);
 - a corpus YAML (see `recipes/corpora/`): a list of `sources`, each a `path` (JSONL or folder,
   relative to the YAML file), a `builtin` path inside the built-in data folder, or an lm-eval
-  `task`; optional `label` (a fixed label for every document of the source) and field names
-  `text_field`, `label_field`, `score_field`;
+  `task` (a name or a list; with `include_path`, `split` and `limit`); optional `label` (a fixed
+  label for every document of the source) and field names `text_field`, `label_field`, `score_field`;
 - `task:NAME[,NAME...]`: the documents of lm-eval tasks (question plus correct answer), labelled
   by task name.
 
@@ -115,26 +115,45 @@ def read_folder(path: Path, *, label: str | None = None) -> list[Document]:
     return docs
 
 
-def read_tasks(names: list[str], *, include_path: str | None = None, label: str | None = None, limit: int | None = None) -> list[Document]:
-    """Documents of lm-eval tasks: the task's prompt followed by its correct answer, labelled by task."""
+SPLITS = {"train": ("has_training_docs", "training_docs"), "validation": ("has_validation_docs", "validation_docs"), "test": ("has_test_docs", "test_docs")}
+
+
+def read_tasks(
+    names: list[str], *, include_path: str | None = None, label: str | None = None, limit: int | None = None, split: str | None = None
+) -> list[Document]:
+    """Documents of lm-eval tasks: the prompt followed by the correct answer, labelled by task name.
+
+    `split`: train | validation | test (default: test, else validation); `limit`: documents per task.
+    """
     try:
-        from lm_eval.tasks import TaskManager, get_task_dict
+        from lm_eval.tasks import get_task_dict
     except ImportError:
         raise CorpusError("Task corpora need lm-eval: pip install 'resect[eval]'.") from None
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    from .errors import unknown
+    from .evaluate import task_manager_for
+
+    if split is not None and split not in SPLITS:
+        raise CorpusError(unknown("split", split, SPLITS))
+    manager = task_manager_for(names, [include_path] if include_path else [])
     missing = [n for n in names if n not in manager.all_tasks]
     if missing:
-        from .errors import unknown
-
         raise CorpusError(unknown("lm-eval task", missing[0], manager.all_tasks))
     docs = []
     for name, task in sorted(_flatten(get_task_dict(names, manager)).items()):
-        split = task.test_docs() if task.has_test_docs() else task.validation_docs()
-        for k, doc in enumerate(split or []):
+        for k, doc in enumerate(_split_docs(task, name, split)):
             if limit is not None and k >= limit:
                 break
             docs.append(Document(_task_text(task, doc), label or name))
     return docs
+
+
+def _split_docs(task: Any, name: str, split: str | None) -> Any:
+    if split is None:
+        split = "test" if task.has_test_docs() else "validation"
+    has, get = SPLITS[split]
+    if not getattr(task, has)():
+        raise CorpusError(f"lm-eval task '{name}' has no {split} split. Choose another split for it in the corpus recipe.")
+    return getattr(task, get)() or []
 
 
 def _flatten(tasks: dict) -> dict:
@@ -158,8 +177,8 @@ def _task_text(task: Any, doc: dict) -> str:
     return f"{text}{sep}{target}" if str(target) else str(text)
 
 
-def read_recipe(path: Path) -> tuple[list[Document], str]:
-    """Documents of a corpus YAML (sources relative to the YAML's folder)."""
+def parse_recipe(path: Path) -> dict:
+    """A corpus YAML, checked (every source well formed) but not read."""
     import yaml
 
     try:
@@ -168,30 +187,54 @@ def read_recipe(path: Path) -> tuple[list[Document], str]:
         raise CorpusError(f"Cannot read corpus recipe '{path}' ({exc}).") from None
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sources"), list) or not recipe["sources"]:
         raise CorpusError(f"'{path}': a corpus recipe needs a non-empty 'sources' list (each with path, builtin or task).")
+    for k, source in enumerate(recipe["sources"]):
+        check_source(source, f"{path} source {k}")
+    return recipe
+
+
+def read_recipe(path: Path) -> tuple[list[Document], str]:
+    """Documents of a corpus YAML (sources relative to the YAML's folder)."""
+    recipe = parse_recipe(path)
     docs = []
     for k, source in enumerate(recipe["sources"]):
         docs += _read_source(source, path.parent, f"{path} source {k}")
     return docs, str(recipe.get("name", path.stem))
 
 
-def _read_source(source: Any, base: Path, where: str) -> list[Document]:
+SOURCE_KINDS = ("path", "builtin", "task")
+SOURCE_KEYS = {*SOURCE_KINDS, "label", "text_field", "label_field", "score_field", "include_path", "split", "limit"}
+
+
+def check_source(source: Any, where: str) -> None:
+    """A recipe source is a mapping with exactly one of path / builtin / task and known keys only."""
+    from .errors import unknown
+
     if not isinstance(source, dict):
         raise CorpusError(f"{where}: expected a mapping with 'path', 'builtin' or 'task'.")
+    for key in source:
+        if key not in SOURCE_KEYS:
+            raise CorpusError(f"{where}: {unknown('key', str(key), SOURCE_KEYS)}")
+    kinds = [k for k in SOURCE_KINDS if k in source]
+    if len(kinds) != 1:
+        raise CorpusError(f"{where}: a source needs exactly one of 'path', 'builtin' or 'task', found {kinds or 'none'}.")
+
+
+def _read_source(source: Any, base: Path, where: str) -> list[Document]:
+    check_source(source, where)
     label = None if source.get("label") is None else str(source["label"])
     fields = {k: source[k] for k in ("text_field", "label_field", "score_field") if k in source}
     if "task" in source:
         names = source["task"] if isinstance(source["task"], list) else [source["task"]]
         include = source.get("include_path")
         include = str(_builtin_tasks() if include == "builtin" else base / include) if include else None
-        return read_tasks([str(n) for n in names], include_path=include, label=label, limit=source.get("limit"))
+        split = None if source.get("split") is None else str(source["split"])
+        return read_tasks([str(n) for n in names], include_path=include, label=label, limit=source.get("limit"), split=split)
     if "builtin" in source:
         from .builtin import builtin_data_path
 
         target = builtin_data_path() / str(source["builtin"])
-    elif "path" in source:
-        target = base / os.path.expanduser(str(source["path"]))
     else:
-        raise CorpusError(f"{where}: a source needs 'path', 'builtin' or 'task'.")
+        target = base / os.path.expanduser(str(source["path"]))
     return _read_path(target, label=label, **fields)
 
 
@@ -228,4 +271,4 @@ def load_corpus(spec: str | os.PathLike | Corpus) -> Corpus:
     return corpus
 
 
-__all__ = ["Corpus", "Document", "load_corpus", "read_jsonl", "read_folder", "read_recipe", "read_tasks"]
+__all__ = ["Corpus", "Document", "load_corpus", "parse_recipe", "read_jsonl", "read_folder", "read_recipe", "read_tasks"]

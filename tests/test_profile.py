@@ -64,6 +64,49 @@ def test_recipe_fixed_label_and_fields(tmp_path):
     assert (doc.text, doc.label, doc.score) == ("some words", "toxic", 1.0)
 
 
+def test_shipped_corpus_recipes_are_well_formed():
+    from resect.corpus import parse_recipe
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes" / "corpora").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert parse_recipe(recipe)["sources"]
+        assert recipe.read_text().startswith("#")  # each says how it is used
+
+
+def test_recipe_typo_gets_did_you_mean(tmp_path):
+    (tmp_path / "c.yaml").write_text("sources:\n  - {path: t.jsonl, lable: x}\n")
+    with pytest.raises(CorpusError, match="Did you mean: label"):
+        load_corpus(tmp_path / "c.yaml")
+
+
+def test_task_documents_as_corpus(tmp_path):
+    pytest.importorskip("lm_eval")
+    rows = [{"question": f"What is {k} plus {k}?", "choices": [str(2 * k), "7"], "answer": 0} for k in range(4)]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "toy.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "tasks" / "toy.yaml").write_text(textwrap.dedent(f"""
+        task: resect_toy_sums
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {tmp_path / "tasks" / "toy.jsonl"}
+        output_type: multiple_choice
+        test_split: test
+        doc_to_text: "Q: {{{{question}}}}\\nA:"
+        doc_to_choice: "{{{{choices}}}}"
+        doc_to_target: "{{{{answer}}}}"
+        metric_list:
+          - metric: acc
+    """))
+    (tmp_path / "c.yaml").write_text("sources:\n  - {task: resect_toy_sums, include_path: tasks, label: sums, limit: 3}\n")
+    docs = load_corpus(tmp_path / "c.yaml").documents
+    assert [(d.label, d.text) for d in docs] == [("sums", f"Q: What is {k} plus {k}?\nA: {2 * k}") for k in range(3)]
+    (tmp_path / "c.yaml").write_text("sources:\n  - {task: resect_toy_sums, include_path: tasks, split: validation}\n")
+    with pytest.raises(CorpusError, match="no validation split"):
+        load_corpus(tmp_path / "c.yaml")
+
+
 @pytest.mark.parametrize(
     "content,match",
     [
