@@ -36,7 +36,7 @@ import torch
 
 from .corpus import Corpus, Document, load_corpus
 from .errors import CorpusError, StatsError
-from .stats import CORR_KEYS, RoutingStats, empty_stats
+from .stats import RoutingStats, empty_stats
 
 log = logging.getLogger(__name__)
 
@@ -283,32 +283,26 @@ def profile_corpus(
     resect.scoring name to score every token (see the module docstring); documents' own scores
     are used without one.
     """
-    from .loading import model_fingerprint
     from .scoring import get_scorer
 
-    settings = _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window)
+    settings = _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window, checkpoint_every)
     corpus = load_corpus(corpus)
     rank, world = dist_info()
-    batches = plan_batches(plan_sequences(corpus, tokenizer, settings), batch_size)
-    mine = batches[rank::world]
-    scored = scorer is not None or corpus.has_scores
-    config = model.config
-    groups = -(-config.num_hidden_layers // config.moe_groups)
-    device = next(model.parameters()).device
-    stats = empty_stats(corpus.labels, num_groups=groups, experts=config.moe_experts, scored=scored)
-    stats.model_fingerprint, stats.corpus_fingerprint = model_fingerprint(model), corpus.fingerprint()
+    mine = plan_batches(plan_sequences(corpus, tokenizer, settings), batch_size)[rank::world]
+    stats = _new_stats(model, corpus, scored=scorer is not None or corpus.has_scores)
     plan = _plan_fingerprint(stats.model_fingerprint, stats.corpus_fingerprint, settings.__dict__, rank, world)
     checkpoint = checkpoint or resume
     done = _load_partial(partial_path(resume, rank, world), plan, stats) if resume else 0
-    stats.sums, stats.corr = stats.sums.to(device), {k: v.to(device) for k, v in stats.corr.items()} if scored else None
+    device = next(model.parameters()).device
+    stats.sums, stats.corr = stats.sums.to(device), {k: v.to(device) for k, v in stats.corr.items()} if stats.corr else None
     score_fn = get_scorer(scorer) if scorer else None
     report = _reporter(progress, sum(s.num_counted for b in mine for s in b), sum(s.num_counted for b in mine[:done] for s in b))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
-    model.eval()
+    model.eval()  # never train mode: BatchNorm would update the router's running statistics
     try:
         for k in range(done, len(mine)):
-            _run_batch(model, mine[k], stats, score_fn, pad_id, device, config.moe_groups)
+            _run_batch(model, mine[k], stats, score_fn, pad_id, device, model.config.moe_groups)
             if checkpoint and (k + 1) % checkpoint_every == 0 and k + 1 < len(mine):
                 _save_partial(partial_path(checkpoint, rank, world), stats, plan, k + 1)
             report(sum(s.num_counted for s in mine[k]))
@@ -317,9 +311,22 @@ def profile_corpus(
     return _finish(stats, corpus, settings, world, device)
 
 
-def _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window) -> Settings:
+def _new_stats(model: torch.nn.Module, corpus: Corpus, *, scored: bool) -> RoutingStats:
+    """Zero statistics with the model's geometry, stamped with the model and corpus fingerprints."""
+    from .loading import model_fingerprint
+
+    config = model.config
+    groups = -(-config.num_hidden_layers // config.moe_groups)
+    stats = empty_stats(corpus.labels, num_groups=groups, experts=config.moe_experts, scored=scored)
+    stats.model_fingerprint, stats.corpus_fingerprint = model_fingerprint(model), corpus.fingerprint()
+    return stats
+
+
+def _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window, checkpoint_every=1) -> Settings:
     from .errors import UsageError
 
+    if checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be at least 1, found {checkpoint_every}.")
     if max_tokens_per_label is not None and max_tokens_per_label < 1:
         raise UsageError(f"--max-tokens-per-label must be at least 1, found {max_tokens_per_label}.")
     if batch_size < 1 or max_length < 2 or score_window < 1:
@@ -420,4 +427,4 @@ def _reporter(progress: bool | Progress, total: int, start: int) -> Callable[[in
     return report
 
 
-__all__ = ["profile_corpus", "expert_examples", "plan_sequences", "plan_batches", "accumulate", "Settings", "dist_info", "partial_path", "CORR_KEYS"]
+__all__ = ["profile_corpus", "expert_examples", "plan_sequences", "plan_batches", "accumulate", "Settings", "dist_info", "partial_path"]
