@@ -78,12 +78,16 @@ def profile(
         scorer=scorer, score_window=score_window, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
         resume=checkpoint if resume else None,
     )  # fmt: skip
-    if rank == 0:
-        with _progress_bar() as bar:
-            task = bar.add_task("profile", total=None)
-            stats = profile_corpus(net, tok, corpus, progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
-    else:
-        stats = profile_corpus(net, tok, corpus, **options)
+    try:
+        if rank == 0:
+            with _progress_bar() as bar:
+                task = bar.add_task("profile", total=None)
+                stats = profile_corpus(net, tok, corpus, progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
+        else:
+            stats = profile_corpus(net, tok, corpus, **options)
+    except KeyboardInterrupt:
+        typer.echo(f"error: interrupted; partial state (if any) is in '{checkpoint}': rerun with --resume to continue.", err=True)
+        raise typer.Exit(130) from None
     partial_path(checkpoint, rank, world).unlink(missing_ok=True)
     if rank == 0:
         stats.meta["model"] = str(model)
