@@ -120,6 +120,8 @@ def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequen
     includes = list(dict.fromkeys(includes))
     if not names:
         return [], includes
+    if any(n.startswith(BUILTIN_PREFIX) for n in names) and (builtin := _builtin_task_dir()):
+        includes.append(builtin)  # the built-in world's tasks need no --include-path
     if includes:  # a typo of a local task is answered from the local index, without indexing lm-eval's tasks
         local = set(_task_manager(tuple(includes), defaults=False).all_tasks)
         _check_known(names, local, only_if_close=True)
@@ -133,6 +135,21 @@ def _check_known(names: Sequence[str], known: set[str], *, only_if_close: bool =
             near = _near(name, known, fallback=not only_if_close)
             if near or not only_if_close:
                 raise EvalError(unknown("lm-eval task", name, near) + " Add --include-path for local tasks.")
+
+
+BUILTIN_PREFIX = "world_"
+
+
+def _builtin_task_dir() -> str | None:
+    """The built-in world's task folder, when this installation ships one."""
+    from .errors import ResectError
+
+    try:
+        from .builtin import task_dir
+
+        return str(task_dir())
+    except (ImportError, ResectError):
+        return None
 
 
 def _tasks_in_file(file: Path) -> list[str]:
