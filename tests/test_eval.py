@@ -159,3 +159,17 @@ def test_perplexity_stderr_is_the_ratio_estimator():
     assert entry["bits_per_byte_stderr,none"] == pytest.approx(sem / w / math.log(2))
     assert entry["word_perplexity_stderr,none"] == pytest.approx(math.exp(-mean / w) * sem / w)
     assert "byte_perplexity_stderr,none" not in entry  # a metric the task did not report stays absent
+
+
+def test_cli_ppl_tasks_then_eval_the_folder(tiny_vd, tmp_path, capsys, monkeypatch):
+    """`resect ppl-tasks` prints the task names; the folder itself is a valid --tasks value."""
+    folder = tmp_path / "ppl"
+    code, out, err = run_cli(["ppl-tasks", str(DATA / "held_out.jsonl"), str(folder), "--prefix", "lang"], capsys, monkeypatch)
+    assert code == 0, err
+    assert out.strip() == "lang_english,lang_python_code"
+    results_file = tmp_path / "r.json"
+    code, _, err = run_cli(["eval", str(tiny_vd), "--tasks", str(folder), "--out", str(results_file)], capsys, monkeypatch)
+    assert code == 0, err
+    assert set(json.loads(results_file.read_text())["results"]) == {"lang_english", "lang_python_code"}
+    code, _, err = run_cli(["ppl-tasks", str(DATA / "held_out.jsonl"), str(folder), "--prefix", "9bad"], capsys, monkeypatch)
+    assert code == 2 and "identifier" in err
