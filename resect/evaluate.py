@@ -117,11 +117,11 @@ def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequen
             names += found
         else:
             names.append(task)
-    includes = list(dict.fromkeys(includes))
     if not names:
-        return [], includes
+        return [], list(dict.fromkeys(includes))
     if any(n.startswith(BUILTIN_PREFIX) for n in names) and (builtin := _builtin_task_dir()):
         includes.append(builtin)  # the built-in world's tasks need no --include-path
+    includes = list(dict.fromkeys(includes))
     if includes:  # a typo of a local task is answered from the local index, without indexing lm-eval's tasks
         local = set(_task_manager(tuple(includes), defaults=False).all_tasks)
         _check_known(names, local, only_if_close=True)
@@ -198,6 +198,21 @@ def _local_data_files(cfg: dict[str, Any]) -> list[Path]:
     return [Path(v) for v in flat if isinstance(v, str) and Path(v).is_file()]
 
 
+@contextlib.contextmanager
+def _data_errors_as_eval_error() -> Iterator[None]:
+    """A task whose data cannot be read (offline Hub, missing or malformed file) is one line, not a traceback."""
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        yield
+    except (OSError, DatasetGenerationError) as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EvalError(
+            f"A task's data could not be loaded ({type(exc).__name__}: {cause}). Hub tasks download their data: "
+            "run once with network (HF_DATASETS_OFFLINE unset), or use local tasks with absolute data_files."
+        ) from None
+
+
 def check_run_options(limit: int | float | None, batch_size: int) -> None:
     """A positive limit (count, or fraction below 1) and batch size."""
     if limit is not None and not limit > 0:
@@ -224,7 +239,7 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
 
     log.info("lm-eval %s on %s (limit %s)", lm_eval_version(), ", ".join(names), limit)
-    with _single_process_bootstrap():
+    with _single_process_bootstrap(), _data_errors_as_eval_error():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         results = lm_eval.simple_evaluate(
             model=lm,

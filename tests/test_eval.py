@@ -173,3 +173,15 @@ def test_cli_ppl_tasks_then_eval_the_folder(tiny_vd, tmp_path, capsys, monkeypat
     assert set(json.loads(results_file.read_text())["results"]) == {"lang_english", "lang_python_code"}
     code, _, err = run_cli(["ppl-tasks", str(DATA / "held_out.jsonl"), str(folder), "--prefix", "9bad"], capsys, monkeypatch)
     assert code == 2 and "identifier" in err
+
+
+@pytest.mark.parametrize("content", [None, '{"question": "broken", "choices": ['])
+def test_unreadable_task_data_is_one_line(model_vd, tmp_path, content):
+    """A local task whose JSONL is missing or malformed ends in an EvalError, not a datasets traceback."""
+    data = tmp_path / "quiz.jsonl"
+    if content is not None:
+        data.write_text(content + "\n")
+    folder = quiz_task(tmp_path / "tasks", data=data)
+    model, tok = model_vd
+    with pytest.raises(EvalError, match="could not be loaded"):
+        evaluate(model, tok, ["resect_quiz"], include_path=folder)
