@@ -321,6 +321,8 @@ def verify(
     edited_path = resolve_model_path(edited)
     base_path = resolve_model_path(baseline) if baseline is not None else baseline_from_provenance(edited_path)
     check_compatible(edited_path, base_path)
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), edited_path, base_path)
     tasks, includes = resolve_tasks([split_spec(s)[0] for s in specs], include_path)
     for p in target_toxicity:
         _file_digest(p)
@@ -380,10 +382,17 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(report: dict, out: Path) -> dict[str, Path]:
-    """verify.json, verify.md and verify.png in `out` (created if needed)."""
+def check_out_dir(out: Path, *inputs: Path) -> None:
+    """The report folder is a folder (or absent) and is not one of the checkpoints."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"'{out}' exists and is not a folder. Pass a folder for verify.json, verify.md and verify.png.")
+    if any(out.resolve() == p.resolve() for p in inputs):
+        raise OutputError(f"'{out}' is a checkpoint being verified. Pass another --out folder for the report.")
+
+
+def write_outputs(report: dict, out: Path) -> dict[str, Path]:
+    """verify.json, verify.md and verify.png in `out` (created if needed)."""
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "verify.json", "md": out / "verify.md", "png": out / "verify.png"}
     write_atomic(files["json"], json.dumps(report, indent=2, sort_keys=False, default=str))

@@ -159,16 +159,19 @@ def test_other_geometry_or_tokenizer_is_refused(tiny_vd, tasks_dir, tmp_path):
         (["--min-target-drop", "-5"], "must be a non-negative number"),
         (["--target-tasks", "resect_quizz"], "Did you mean: resect_quiz"),
         (["--target-toxicity", "/nonexistent/prompts.jsonl"], "do not exist"),
+        (["--limit", "0"], "--limit must be positive"),
+        (["--out", "EDITED"], "is a checkpoint being verified"),
     ],
 )
 def test_cli_bad_input_exits_2(edited_copy, tasks_dir, tmp_path, extra, message, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["verify", str(edited_copy), "--target-tasks", "resect_quiz", "--min-target-drop", "5",
             "--include-path", str(tasks_dir), "--out", str(out), *extra]  # fmt: skip
-    code, _, err = run_cli(args, capsys, monkeypatch)
+    before = sorted(p.name for p in edited_copy.iterdir())
+    code, _, err = run_cli([str(edited_copy) if a == "EDITED" else a for a in args], capsys, monkeypatch)
     assert code == 2
-    assert message in err and "Traceback" not in err
-    assert not out.exists()  # nothing half-written
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in edited_copy.iterdir()) == before  # nothing written
 
 
 def test_masked_edit_from_apply_is_measured_against_its_source(tiny_vd, tasks_dir, tmp_path):
