@@ -456,6 +456,7 @@ def render_chart(report: dict) -> bytes:
     for i, r in enumerate(rows):
         ax.plot([r["threshold"]] * 2, [i - 0.4, i + 0.4], color="black", linestyle="--")
     ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()  # same order as the table
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("drop (positive = edited model worse); dashed = threshold")
     ax.set_title(f"resect verify: {report['verdict'].upper()}")
