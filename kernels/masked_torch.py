@@ -26,56 +26,99 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_FRACTION = 4  # temporaries of one chunk <= 1/CHUNK_FRACTION of one activation tensor (bytes)
+# Chunk budgets, as fractions of one activation tensor: VD corrections run while the layer holds
+# one activation tensor less than at its peak, HD corrections run at the peak.
+HEADROOM_VD, HEADROOM_HD = 4, 16
 
+def active_halves(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nonzero gates of each row of g [R, E], largest first, padded: values, indices [R, k].
 
-def active_halves(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The nonzero gates of each (token, head), padded with zeros: values, indices [N, H, K].
-
-    Padding entries carry value 0 (and some unused index), so they contribute nothing.
+    k must be at least the largest nonzero count of a row. The active halves come first, so a
+    row's first k' >= its count entries hold them all; padding carries value 0 (contributes nothing).
     """
-    k = max(int((g > 0).sum(-1).amax()), 1)
-    values, index = g.topk(k, dim=-1, sorted=False)
-    return values, index
+    return g.topk(k, dim=-1, sorted=True)
 
 
 def side_corrections(
-    mask: torch.Tensor, v_own: torch.Tensor, i_own: torch.Tensor, v_other: torch.Tensor, i_other: torch.Tensor,
+    removed: torch.Tensor, v_own: torch.Tensor, i_own: torch.Tensor, v_other: torch.Tensor, i_other: torch.Tensor,
     acts: torch.Tensor, token: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Removed share of each active half of a chunk of (token, head) rows.
 
-    mask [E, E] bool indexed [own, other]; v_own, i_own [R, Ko]; v_other, i_other [R, Kt];
-    acts [N, E, m] the other side's activations; token [R] -> d_sums [R, Ko], d_mixed [R, Ko, m].
+    removed [E, E] 1.0 = removed (a view of a contiguous matrix, maybe transposed), indexed
+    [own, other]; v_own, i_own [R, Ko]; v_other, i_other [R, Kt]; acts [N, E, m] the other
+    side's activations; token [R] -> d_sums [R, Ko], d_mixed [R, Ko, m].
     """
-    block = mask[i_own.unsqueeze(-1), i_other.unsqueeze(-2)]  # [R, Ko, Kt]: the mask this row sees
-    w = (v_own.unsqueeze(-1) * v_other.unsqueeze(-2)).masked_fill_(~block, 0)  # removed pair weights
-    return w.sum(-1), w @ acts[token.unsqueeze(-1), i_other]  # [R, Ko], [R, Ko, Kt] @ [R, Kt, m]
+    experts, width = removed.shape[-1], acts.shape[-1]
+    pairs = (i_own * removed.stride(0)).unsqueeze(-1) + (i_other * removed.stride(1)).unsqueeze(-2)  # [R, Ko, Kt]
+    w = removed.as_strided((experts * experts,), (1,)).take(pairs)  # the mask block this row sees
+    del pairs
+    w.mul_(v_own.unsqueeze(-1)).mul_(v_other.unsqueeze(-2))  # removed pair weights g_own[i] g_other[j] M[i, j]
+    gathered = acts.view(-1, width).index_select(0, (token.unsqueeze(-1) * experts + i_other).flatten())
+    return w.sum(-1), w @ gathered.view(*i_other.shape, width)  # [R, Ko], [R, Ko, Kt] @ [R, Kt, m] -> [R, Ko, m]
 
 
-def subtract_side(mask, g_own, g_other, *, sums: torch.Tensor, mixed: torch.Tensor, acts: torch.Tensor, compute=side_corrections) -> None:
+def chunks(k_own: list[int], k_other: list[int], *, width: int, budget: int) -> list[tuple[int, int, int, int]]:
+    """Split rows (sorted by active count) into (start, end, Ko, Kt) whose temporaries fit the budget."""
+    cost = lambda ko, kt: 12 * ko * kt + 4 * (ko + kt) * width + 24 * (ko + kt)  # noqa: E731  bytes of one row
+    out, start, ko, kt = [], 0, 1, 1
+    for row, (a, b) in enumerate(zip(k_own, k_other)):
+        wider_o, wider_t = max(ko, a), max(kt, b)
+        if row > start and (row - start + 1) * cost(wider_o, wider_t) > budget:
+            out.append((start, row, ko, kt))
+            start, wider_o, wider_t = row, max(a, 1), max(b, 1)
+        ko, kt = wider_o, wider_t
+    out.append((start, len(k_own), ko, kt))
+    return out
+
+
+def subtract_side(
+    mask, own, other, *, sums: torch.Tensor, mixed: torch.Tensor, acts: torch.Tensor, budget: int, compute=side_corrections
+) -> None:
     """sums [N, E] -= d_sums and mixed [N, E, m] -= d_mixed, scattered at each row's own halves.
 
-    g_own, g_other [N, H, E] gates; mask [E, E] indexed [own, other]; acts [N, E, m] the other
-    side's activations; compute: `side_corrections` or a kernel with the same signature.
-    Rows (token, head) go in chunks; active halves are found per chunk (less padding, no
-    full-size index tensors).
+    own, other: `Halves` of the two gates; mask [E, E] indexed [own, other]; acts [N, E, m] the
+    other side's activations; budget: bytes the temporaries of one chunk of rows may take;
+    compute: `side_corrections` or a kernel with the same signature. Rows (token, head) go in
+    order of their number of active pairs, so a chunk pads to counts close to its own.
     """
-    n, heads, experts = g_own.shape
-    width = mixed.shape[-1]
-    g_own, g_other = g_own.reshape(n * heads, experts), g_other.reshape(n * heads, experts)
-    token = torch.arange(n, device=sums.device).repeat_interleave(heads)  # [N*H]: token of each row
-    k_own, k_other = (max(int((g > 0).sum(-1).amax()), 1) for g in (g_own, g_other))
-    per_row = 16 * k_own * k_other + 4 * (k_own + k_other) * width  # bytes of temporaries for one row
-    chunk = max(1, mixed.numel() * mixed.element_size() // (CHUNK_FRACTION * per_row))
-    flat_sums, flat_mixed = sums.view(n * experts), mixed.view(n * experts, width)
-    for s in range(0, n * heads, chunk):
-        rows = slice(s, s + chunk)
-        (v_own, i_own), (v_other, i_other) = active_halves(g_own[rows]), active_halves(g_other[rows])  # [R, K]
-        d_sums, d_mixed = compute(mask, v_own, i_own, v_other, i_other, acts, token[rows])
-        where = (token[rows].unsqueeze(-1) * experts + i_own).flatten()  # [R*Ko] positions in [N*E]
-        flat_sums.index_add_(0, where, d_sums.flatten().to(sums.dtype), alpha=-1)
-        flat_mixed.index_add_(0, where, d_mixed.flatten(0, 1).to(mixed.dtype), alpha=-1)
+    experts, width = sums.shape[-1], mixed.shape[-1]
+    flat_sums, flat_mixed = sums.view(-1), mixed.view(-1, width)
+    for start, end, ko, kt in chunks(own.sorted_counts, other.sorted_counts, width=width, budget=budget):
+        rows = own.order[start:end]
+        token = rows // own.heads
+        v_own, i_own = own.values[rows, :ko], own.index[rows, :ko].long()  # [R, Ko]
+        v_other, i_other = other.values[rows, :kt], other.index[rows, :kt].long()  # [R, Kt]
+        d_sums, d_mixed = compute(mask, v_own, i_own, v_other, i_other, acts, token)
+        where = (token.unsqueeze(-1) * experts + i_own).flatten()  # [R*Ko] positions in [N*E]
+        flat_sums.index_put_((where,), d_sums.flatten().neg().to(sums.dtype), accumulate=True)
+        flat_mixed.index_put_((where,), d_mixed.flatten(0, 1).neg_().to(mixed.dtype), accumulate=True)
+
+
+class Halves:
+    """The active halves of one gate tensor g [N, H, E], compacted once and shared by both sides:
+    values [N*H, K] and int32 indices, rows ordered by the number of active pairs (shared order)."""
+
+    def __init__(self, g: torch.Tensor):
+        n, self.heads, experts = g.shape
+        g = g.reshape(n * self.heads, experts)
+        self.counts = (g > 0).sum(-1)  # [N*H]
+        values, index = active_halves(g, max(int(self.counts.max()), 1))
+        self.values, self.index = values, index.int()
+        self.order = torch.tensor([], dtype=torch.long)
+        self.sorted_counts: list[int] = []
+
+    def sort_by(self, order: torch.Tensor) -> None:
+        self.order, self.sorted_counts = order, self.counts[order].tolist()
+
+
+def paired_halves(g1: torch.Tensor, g2: torch.Tensor) -> tuple[Halves, Halves]:
+    """Halves of g1 and g2 [N, H, E], rows ordered by active pairs K1 * K2 (ascending)."""
+    h1, h2 = Halves(g1), Halves(g2)
+    order = torch.argsort(h1.counts * h2.counts)
+    h1.sort_by(order)
+    h2.sort_by(order)
+    return h1, h2
 
 
 def masked_moe_forward(
@@ -87,7 +130,7 @@ def masked_moe_forward(
     """
     if bool(mask.all()):  # the whole group removed: exactly zero, not a rounding residue
         return x.new_zeros(x.shape)
-    mask = mask.to(device=x.device, dtype=torch.bool)
+    mask = mask.to(device=x.device, dtype=x.dtype).contiguous()  # 1.0 = removed
     if hasattr(experts, "v11"):
         return _vertical(experts, x, g1, g2, mask, compute)
     return _horizontal(experts, x, g1, g2, mask, compute)
@@ -97,11 +140,13 @@ def _vertical(experts, x, g1, g2, mask, compute):
     """Same order as the dense forward (top half, drop a1's last use, bottom half): same peak memory."""
     a1, a2 = experts.activations(x)  # [B, T, E, m/2]
     r, p = g1.sum(-2), g1.transpose(-1, -2) @ (g2 @ a2)  # unmasked R [B, T, E], P [B, T, E, m/2]
-    subtract_side(mask, g1.flatten(0, 1), g2.flatten(0, 1), sums=r, mixed=p, acts=a2.flatten(0, 1), compute=compute)
+    budget = p.numel() * p.element_size() // HEADROOM_VD  # below the dense peak: it holds one more [B, T, E, m/2]
+    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1))
+    subtract_side(mask, h1, h2, sums=r, mixed=p, acts=a2.flatten(0, 1), budget=budget, compute=compute)
     top = experts.project_top(a1, r, p)
     del p
     c, q = g2.sum(-2), g2.transpose(-1, -2) @ (g1 @ a1)  # unmasked C, Q
-    subtract_side(mask.T, g2.flatten(0, 1), g1.flatten(0, 1), sums=c, mixed=q, acts=a1.flatten(0, 1), compute=compute)
+    subtract_side(mask.T, h2, h1, sums=c, mixed=q, acts=a1.flatten(0, 1), budget=budget, compute=compute)
     del a1
     return torch.cat((top, experts.project_bottom(a2, c, q)), dim=-1)  # [B, T, D]
 
@@ -109,6 +154,8 @@ def _vertical(experts, x, g1, g2, mask, compute):
 def _horizontal(experts, x, g1, g2, mask, compute):
     a = experts.activations(x)  # [B, T, E, m]
     c, q = g2.sum(-2), g2.transpose(-1, -2) @ (g1 @ a)  # unmasked C [B, T, E], Q [B, T, E, m]
-    subtract_side(mask.T, g2.flatten(0, 1), g1.flatten(0, 1), sums=c, mixed=q, acts=a.flatten(0, 1), compute=compute)
+    budget = q.numel() * q.element_size() // HEADROOM_HD  # the corrections run at the dense peak: keep them small
+    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1))
+    subtract_side(mask.T, h2, h1, sums=c, mixed=q, acts=a.flatten(0, 1), budget=budget, compute=compute)
     del a
     return experts.project(q, c)

@@ -24,7 +24,7 @@ from . import masked_torch
 @triton.jit
 def _side_corrections_kernel(
     v_own_ptr, i_own_ptr, v_other_ptr, i_other_ptr, token_ptr,  # [R, Ko], [R, Kt], [R]
-    mask_ptr, mask_s0, mask_s1,  # [E, E] uint8 (any strides), indexed [own, other]
+    mask_ptr, mask_s0, mask_s1,  # [E, E] nonzero = removed (any strides), indexed [own, other]
     acts_ptr,  # [N, E, M] contiguous, the other side's activations
     d_sums_ptr, d_mixed_ptr,  # [R, Ko], [R, Ko, M]
     E, KO, KT, M,
@@ -56,7 +56,7 @@ def side_corrections(mask, v_own, i_own, v_other, i_other, acts, token):
     k_other, experts, width = v_other.shape[-1], acts.shape[1], acts.shape[-1]
     d_sums = torch.empty(rows, k_own, device=v_own.device, dtype=torch.float32)
     d_mixed = torch.empty(rows, k_own, width, device=v_own.device, dtype=torch.float32)
-    flags = mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
+    flags = mask.view(torch.uint8) if mask.dtype == torch.bool else mask  # nonzero = removed
     _side_corrections_kernel[(rows,)](
         v_own.contiguous(), i_own.contiguous(), v_other.contiguous(), i_other.contiguous(), token.contiguous(),
         flags, flags.stride(0), flags.stride(1),

@@ -114,7 +114,7 @@ def test_chunking_does_not_change_the_result(models, monkeypatch):
     mask = random_mask(g1.shape[-1], 0.3, 3)
     with torch.no_grad():
         whole = masked_torch.masked_moe_forward(moe, x, g1, g2, mask)
-        monkeypatch.setattr(masked_torch, "CHUNK_FRACTION", 10**9)  # one (token, head) row per chunk
+        monkeypatch.setattr(masked_torch, "HEADROOM_VD", 10**9)  # one (token, head) row per chunk
         rows = masked_torch.masked_moe_forward(moe, x, g1, g2, mask)
     assert max_err(whole, rows) < TOL
 
@@ -237,7 +237,7 @@ TRITON_SCRIPT = textwrap.dedent(
                     report[f"{name}/T={tokens}/{kind}"] = float((out - ref).abs().max())
     # raw kernel buffers: every element written (padding included) under NaN poisoning ...
     g = torch.rand(5, 16) * (torch.rand(5, 16) < 0.4)
-    v, i = masked_torch.active_halves(g)
+    v, i = masked_torch.active_halves(g, int((g > 0).sum(-1).max()))
     acts = torch.rand(5, 16, 3)
     token = torch.arange(5)
     d_sums, d_mixed = masked_triton.side_corrections(torch.rand(16, 16) < 0.5, v, i, v, i, acts, token)
