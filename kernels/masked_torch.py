@@ -45,15 +45,15 @@ def side_corrections(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Removed share of each active half of a chunk of (token, head) rows.
 
-    removed [E, E] 1.0 = removed (a view of a contiguous matrix, maybe transposed), indexed
+    removed [E, E] bool, True = removed (a view of a contiguous matrix, maybe transposed), indexed
     [own, other]; v_own, i_own [R, Ko]; v_other, i_other [R, Kt]; acts [N, E, m] the other
     side's activations; token [R] -> d_sums [R, Ko], d_mixed [R, Ko, m].
     """
     experts, width = removed.shape[-1], acts.shape[-1]
     pairs = (i_own * removed.stride(0)).unsqueeze(-1) + (i_other * removed.stride(1)).unsqueeze(-2)  # [R, Ko, Kt]
-    w = removed.as_strided((experts * experts,), (1,)).take(pairs)  # the mask block this row sees
+    block = removed.as_strided((experts * experts,), (1,)).take(pairs)  # [R, Ko, Kt] bool: the mask this row sees
     del pairs
-    w.mul_(v_own.unsqueeze(-1)).mul_(v_other.unsqueeze(-2))  # removed pair weights g_own[i] g_other[j] M[i, j]
+    w = (v_own.unsqueeze(-1) * v_other.unsqueeze(-2)).masked_fill_(~block, 0)  # removed pair weights
     gathered = acts.view(-1, width).index_select(0, (token.unsqueeze(-1) * experts + i_other).flatten())
     return w.sum(-1), w @ gathered.view(*i_other.shape, width)  # [R, Ko], [R, Ko, Kt] @ [R, Kt, m] -> [R, Ko, m]
 
@@ -96,25 +96,37 @@ def subtract_side(
 
 
 class Halves:
-    """The active halves of one gate tensor g [N, H, E], compacted once and shared by both sides:
-    values [N*H, K] and int32 indices, rows ordered by the number of active pairs (shared order)."""
+    """The active halves of one gate tensor, compacted once and shared by both sides.
 
-    def __init__(self, g: torch.Tensor):
-        n, self.heads, experts = g.shape
-        g = g.reshape(n * self.heads, experts)
-        self.counts = (g > 0).sum(-1)  # [N*H]
-        values, index = active_halves(g, max(int(self.counts.max()), 1))
-        self.values, self.index = values, index.int()
-        self.order = torch.tensor([], dtype=torch.long)
-        self.sorted_counts: list[int] = []
+    g [N*H, E] gates, live [E] bool: the halves with at least one removed partner (the others
+    cannot contribute a correction and are skipped). values [N*H, K] largest first, index [N*H, K]
+    int16/int32, counts [N*H]; `order` and `sorted_counts` are set by `paired_halves`.
+    """
+
+    STEP = 256  # rows per compaction step: keeps the [rows, E] temporaries small
+
+    def __init__(self, g: torch.Tensor, live: torch.Tensor, heads: int):
+        rows, experts = g.shape
+        self.heads = heads
+        steps = range(0, rows, self.STEP)
+        self.counts = torch.cat([((g[s : s + self.STEP] > 0) & live).sum(-1) for s in steps])  # [N*H]
+        k = max(int(self.counts.max()), 1)
+        small = torch.int16 if experts <= torch.iinfo(torch.int16).max else torch.int32
+        parts = [(g[s : s + self.STEP] * live).topk(k, dim=-1) for s in steps]  # active halves first
+        self.values = torch.cat([v for v, _ in parts])
+        self.index = torch.cat([i.to(small) for _, i in parts])
+        self.order, self.sorted_counts = torch.zeros(0, dtype=torch.long), []
 
     def sort_by(self, order: torch.Tensor) -> None:
         self.order, self.sorted_counts = order, self.counts[order].tolist()
 
 
-def paired_halves(g1: torch.Tensor, g2: torch.Tensor) -> tuple[Halves, Halves]:
-    """Halves of g1 and g2 [N, H, E], rows ordered by active pairs K1 * K2 (ascending)."""
-    h1, h2 = Halves(g1), Halves(g2)
+def paired_halves(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> tuple[Halves, Halves]:
+    """Halves of g1 and g2 [N, H, E], rows ordered by active pairs K1 * K2 (ascending); only halves
+    with a removed partner in mask [E, E] (row i for g1, column j for g2) are kept."""
+    n, heads, experts = g1.shape
+    h1 = Halves(g1.reshape(n * heads, experts), mask.any(1), heads)
+    h2 = Halves(g2.reshape(n * heads, experts), mask.any(0), heads)
     order = torch.argsort(h1.counts * h2.counts)
     h1.sort_by(order)
     h2.sort_by(order)
@@ -128,9 +140,11 @@ def masked_moe_forward(
 
     `compute` evaluates a chunk of corrections (`side_corrections`, or the Triton kernel).
     """
+    mask = mask.to(device=x.device, dtype=torch.bool).contiguous()
     if bool(mask.all()):  # the whole group removed: exactly zero, not a rounding residue
         return x.new_zeros(x.shape)
-    mask = mask.to(device=x.device, dtype=x.dtype).contiguous()  # 1.0 = removed
+    if not bool(mask.any()):
+        return experts.dense_forward(x, g1, g2)
     if hasattr(experts, "v11"):
         return _vertical(experts, x, g1, g2, mask, compute)
     return _horizontal(experts, x, g1, g2, mask, compute)
@@ -141,7 +155,7 @@ def _vertical(experts, x, g1, g2, mask, compute):
     a1, a2 = experts.activations(x)  # [B, T, E, m/2]
     r, p = g1.sum(-2), g1.transpose(-1, -2) @ (g2 @ a2)  # unmasked R [B, T, E], P [B, T, E, m/2]
     budget = p.numel() * p.element_size() // HEADROOM_VD  # below the dense peak: it holds one more [B, T, E, m/2]
-    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1))
+    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1), mask)
     subtract_side(mask, h1, h2, sums=r, mixed=p, acts=a2.flatten(0, 1), budget=budget, compute=compute)
     top = experts.project_top(a1, r, p)
     del p
@@ -155,7 +169,7 @@ def _horizontal(experts, x, g1, g2, mask, compute):
     a = experts.activations(x)  # [B, T, E, m]
     c, q = g2.sum(-2), g2.transpose(-1, -2) @ (g1 @ a)  # unmasked C [B, T, E], Q [B, T, E, m]
     budget = q.numel() * q.element_size() // HEADROOM_HD  # the corrections run at the dense peak: keep them small
-    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1))
+    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1), mask)
     subtract_side(mask.T, h2, h1, sums=c, mixed=q, acts=a.flatten(0, 1), budget=budget, compute=compute)
     del a
     return experts.project(q, c)
