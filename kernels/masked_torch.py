@@ -14,12 +14,15 @@ the removed pairs:
 The column side is the row side with g1 <-> g2 and M -> M^T, so one routine serves both.
 g1 and g2 are sparse (per head only the halves above the routing threshold are > 0), so a
 correction only visits each (token, head)'s active pairs, K_own x K_other of them: extra work
-~ H * K1 * K2 * m per token, never [tokens, H, E*E]. Rows (token, head) are processed in chunks
-whose temporaries stay a small fraction of one activation tensor, and the corrections are
-scatter-subtracted in place, so the peak memory is the dense layer's plus that fraction.
+~ H * K1 * K2 * m per token, never [tokens, H, E*E]. Halves with no removed partner (an empty
+mask row or column) are dropped first, so clustered masks cost less and an empty mask nothing.
+Rows (token, head) are sorted by their number of active pairs and processed in chunks padded to
+the chunk's own counts, with temporaries bounded by a fraction of one activation tensor; the
+corrections are scatter-subtracted in place, in the dense forward's order, so the peak memory
+stays near the dense layer's (see benchmarks/bench_masking.py).
 
-Shapes: N tokens (B*T flattened), H heads, E halves per side, K active halves (padded to the
-largest count over tokens and heads), m the activation width (m/2 for VD), R = rows in a chunk.
+Shapes: N tokens (B*T flattened), H heads, E halves per side, K active halves (padded),
+m the activation width (m/2 for VD), R rows (token, head) in a chunk.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 # Chunk budgets, as fractions of one activation tensor: VD corrections run while the layer holds
 # one activation tensor less than at its peak, HD corrections run at the peak.
 HEADROOM_VD, HEADROOM_HD = 4, 16
+
 
 def active_halves(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The nonzero gates of each row of g [R, E], largest first, padded: values, indices [R, k].
