@@ -239,3 +239,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_vd, tmp_path, capsys, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == listing  # nothing new, no temporary folder
     if case == "exists":
         assert list(out.iterdir()) == []
+
+
+def test_mask_info_and_union_commands(tmp_path, capsys, monkeypatch):
+    first, second = a_mask(tmp_path, 2, seed=8, count=10), a_mask(tmp_path, 2, seed=9, count=12)
+    first.save(tmp_path / "a.json")
+    second.save(tmp_path / "b.bin")
+    code, out, err = run_cli(["mask", "union", str(tmp_path / "a.json"), str(tmp_path / "b.bin"), "--out", str(tmp_path / "u.json")],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert ExpertMask.load(tmp_path / "u.json") == first | second
+    code, out, err = run_cli(["mask", "info", str(tmp_path / "u.json")], capsys, monkeypatch)
+    assert code == 0 and (first | second).fingerprint() in out.replace("\n", "")
+    ExpertMask(8, 2, {0: [1]}).save(tmp_path / "small.json")
+    code, _, err = run_cli(["mask", "union", str(tmp_path / "a.json"), str(tmp_path / "small.json"), "--out", str(tmp_path / "v.json")],
+                           capsys, monkeypatch)
+    assert code == 2 and "different geometry" in err and err.count("\n") == 1 and not (tmp_path / "v.json").exists()
+    code, _, err = run_cli(["mask", "union", str(tmp_path / "a.json"), "--out", str(tmp_path / "u.json")], capsys, monkeypatch)
+    assert code == 2 and "already exists" in err
