@@ -60,7 +60,7 @@ class RunSpec:
     toxicity_prompts: str | None = None
     toxicity: dict[str, Any] = field(default_factory=dict)
     max_tokens_per_label: int | None = None
-    min_tokens: int = 64
+    min_tokens: int | None = None  # per-label token floor of the selection rules (their default when None)
     limit: int | float | None = None
     batch_size: int = 16
     seed: int = 0
@@ -96,6 +96,8 @@ class Plan:
             "toxicity_prompts": self.toxicity_prompts, "toxicity": self.toxicity, "out": str(self.out),
         }  # fmt: skip
         data["min_target_drop"], data["max_general_drop"] = self.gates()
+        for once in ("out", "force", "dry_run"):  # where and how this run was written, not what it did
+            data.pop(once)
         return data
 
     def gates(self) -> tuple[float, float]:
@@ -271,7 +273,7 @@ def toxicity_corpus(model, tokenizer, p: Plan):
 def apply_mask(p: Plan, mask_file: Path, dest: Path) -> Path:
     from .export import apply_masks
 
-    return apply_masks(p.model_path, [mask_file], dest)
+    return apply_masks(p.model_path, [mask_file], dest).path
 
 
 def run_verify(p: Plan, edited: Path, out: Path) -> dict:
@@ -330,7 +332,8 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
     else:
         stats, cached = profile_cached(model, tok, p.corpus, p=p)
     lap("profile")
-    mask = select_experts(stats, p.rule, target=spec.target, min_tokens=spec.min_tokens, model=model, **p.rule_params)
+    floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
+    mask = select_experts(stats, p.rule, target=spec.target, model=model, **floor, **p.rule_params)
     lap("select")
     experts_total = stats.num_groups * stats.moe_experts**2
     say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")

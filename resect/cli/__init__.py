@@ -5,6 +5,7 @@ call one library function, render. Heavy imports happen inside the commands so t
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -18,6 +19,13 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
 # Command modules register themselves on `app` when imported.
 from . import apply, edit, eval, experts, info, profile, run, select, verify, world  # noqa: E402,F401
 
@@ -27,6 +35,10 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # the libraries' own progress bars and notices, set before they are imported
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
 
 def main() -> None:
