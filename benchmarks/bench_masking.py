@@ -16,7 +16,10 @@ Peak memory (CPU) comes from the profiler's allocation events (`common.peak_memo
 the peak of live bytes allocated during the forward on top of what already exists (weights,
 input, gates, mask), library workspaces included; on CUDA, torch.cuda.max_memory_allocated
 over the same baseline. Times are medians of forwards run in turns (`common.interleaved_seconds`)
-so that load from other processes hits all three alike.
+so that load from other processes hits all three alike. On a machine whose cores are shared
+with other jobs, pass --threads 1: the masked path issues many small ops, and with OpenMP
+threads competing for busy cores each op pays for thread synchronisation (times then swing by
+several x between runs, for the unmasked layer too).
 """
 
 from __future__ import annotations
