@@ -57,14 +57,17 @@ def side_corrections(
     pairs = (i_own * removed.stride(0)).unsqueeze(-1) + (i_other * removed.stride(1)).unsqueeze(-2)  # [R, Ko, Kt]
     block = removed.as_strided((experts * experts,), (1,)).take(pairs)  # [R, Ko, Kt] bool: the mask this row sees
     del pairs
-    w = (v_own.unsqueeze(-1) * v_other.unsqueeze(-2)).masked_fill_(~block, 0)  # removed pair weights
+    # sum_b M[a,b] g_other[b] [acts_b, 1], then times g_own[a]: the mixed term and the plain sum at once
     gathered = acts.view(-1, width).index_select(0, (token.unsqueeze(-1) * experts + i_other).flatten())
-    return w.sum(-1), w @ gathered.view(*i_other.shape, width)  # [R, Ko], [R, Ko, Kt] @ [R, Kt, m] -> [R, Ko, m]
+    scaled = torch.cat((gathered, gathered.new_ones(gathered.shape[0], 1)), dim=1).view(*i_other.shape, width + 1)
+    scaled.mul_(v_other.unsqueeze(-1))  # [R, Kt, m + 1]
+    both = (block.to(scaled.dtype) @ scaled).mul_(v_own.unsqueeze(-1))  # [R, Ko, m + 1]
+    return both[..., width], both[..., :width]
 
 
 def chunks(k_own: list[int], k_other: list[int], *, width: int, budget: int) -> list[tuple[int, int, int, int]]:
     """Split rows (sorted by active count) into (start, end, Ko, Kt) whose temporaries fit the budget."""
-    cost = lambda ko, kt: 12 * ko * kt + 4 * (ko + kt) * width + 24 * (ko + kt)  # noqa: E731  bytes of one row
+    cost = lambda ko, kt: 13 * ko * kt + 4 * (ko + kt) * (width + 1) + 24 * (ko + kt)  # noqa: E731  bytes of one row
     out, start, ko, kt = [], 0, 1, 1
     for row, (a, b) in enumerate(zip(k_own, k_other)):
         wider_o, wider_t = max(ko, a), max(kt, b)
