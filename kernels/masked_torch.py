@@ -31,7 +31,7 @@ import torch
 
 # Chunk budgets, as fractions of one activation tensor: VD corrections run while the layer holds
 # one activation tensor less than at its peak, HD corrections run at the peak.
-HEADROOM_VD, HEADROOM_HD = 4, 16
+HEADROOM_VD, HEADROOM_HD = 2, 16
 
 
 def active_halves(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
