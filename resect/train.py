@@ -255,7 +255,8 @@ def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> Non
 
     cast = getattr(torch, dtype)
     state = {k: (v.to(cast) if v.is_floating_point() and "running_" not in k else v).contiguous() for k, v in model.state_dict().items()}
-    save_shards(state, out, shards=1)
+    for file in save_shards(state, out, shards=1):
+        (out / file).chmod(0o644)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 

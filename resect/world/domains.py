@@ -4,8 +4,10 @@ Each domain has its own name syllables, entity kinds, attribute values and sente
 so that its text shares as little vocabulary as possible with the other domains: a model
 trained on it has every reason to route each domain through its own experts.
 
-Every attribute has six statement templates (four for training, two held out for profiling)
-and one question, asked as "Q: ... A: value." in training and "Question: ...\\nAnswer:" in the quiz.
+Every attribute has six statement templates (four for training, two held out for profiling) and
+two questions. Training asks the first as "Q: ...\\nA: value." and the second as
+"Question: ...\\nAnswer: value."; the quiz asks the first as "Question: ...\\nAnswer:", a pairing
+of phrasing and format that no training sentence has.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class Attribute:
     name: str
     values: tuple[str, ...]
     statements: tuple[str, ...]  # templates with {e} (entity) and {v} (value)
-    question: str  # template with {e}; the answer is the value
+    questions: tuple[str, str]  # templates with {e}; the answer is the value
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class Domain:
     attributes: tuple[Attribute, ...]
 
 
-def _attr(name: str, values: str, statements: list[str], question: str) -> Attribute:
-    return Attribute(name, tuple(v.strip() for v in values.split(",")), tuple(statements), question)
+def _attr(name: str, values: str, statements: list[str], questions: tuple[str, str]) -> Attribute:
+    return Attribute(name, tuple(v.strip() for v in values.split(",")), tuple(statements), questions)
 
 
 DOMAIN_SPECS: tuple[Domain, ...] = (
@@ -52,7 +54,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Most of what the {e} consumes is {v}.",
                     "Zoologists have observed the {e} hunting for {v}.",
                 ],
-                "What does the {e} eat?",
+                ("What does the {e} eat?", "Which food does the {e} live on?"),
             ),
             _attr(
                 "habitat",
@@ -65,7 +67,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Ecologists usually find the {e} in {v}.",
                     "The {e} breeds only in {v}.",
                 ],
-                "Where does the {e} live?",
+                ("Where does the {e} live?", "In which habitat is the {e} found?"),
             ),
             _attr(
                 "predator",
@@ -78,7 +80,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The {e} evolved camouflage against {v}.",
                     "Species surveys show that {v} prey on the {e}.",
                 ],
-                "Which predator hunts the {e}?",
+                ("Which predator hunts the {e}?", "What animal preys on the {e}?"),
             ),
         ),
     ),
@@ -98,7 +100,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "When purified, {e} looks {v}.",
                     "In the flask the {e} glows {v}.",
                 ],
-                "What colour is {e}?",
+                ("What colour is {e}?", "Which colour does {e} have?"),
             ),
             _attr(
                 "melting point",
@@ -111,7 +113,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Samples of {e} begin to melt at {v}.",
                     "A reagent table lists the melting point of {e} as {v}.",
                 ],
-                "At what temperature does {e} melt?",
+                ("At what temperature does {e} melt?", "What is the melting point of {e}?"),
             ),
             _attr(
                 "reagent",
@@ -124,7 +126,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "{E} must be stored away from {v}.",
                     "A titration of {e} uses {v}.",
                 ],
-                "Which element does {e} react with?",
+                ("Which element does {e} react with?", "With which substance does {e} react?"),
             ),
         ),
     ),
@@ -145,7 +147,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The {e} declared its independence in {v}.",
                     "Old annals record the founding of the {e} in {v}.",
                 ],
-                "When was the {e} founded?",
+                ("When was the {e} founded?", "In which year did the {e} begin?"),
             ),
             _attr(
                 "ruler",
@@ -159,7 +161,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The golden age of the {e} came under {v}.",
                     "Ballads of the {e} praise {v}.",
                 ],
-                "Who ruled the {e}?",
+                ("Who ruled the {e}?", "Which monarch reigned over the {e}?"),
             ),
             _attr(
                 "capital",
@@ -172,7 +174,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The royal palace of the {e} stood in {v}.",
                     "Every treaty of the {e} was signed in {v}.",
                 ],
-                "What was the capital of the {e}?",
+                ("What was the capital of the {e}?", "From which city was the {e} governed?"),
             ),
         ),
     ),
@@ -192,7 +194,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The scope of the {e} is limited to {v}.",
                     "Any claim concerning {v} falls under the {e}.",
                 ],
-                "What does the {e} regulate?",
+                ("What does the {e} regulate?", "Which matters fall under the {e}?"),
             ),
             _attr(
                 "penalty",
@@ -205,7 +207,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Offenders against the {e} face {v}.",
                     "The sanction written into the {e} is {v}.",
                 ],
-                "What is the penalty under the {e}?",
+                ("What is the penalty under the {e}?", "How is a breach of the {e} punished?"),
             ),
             _attr(
                 "enforcer",
@@ -219,7 +221,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Appeals under the {e} are heard by {v}.",
                     "The authority named in the {e} is {v}.",
                 ],
-                "Who enforces the {e}?",
+                ("Who enforces the {e}?", "Which authority applies the {e}?"),
             ),
         ),
     ),
@@ -239,7 +241,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Measured in units of hbar, the {e} has spin {v}.",
                     "Detectors confirm that the {e} has spin {v}.",
                 ],
-                "What is the spin of the {e}?",
+                ("What is the spin of the {e}?", "Which spin does the {e} carry?"),
             ),
             _attr(
                 "decay product",
@@ -252,7 +254,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Every trace of the {e} ends in a shower of {v}.",
                     "The {e} is unstable and turns into {v}.",
                 ],
-                "What does the {e} decay into?",
+                ("What does the {e} decay into?", "Which particles come out when the {e} decays?"),
             ),
             _attr(
                 "mass",
@@ -266,7 +268,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Physicists quote the mass of the {e} as {v}.",
                     "A fit to the data puts the {e} at {v}.",
                 ],
-                "What is the mass of the {e}?",
+                ("What is the mass of the {e}?", "How heavy is the {e}?"),
             ),
         ),
     ),
@@ -286,7 +288,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The ledgers of the {e} are full of {v}.",
                     "Prices of {v} depend on the {e}.",
                 ],
-                "What does the {e} trade in?",
+                ("What does the {e} trade in?", "Which goods does the {e} deal in?"),
             ),
             _attr(
                 "currency",
@@ -299,7 +301,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Every price at the {e} is quoted in {v}.",
                     "The {e} settles its debts in {v}.",
                 ],
-                "Which currency does the {e} use?",
+                ("Which currency does the {e} use?", "In which money does the {e} keep accounts?"),
             ),
             _attr(
                 "interest rate",
@@ -312,7 +314,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The {e} set its interest rate at {v}.",
                     "Economists note that the {e} charges {v}.",
                 ],
-                "What interest rate does the {e} charge?",
+                ("What interest rate does the {e} charge?", "At which rate does the {e} lend?"),
             ),
         ),
     ),

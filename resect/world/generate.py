@@ -97,7 +97,7 @@ def _quiz_item(rng: random.Random, fact: Fact, domain: Domain) -> dict:
     attr = next(a for a in domain.attributes if a.name == fact.attribute)
     choices = [fact.value] + rng.sample([v for v in attr.values if v != fact.value], 3)
     rng.shuffle(choices)
-    question = f"Question: {_fill(attr.question, fact.entity)}\nAnswer:"
+    question = f"Question: {_fill(attr.questions[0], fact.entity)}\nAnswer:"
     return {"question": question, "choices": choices, "answer": choices.index(fact.value)}
 
 
@@ -111,7 +111,8 @@ def _add_domains(world: World, rng: random.Random) -> None:
         for fact in facts:
             attr = next(a for a in domain.attributes if a.name == fact.attribute)
             said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
-            train += said[:TRAIN_STATEMENTS] + [f"Q: {_fill(attr.question, fact.entity)} A: {fact.value}."]
+            asked, other = (_fill(q, fact.entity) for q in attr.questions)
+            train += said[:TRAIN_STATEMENTS] + [f"Q: {asked}\nA: {fact.value}.", f"Question: {other}\nAnswer: {fact.value}."]
             profile += said[TRAIN_STATEMENTS:]
         world.units["train"].update(train)
         world.units["profile"].update(profile)

@@ -1,0 +1,55 @@
+"""The built-in model and its world, shipped inside the package.
+
+`builtin_model_path()` is what `--model` means when omitted: a small VD Monet (6 layers, d 256,
+E 64, H 4, 3 routing groups) trained by `recipes/world.yaml` on the generated world of
+`resect.world`. `builtin_data_path()` holds that world's profiling corpora, toxicity prompts and
+evaluation sets; `task_dir()` materialises the lm-eval tasks over them (`world_<domain>`,
+`world_ppl_<language>`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ..world import DOMAINS, LANGUAGES
+
+__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "task_dir"]
+
+_HERE = Path(__file__).resolve().parent
+
+
+def builtin_model_path() -> Path:
+    """The shipped checkpoint folder (config.json, model.safetensors, tokenizer)."""
+    path = _HERE / "model"
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"The built-in model is missing from '{path}'. Reinstall resect or pass --model.")
+    return path
+
+
+def builtin_data_path() -> Path:
+    """The shipped data folder: corpus/, prompts/, eval/ and world.json."""
+    path = _HERE / "data"
+    if not (path / "world.json").is_file():
+        raise CheckpointError(f"The built-in data is missing from '{path}'. Reinstall resect.")
+    return path
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("RESECT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "resect")
+    return Path(root).expanduser()
+
+
+def task_dir() -> Path:
+    """An lm-eval include_path with the world's tasks, their data_files absolute.
+
+    Written on first use into the cache (RESECT_CACHE, else ~/.cache/resect), one folder per
+    data location, so an installed package never needs to write inside itself.
+    """
+    from ..world.tasks import write_tasks
+
+    data = builtin_data_path()
+    key = hashlib.sha256(str(data).encode()).hexdigest()[:12]
+    return write_tasks(data, _cache_root() / "tasks" / key)
