@@ -121,3 +121,18 @@ def test_existing_model_folder_is_not_overwritten(tiny_run):
     with pytest.raises(OutputError, match="exists"):
         run_recipe(load_recipe(RECIPE, TINY), out)
     assert (model_dir / "model.safetensors").read_bytes() == before
+
+
+def test_cli_train_runs_the_recipe_and_rejects_bad_overrides(tmp_path):
+    import subprocess
+    import sys
+
+    resect = str(Path(sys.executable).parent / "resect")
+    out = tmp_path / "run"
+    ok = subprocess.run([resect, "world", "train", "--out", str(out), "--recipe", str(RECIPE), *TINY[:-6], "train.steps=2",
+                         "train.batch_size=2", "train.block_size=16"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-1500:]
+    assert (out / "model" / "model.safetensors").is_file() and (out / "loss.png").is_file()
+    bad = subprocess.run([resect, "world", "train", "--out", str(tmp_path / "x"), "train.stpes=2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Did you mean: train.steps" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..world import DOMAINS, LANGUAGES
 
-__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "task_dir"]
+__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "ship", "task_dir"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -53,3 +53,23 @@ def task_dir() -> Path:
     data = builtin_data_path()
     key = hashlib.sha256(str(data).encode()).hexdigest()[:12]
     return write_tasks(data, _cache_root() / "tasks" / key)
+
+
+def ship(run: str | os.PathLike) -> None:
+    """Replace the shipped model and data with those of a `resect world train --out RUN` folder.
+
+    The data keeps what resect reads at run time (corpus/, prompts/, eval/, world.json): the
+    training text and the path-bound task YAMLs stay behind.
+    """
+    import shutil
+
+    run = Path(run)
+    for part in ("model", "data"):
+        if not (run / part).is_dir():
+            raise CheckpointError(f"'{run}' has no {part}/ folder. Pass the --out folder of 'resect world train'.")
+    for name, ignore in (("model", None), ("data", shutil.ignore_patterns("train.jsonl", "tasks"))):
+        tmp = _HERE / f".{name}.new"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(run / name, tmp, ignore=ignore)
+        shutil.rmtree(_HERE / name, ignore_errors=True)
+        tmp.rename(_HERE / name)
