@@ -1,8 +1,9 @@
 """Chooses the masked-expert implementation for a tensor's device.
 
 `RESECT_MASK_KERNEL` picks one explicitly: `auto` (default: Triton on CUDA tensors when triton
-is installed, pure torch otherwise), `torch`, `triton` or `reference` (the naive full expansion,
-small E only). An unavailable choice falls back to torch with one warning.
+is installed, the numba kernel on CPU when numba is installed, pure torch otherwise), `torch`,
+`numba`, `triton` or `reference` (the naive full expansion, small E only). A requested kernel
+that is not installed falls back to pure torch with one warning.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from . import masked_torch
 
 log = logging.getLogger(__name__)
-KERNELS = ("auto", "torch", "triton", "reference")
+KERNELS = ("auto", "torch", "numba", "triton", "reference")
+INSTALL = {"numba": "pip install 'resect[fast]'", "triton": "pip install 'resect[triton]'"}
 _warned: set[str] = set()
 
 
@@ -26,12 +28,16 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def _triton() -> Callable | None:
+def _accelerated(name: str) -> Callable | None:
+    """masked_moe_forward of the `numba` or `triton` module, or None when its package is missing."""
     try:
-        from . import masked_triton
+        if name == "numba":
+            from . import masked_numba as module
+        else:
+            from . import masked_triton as module
     except ImportError:
         return None
-    return masked_triton.masked_moe_forward
+    return module.masked_moe_forward
 
 
 def choose(x: torch.Tensor, kernel: str | None = None) -> Callable:
@@ -44,13 +50,15 @@ def choose(x: torch.Tensor, kernel: str | None = None) -> Callable:
         from .reference import naive_moe_forward
 
         return naive_moe_forward
-    wants_triton = kernel == "triton" or (kernel == "auto" and x.is_cuda)
-    if not wants_triton:
+    if kernel == "torch":
         return masked_torch.masked_moe_forward
-    fast = _triton()
+    wanted = kernel if kernel != "auto" else ("triton" if x.is_cuda else "numba" if x.device.type == "cpu" else "torch")
+    if wanted == "torch":
+        return masked_torch.masked_moe_forward
+    fast = _accelerated(wanted)
     if fast is None:
-        if kernel == "triton":
-            _warn_once("triton is not installed (pip install 'resect[triton]'); masked experts run in pure torch")
+        if kernel != "auto":
+            _warn_once(f"{wanted} is not installed ({INSTALL[wanted]}); masked experts run in pure torch")
         return masked_torch.masked_moe_forward
     return fast
 

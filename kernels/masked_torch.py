@@ -140,43 +140,66 @@ def paired_halves(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> tup
     return h1, h2
 
 
+class SparseCorrections:
+    """Subtracts the removed share from unmasked sums, one side at a time (torch, chunked).
+
+    g1, g2 [N, H, E] gates, mask [E, E] bool (True = removed); the halves are compacted on first
+    use and shared by both sides. `masked_numba.FusedCorrections` has the same interface.
+    """
+
+    def __init__(self, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor, *, compute=side_corrections):
+        self.g1, self.g2, self.mask, self.compute = g1, g2, mask, compute
+        self.halves: tuple[Halves, Halves] | None = None
+
+    def subtract(self, column: bool, *, sums: torch.Tensor, mixed: torch.Tensor, acts: torch.Tensor, budget: int) -> None:
+        """Row side (R, P; acts = a2) or column side (C, Q; acts = a1): sums [N, E], mixed [N, E, m] in place."""
+        if self.halves is None:
+            self.halves = paired_halves(self.g1, self.g2, self.mask)
+        h1, h2 = self.halves
+        own, other, mask = (h2, h1, self.mask.T) if column else (h1, h2, self.mask)
+        subtract_side(mask, own, other, sums=sums, mixed=mixed, acts=acts, budget=budget, compute=self.compute)
+
+
 def masked_moe_forward(
-    experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor, *, compute=side_corrections
+    experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor, *, compute=side_corrections,
+    corrections=None,
 ) -> torch.Tensor:
     """Masked MonetMoVDE / MonetMoHDE forward. x [B, T, D]; g1, g2 [B, T, H, E]; mask [E, E] bool.
 
-    `compute` evaluates a chunk of corrections (`side_corrections`, or the Triton kernel).
+    `compute` evaluates a chunk of corrections (`side_corrections`, or the Triton kernel);
+    `corrections` (g1, g2 [N, H, E], mask) -> an object like `SparseCorrections` replaces the
+    whole correction step (the numba kernel).
     """
     mask = mask.to(device=x.device, dtype=torch.bool).contiguous()
     if bool(mask.all()):  # the whole group removed: exactly zero, not a rounding residue
         return x.new_zeros(x.shape)
     if not bool(mask.any()):
         return experts.dense_forward(x, g1, g2)
+    make = corrections or (lambda a, b, m: SparseCorrections(a, b, m, compute=compute))
+    fix = make(g1.flatten(0, 1), g2.flatten(0, 1), mask)
     if hasattr(experts, "v11"):
-        return _vertical(experts, x, g1, g2, mask, compute)
-    return _horizontal(experts, x, g1, g2, mask, compute)
+        return _vertical(experts, x, g1, g2, fix)
+    return _horizontal(experts, x, g1, g2, fix)
 
 
-def _vertical(experts, x, g1, g2, mask, compute):
+def _vertical(experts, x, g1, g2, fix):
     """Same order as the dense forward (top half, drop a1's last use, bottom half): same peak memory."""
     a1, a2 = experts.activations(x)  # [B, T, E, m/2]
     r, p = g1.sum(-2), g1.transpose(-1, -2) @ (g2 @ a2)  # unmasked R [B, T, E], P [B, T, E, m/2]
     budget = p.numel() * p.element_size() // HEADROOM_VD  # below the dense peak: it holds one more [B, T, E, m/2]
-    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1), mask)
-    subtract_side(mask, h1, h2, sums=r, mixed=p, acts=a2.flatten(0, 1), budget=budget, compute=compute)
+    fix.subtract(False, sums=r.flatten(0, 1), mixed=p.flatten(0, 1), acts=a2.flatten(0, 1), budget=budget)
     top = experts.project_top(a1, r, p)
     del p
     c, q = g2.sum(-2), g2.transpose(-1, -2) @ (g1 @ a1)  # unmasked C, Q
-    subtract_side(mask.T, h2, h1, sums=c, mixed=q, acts=a1.flatten(0, 1), budget=budget, compute=compute)
+    fix.subtract(True, sums=c.flatten(0, 1), mixed=q.flatten(0, 1), acts=a1.flatten(0, 1), budget=budget)
     del a1
     return torch.cat((top, experts.project_bottom(a2, c, q)), dim=-1)  # [B, T, D]
 
 
-def _horizontal(experts, x, g1, g2, mask, compute):
+def _horizontal(experts, x, g1, g2, fix):
     a = experts.activations(x)  # [B, T, E, m]
     c, q = g2.sum(-2), g2.transpose(-1, -2) @ (g1 @ a)  # unmasked C [B, T, E], Q [B, T, E, m]
     budget = q.numel() * q.element_size() // HEADROOM_HD  # the corrections run at the dense peak: keep them small
-    h1, h2 = paired_halves(g1.flatten(0, 1), g2.flatten(0, 1), mask)
-    subtract_side(mask.T, h2, h1, sums=c, mixed=q, acts=a.flatten(0, 1), budget=budget, compute=compute)
+    fix.subtract(True, sums=c.flatten(0, 1), mixed=q.flatten(0, 1), acts=a.flatten(0, 1), budget=budget)
     del a
     return experts.project(q, c)

@@ -1,12 +1,14 @@
 """Masked expert kernels against the naive reference, and the mask inside the model.
 
 Awkward shapes (T = 1 and 63), empty, full and nearly full masks, masks of experts no token
-routes to; the Triton kernel runs under TRITON_INTERPRET=1 in a subprocess (the interpreter
-must be chosen before triton is first imported) with NaN-poisoned output buffers.
+routes to, for the pure-torch path and the numba kernel (skipped without numba); the Triton
+kernel runs under TRITON_INTERPRET=1 in a subprocess (the interpreter must be chosen before
+triton is first imported) with NaN-poisoned output buffers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -68,10 +70,24 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
+def implementation(name: str):
+    """masked_moe_forward of the pure-torch path or of the numba kernel (skips when numba is missing)."""
+    if name == "torch":
+        return masked_torch.masked_moe_forward
+    pytest.importorskip("numba", reason="numba not installed (pip install 'resect[fast]')")
+    from resect.kernels import masked_numba
+
+    return masked_numba.masked_moe_forward
+
+
+IMPLEMENTATIONS = ["torch", "numba"]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
 @pytest.mark.parametrize("tokens", [1, 63])
 @pytest.mark.parametrize("kind", ["random", "never-routed", "random+never-routed", "nearly-full", "one-expert"])
-def test_production_path_matches_naive(models, decompose, tokens, kind):
+def test_production_path_matches_naive(models, decompose, tokens, kind, impl):
     moe, x, g1, g2 = layer_inputs(models[decompose], tokens, seed=tokens)
     e = g1.shape[-1]
     if "never" in kind:  # half 0 of side 1 and half 1 of side 2 are chosen by no token
@@ -87,7 +103,7 @@ def test_production_path_matches_naive(models, decompose, tokens, kind):
         assert mask[0].all() and mask[:, 1].all()
     with torch.no_grad():
         naive = naive_moe_forward(moe, x, g1, g2, mask)
-        fast = masked_torch.masked_moe_forward(moe, x, g1, g2, mask)
+        fast = implementation(impl)(moe, x, g1, g2, mask)
         expanded = expanded_moe_forward(moe, x, g1, g2, mask)
         dense = moe.dense_forward(x, g1, g2)
     assert max_err(fast, naive) < TOL and max_err(expanded, naive) < TOL
@@ -97,13 +113,15 @@ def test_production_path_matches_naive(models, decompose, tokens, kind):
         assert max_err(naive, dense) > 1e-4  # the mask really removed something
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
-def test_empty_and_full_masks(models, decompose):
+def test_empty_and_full_masks(models, decompose, impl):
     moe, x, g1, g2 = layer_inputs(models[decompose], 63)
     e = g1.shape[-1]
+    forward = implementation(impl)
     with torch.no_grad():
-        empty = masked_torch.masked_moe_forward(moe, x, g1, g2, torch.zeros(e, e, dtype=torch.bool))
-        full = masked_torch.masked_moe_forward(moe, x, g1, g2, torch.ones(e, e, dtype=torch.bool))
+        empty = forward(moe, x, g1, g2, torch.zeros(e, e, dtype=torch.bool))
+        full = forward(moe, x, g1, g2, torch.ones(e, e, dtype=torch.bool))
         assert max_err(empty, moe.dense_forward(x, g1, g2)) < TOL
         assert torch.equal(full, torch.zeros_like(x))
         assert max_err(naive_moe_forward(moe, x, g1, g2, torch.ones(e, e, dtype=torch.bool)), full) < TOL
@@ -122,11 +140,106 @@ def test_chunking_does_not_change_the_result(models, monkeypatch):
 def test_dispatcher_choice(monkeypatch):
     x = torch.zeros(1)
     monkeypatch.delenv("RESECT_MASK_KERNEL", raising=False)
-    assert dispatch.choose(x) is masked_torch.masked_moe_forward  # CPU tensors: pure torch
+    cpu_default = masked_torch.masked_moe_forward
+    if importlib.util.find_spec("numba") is not None:  # CPU tensors: the numba kernel when installed
+        from resect.kernels import masked_numba
+
+        cpu_default = masked_numba.masked_moe_forward
+    assert dispatch.choose(x) is cpu_default and dispatch.choose(x, "numba") is cpu_default
+    assert dispatch.choose(x, "torch") is masked_torch.masked_moe_forward
     assert dispatch.choose(x, "reference") is naive_moe_forward
     assert dispatch.choose(x, "no-such-kernel") is masked_torch.masked_moe_forward
     monkeypatch.setenv("RESECT_MASK_KERNEL", "reference")
     assert dispatch.choose(x) is naive_moe_forward
+
+
+def test_missing_numba_falls_back_to_torch_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError, as when not installed
+    monkeypatch.delitem(sys.modules, "resect.kernels.masked_numba", raising=False)
+    monkeypatch.delattr(sys.modules["resect.kernels"], "masked_numba", raising=False)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    x = torch.zeros(1)
+    with caplog.at_level("WARNING", logger=dispatch.log.name):
+        assert dispatch.choose(x) is masked_torch.masked_moe_forward  # auto: silently pure torch
+        assert not caplog.records
+        assert dispatch.choose(x, "numba") is masked_torch.masked_moe_forward
+        assert dispatch.choose(x, "numba") is masked_torch.masked_moe_forward
+    assert len(caplog.records) == 1 and "resect[fast]" in caplog.records[0].getMessage()
+
+
+# ---- numba kernel ------------------------------------------------------------------------
+
+
+def torch_side_corrections(g_own, g_other, mask, acts):
+    """Removed share per (token, own half) by the pure-torch routine: d_sums [N, E], d_mixed [N, E, m]."""
+    n, heads, e = g_own.shape
+    k_own, k_other = int((g_own > 0).sum(-1).max()), int((g_other > 0).sum(-1).max())
+    v_own, i_own = masked_torch.active_halves(g_own.reshape(n * heads, e), k_own)
+    v_other, i_other = masked_torch.active_halves(g_other.reshape(n * heads, e), k_other)
+    token = torch.arange(n).repeat_interleave(heads)
+    d_sums, d_mixed = masked_torch.side_corrections(mask, v_own, i_own, v_other, i_other, acts, token)
+    sums, mixed = torch.zeros(n * e), torch.zeros(n * e, acts.shape[-1])
+    where = (token.unsqueeze(-1) * e + i_own).flatten()
+    sums.index_put_((where,), d_sums.flatten(), accumulate=True)
+    mixed.index_put_((where,), d_mixed.flatten(0, 1), accumulate=True)
+    return sums.view(n, e), mixed.view(n, e, -1)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """torch (and so the numba kernel, which follows it) uses this many threads inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("column", [False, True])
+@pytest.mark.parametrize("experts", [16, 70])  # one 64-bit word per mask row, and two (the second partly used)
+def test_numba_side_kernel_reads_only_active_pairs(column, experts):
+    pytest.importorskip("numba", reason="numba not installed (pip install 'resect[fast]')")
+    from resect.kernels import masked_numba
+
+    gen = torch.Generator().manual_seed(experts)
+    n, heads, width = 9, 3, 5
+    g1, g2 = ((torch.rand(n, heads, experts, generator=gen) < 0.3) * torch.rand(n, heads, experts, generator=gen) for _ in range(2))
+    mask = torch.rand(experts, experts, generator=gen) < 0.4
+    acts = torch.randn(n, experts, width, generator=gen)
+    g_own, g_other = (g2, g1) if column else (g1, g2)
+    unused = (g_other == 0).all(1)  # [N, E] halves of the other side no head of the token chose
+    poisoned = acts.masked_fill(unused.unsqueeze(-1), float("nan"))  # a read of an inactive half shows up as NaN
+    want_sums, want_mixed = torch_side_corrections(g_own, g_other, mask.T if column else mask, acts)
+    fix = masked_numba.FusedCorrections(g1, g2, mask)
+    results = []
+    for threads in (1, 2):
+        sums, mixed = torch.zeros(n, experts), torch.zeros(n, experts, width)
+        with torch_threads(threads):
+            fix.subtract(column, sums=sums, mixed=mixed, acts=poisoned)
+        results.append((sums, mixed))
+        assert torch.isfinite(sums).all() and torch.isfinite(mixed).all()
+        assert max_err(-sums, want_sums) < TOL and max_err(-mixed, want_mixed) < TOL
+    assert all(torch.equal(a, b) for a, b in zip(*results))  # the parallel loop gives the serial loop's bits
+
+
+@pytest.mark.parametrize("case", ["float64", "grad"])
+def test_numba_path_falls_back_where_the_kernel_cannot_run(models, case):
+    pytest.importorskip("numba", reason="numba not installed (pip install 'resect[fast]')")
+    import copy
+
+    from resect.kernels import masked_numba
+
+    moe, x, g1, g2 = layer_inputs(models["vertical"], 7)
+    mask = random_mask(g1.shape[-1], 0.3, 4)
+    if case == "float64":
+        moe, x, g1, g2 = copy.deepcopy(moe).double(), x.double(), g1.double(), g2.double()
+        out = masked_numba.masked_moe_forward(moe, x, g1, g2, mask)
+    else:  # autograd on: tensors that need grad cannot go through numpy
+        out = masked_numba.masked_moe_forward(moe, x.requires_grad_(), g1, g2, mask)
+        assert out.requires_grad
+    with torch.no_grad():
+        assert max_err(out.detach(), naive_moe_forward(moe, x.detach(), g1, g2, mask)) < TOL
 
 
 # ---- the mask inside the model --------------------------------------------------------

@@ -1,0 +1,126 @@
+"""Masked expert layer with a fused numba kernel for the corrections (CPU, float32).
+
+Same math and order as `masked_torch` (dense sums first, then the removed share subtracted in
+place), but each side's correction is one parallel loop instead of dozens of small torch ops:
+for every token (one per thread, so no two threads write the same rows) and head, it lists the
+active halves of both gates that have a removed partner, walks their Ko x Kt pairs, and for each
+removed pair (a, b) subtracts g_own[a] g_other[b] from sums[a] and g_own[a] g_other[b] acts_b from
+mixed[a]. Nothing of size E*E per token is formed and nothing is allocated beyond two index lists
+and one accumulator per token. Other dtypes or devices fall back to `masked_torch`.
+
+`import numba` happens only here (the optional extra `resect[fast]`); compiled code is cached on
+disk (`cache=True`), so only the first call on a machine pays for compilation (a few seconds).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+import torch
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+from . import masked_torch
+
+
+@numba.njit(cache=True, nogil=True)
+def _token(t, bits, live_own, live_other, g_own, g_other, acts, sums, mixed):  # pragma: no cover - compiled
+    """Subtract the removed share from the rows of token t (all heads); see `_serial` for the arguments."""
+    heads, experts = g_own.shape[1], g_own.shape[2]
+    width, words, one = acts.shape[2], bits.shape[1], np.uint64(1)
+    present = np.empty(words, np.uint64)  # the other side's active halves of this (token, head), as bits
+    acc = np.empty(width, np.float32)
+    for h in range(heads):
+        present[:] = 0
+        for e in range(experts):
+            if g_other[t, h, e] > 0 and live_other[e]:
+                present[e >> 6] |= one << np.uint64(e & 63)
+        for a in range(experts):
+            gate = g_own[t, h, a]
+            if gate <= 0 or not live_own[a]:
+                continue
+            total = np.float32(0.0)
+            acc[:] = 0.0
+            for k in range(words):
+                word = bits[a, k] & present[k]  # removed pairs (a, b) with b active
+                while word:
+                    b = k * 64 + trailing_zeros(word)
+                    word &= word - one
+                    w = g_other[t, h, b]
+                    total += w
+                    for c in range(width):
+                        acc[c] += w * acts[t, b, c]
+            if total != 0.0:
+                sums[t, a] -= gate * total
+                for c in range(width):
+                    mixed[t, a, c] -= gate * acc[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _serial(bits, live_own, live_other, g_own, g_other, acts, sums, mixed):  # pragma: no cover - compiled
+    """bits [E, W] uint64: the mask indexed [own, other], row a packed (bit b % 64 of word b // 64 set
+    when (a, b) is removed); live_own, live_other [E] bool: halves with a removed partner; g_own,
+    g_other [N, H, E]; acts [N, E, m] the other side's activations; sums [N, E], mixed [N, E, m]
+    updated in place."""
+    for t in range(g_own.shape[0]):
+        _token(t, bits, live_own, live_other, g_own, g_other, acts, sums, mixed)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _parallel(bits, live_own, live_other, g_own, g_other, acts, sums, mixed):  # pragma: no cover - compiled
+    """`_serial` with tokens spread over threads: a token's rows are written by one thread only."""
+    for t in numba.prange(g_own.shape[0]):
+        _token(t, bits, live_own, live_other, g_own, g_other, acts, sums, mixed)
+
+
+def packed(mask: np.ndarray) -> np.ndarray:
+    """[E, E] bool -> [E, ceil(E / 64)] uint64, bit j % 64 of word j // 64 of row i = mask[i, j]."""
+    pad = -mask.shape[1] % 64
+    padded = np.pad(mask, ((0, 0), (0, pad))) if pad else mask
+    return np.ascontiguousarray(np.packbits(padded, axis=1, bitorder="little")).view("<u8")
+
+
+class FusedCorrections:
+    """`masked_torch.SparseCorrections` with each side fused into one numba loop.
+
+    g1, g2 [N, H, E] float32 CPU gates, mask [E, E] bool. Uses as many threads as torch does
+    (one: a plain loop, so no thread pool competes with torch's).
+    """
+
+    def __init__(self, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor):
+        self.g1, self.g2 = g1.contiguous().numpy(), g2.contiguous().numpy()
+        rows = mask.numpy()
+        self.rows, self.cols = packed(rows), packed(rows.T)  # indexed [own, other] for each side
+        self.live1, self.live2 = rows.any(1), rows.any(0)
+
+    def subtract(self, column: bool, *, sums: torch.Tensor, mixed: torch.Tensor, acts: torch.Tensor, budget: int = 0) -> None:
+        """Row side (R, P; acts = a2 [N, E, m]) or column side (C, Q; acts = a1): sums [N, E], mixed [N, E, m] in place."""
+        bits, live_own, live_other = (self.cols, self.live2, self.live1) if column else (self.rows, self.live1, self.live2)
+        g_own, g_other = (self.g2, self.g1) if column else (self.g1, self.g2)
+        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        kernel = _serial
+        if threads > 1:
+            numba.set_num_threads(threads)
+            kernel = _parallel
+        kernel(bits, live_own, live_other, g_own, g_other, acts.contiguous().numpy(), sums.numpy(), mixed.numpy())
+
+
+def supported(experts, x: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    """Whether the fused kernel can run: CPU float32 tensors, no gradient to track."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in experts.parameters()))
+    return not grad and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *tensors))
+
+
+def masked_moe_forward(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked expert layer (see `masked_torch.masked_moe_forward`) with the fused corrections.
+
+    x [B, T, D], g1, g2 [B, T, H, E], mask [E, E] bool; other devices, dtypes, or a forward that
+    tracks gradients run in pure torch.
+    """
+    if not supported(experts, x, g1, g2):
+        return masked_torch.masked_moe_forward(experts, x, g1, g2, mask)
+    return _fused(experts, x, g1.detach(), g2.detach(), mask)
+
+
+_fused = functools.partial(masked_torch.masked_moe_forward, corrections=FusedCorrections)
