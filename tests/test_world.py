@@ -152,7 +152,7 @@ def test_builtin_model_meets_the_quiz_bar_on_a_sample():
     from resect.loading import load_model, load_tokenizer
 
     model, tok = load_model(None), load_tokenizer(None)
-    res = evaluate(model, tok, [f"world_{d}" for d in B_DOMAINS], include_path=task_dir(), limit=15, batch_size=32)
+    res = evaluate(model, tok, [f"world_{d}" for d in B_DOMAINS], include_path=task_dir(), limit=10, batch_size=32)
     accuracy = {d: res["results"][f"world_{d}"]["acc,none"] for d in B_DOMAINS}
     assert sum(accuracy.values()) / len(accuracy) >= 0.8 and min(accuracy.values()) >= 0.6, accuracy
 
