@@ -1,4 +1,5 @@
-# .venv/bin/python benchmarks/bench_masking.py [--repeats 5] [--tokens 256] [--threads 1] [--device cpu|cuda] [--json out.json]
+# .venv/bin/python benchmarks/bench_masking.py [--repeats 5] [--tokens 256] [--threads 1] [--kernel auto|torch|numba|triton]
+#     [--device cpu|cuda] [--json out.json]
 """Cost of exact expert masking on one MoE layer shaped like Monet-VD-1.4B.
 
 Layer: d 2048, E 512, m 16, H 8 (vertical decomposition), moe_topk 8 and 32, 256 tokens in
@@ -6,7 +7,9 @@ float32, gates from the real router gate (normalised logits ~ N(0, 1), threshold
 Masks remove 0%, 1%, 4.1% and 14.4% of the 262,144 experts (the paper's settings), drawn at
 random or clustered (a random square block of halves i x j). For each setting, in one run:
 
-    masked / unmasked      the production path (sparse corrections, `resect.kernels.dispatch`)
+    masked / unmasked      the production path (sparse corrections, `resect.kernels.dispatch`:
+                           on CPU the fused numba kernel when numba is installed, else pure
+                           torch; --kernel picks one, like RESECT_MASK_KERNEL)
     expanded / unmasked    the full-expansion method (w' [tokens, E, E] materialised)
 
 time (median of --repeats forwards after a warm-up) and peak memory. Targets: masked <= 1.10x
@@ -19,13 +22,15 @@ over the same baseline. Times are medians of forwards run in turns (`common.inte
 so that load from other processes hits all three alike. On a machine whose cores are shared
 with other jobs, pass --threads 1: the masked path issues many small ops, and with OpenMP
 threads competing for busy cores each op pays for thread synchronisation (times then swing by
-several x between runs, for the unmasked layer too).
+several x between runs, for the unmasked layer too). The numba kernel follows torch's thread
+count (one thread: a plain loop, no thread pool of its own).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved_seconds, mib, peak_memory_bytes, set_threads  # noqa: E402
 
 from resect.configuration_monet import MonetConfig  # noqa: E402
-from resect.kernels.dispatch import masked_moe_forward  # noqa: E402
+from resect.kernels.dispatch import choose, masked_moe_forward  # noqa: E402
 from resect.kernels.reference import expanded_moe_forward  # noqa: E402
 from resect.modeling_monet import MonetMoVDE, MonetRouter  # noqa: E402
 
@@ -129,10 +134,15 @@ def main() -> None:
     parser.add_argument("--topk", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores); 1 is steadier on a shared machine")
+    parser.add_argument("--kernel", help="masked path: auto (default), torch, numba or triton (sets RESECT_MASK_KERNEL)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
+    if args.kernel:
+        os.environ["RESECT_MASK_KERNEL"] = args.kernel
     threads = set_threads() if args.threads is None else (torch.set_num_threads(args.threads) or args.threads)
-    print(f"device {args.device}, torch {torch.__version__}, {threads} threads, {args.tokens} tokens, float32")
+    chosen = choose(torch.zeros(1, device=args.device))
+    kernel = getattr(chosen, "func", chosen).__module__.rsplit(".", 1)[-1]
+    print(f"device {args.device}, torch {torch.__version__}, {threads} threads, {args.tokens} tokens, float32, masked path {kernel}")
     rows = run(args)
     if args.json:
         with open(args.json, "w") as fh:

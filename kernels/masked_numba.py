@@ -1,12 +1,14 @@
 """Masked expert layer with a fused numba kernel for the corrections (CPU, float32).
 
 Same math and order as `masked_torch` (dense sums first, then the removed share subtracted in
-place), but each side's correction is one parallel loop instead of dozens of small torch ops:
-for every token (one per thread, so no two threads write the same rows) and head, it lists the
-active halves of both gates that have a removed partner, walks their Ko x Kt pairs, and for each
-removed pair (a, b) subtracts g_own[a] g_other[b] from sums[a] and g_own[a] g_other[b] acts_b from
-mixed[a]. Nothing of size E*E per token is formed and nothing is allocated beyond two index lists
-and one accumulator per token. Other dtypes or devices fall back to `masked_torch`.
+place), but each side's correction is one loop instead of dozens of small torch ops. For every
+token (one per thread, so no two threads write the same rows) and head, it marks the other
+side's active halves in a bitset (E bits); for each active own half a, the AND of that bitset with
+row a of the bit-packed mask yields exactly its removed active partners b, and each one subtracts
+g_own[a] g_other[b] from sums[a] and g_own[a] g_other[b] acts_b from mixed[a]. The work is
+~ H * K_own * (E / 64 + removed active partners * m) per token; nothing of size E*E per token is
+formed, nothing is allocated beyond a bitset and an accumulator per token. Other dtypes, other
+devices, and forwards that track gradients fall back to `masked_torch`.
 
 `import numba` happens only here (the optional extra `resect[fast]`); compiled code is cached on
 disk (`cache=True`), so only the first call on a machine pays for compilation (a few seconds).
@@ -106,10 +108,14 @@ class FusedCorrections:
         kernel(bits, live_own, live_other, g_own, g_other, acts.contiguous().numpy(), sums.numpy(), mixed.numpy())
 
 
-def supported(experts, x: torch.Tensor, *tensors: torch.Tensor) -> bool:
-    """Whether the fused kernel can run: CPU float32 tensors, no gradient to track."""
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in experts.parameters()))
-    return not grad and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *tensors))
+def supported(experts, x: torch.Tensor, *gates: torch.Tensor) -> bool:
+    """Whether the fused kernel can run: CPU float32 weights and tensors, no gradient to track."""
+    params = list(experts.parameters())
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    return not grad and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *gates, *params))
+
+
+_fused = functools.partial(masked_torch.masked_moe_forward, corrections=FusedCorrections)
 
 
 def masked_moe_forward(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -121,6 +127,3 @@ def masked_moe_forward(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Ten
     if not supported(experts, x, g1, g2):
         return masked_torch.masked_moe_forward(experts, x, g1, g2, mask)
     return _fused(experts, x, g1.detach(), g2.detach(), mask)
-
-
-_fused = functools.partial(masked_torch.masked_moe_forward, corrections=FusedCorrections)
