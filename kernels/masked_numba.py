@@ -91,6 +91,9 @@ class FusedCorrections:
     """
 
     def __init__(self, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor):
+        experts = g1.shape[-1]
+        if mask.shape != (experts, experts) or g2.shape != g1.shape:  # the loop does not check bounds
+            raise ValueError(f"expected gates [N, H, E] and mask [E, E] with E={experts}, got {tuple(g2.shape)}, {tuple(mask.shape)}")
         self.g1, self.g2 = g1.contiguous().numpy(), g2.contiguous().numpy()
         rows = mask.numpy()
         self.rows, self.cols = packed(rows), packed(rows.T)  # indexed [own, other] for each side
@@ -100,6 +103,9 @@ class FusedCorrections:
         """Row side (R, P; acts = a2 [N, E, m]) or column side (C, Q; acts = a1): sums [N, E], mixed [N, E, m] in place."""
         bits, live_own, live_other = (self.cols, self.live2, self.live1) if column else (self.rows, self.live1, self.live2)
         g_own, g_other = (self.g2, self.g1) if column else (self.g1, self.g2)
+        rows = (g_own.shape[0], g_own.shape[2])
+        if tuple(sums.shape) != rows or mixed.shape[:2] != rows or acts.shape != mixed.shape:
+            raise ValueError(f"expected sums [N, E], mixed and acts [N, E, m] with (N, E)={rows}")
         threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
         kernel = _serial
         if threads > 1:
