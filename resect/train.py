@@ -7,6 +7,7 @@ losses (uniformity and ambiguity, lambda 1e-3) while the router's BatchNorm stat
 log and a loss-curve PNG.
 
     out/data/      the generated world (resect.world)
+    out/pretrain/  the other world of the pretraining phase (when pretrain.steps > 0)
     out/model/     config.json, model.safetensors, tokenizer files
     out/train_log.jsonl, out/loss.png
 """
@@ -41,18 +42,22 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "moe_groups": 2,
         "max_position_embeddings": 256,
     },
+    # Phase 1 (when steps > 0): the whole model learns the templates of ANOTHER world's domain text.
+    # Phase 2 (train): attention, embeddings and norms are frozen and only the experts and routers
+    # learn this world, so its facts, code and registers live in experts: what expert ablation cuts.
+    "pretrain": {"steps": 250, "world_seed": 1, "warmup": 50},
     "train": {
-        "steps": 700,
+        "steps": 500,
         "batch_size": 32,
         "block_size": 128,
         "lr": 2.0e-3,
         "min_lr_ratio": 0.1,
-        "warmup": 50,
+        "warmup": 30,
         "weight_decay": 0.01,
         "grad_clip": 1.0,
         "uniformity": 1.0e-3,
         "ambiguity": 1.0e-3,
-        "threads": 1,
+        "threads": 2,
         "log_every": 10,
         "save_dtype": "bfloat16",
     },
@@ -221,8 +226,8 @@ def train_model(model, docs: list[list[int]], train: dict, *, seed: int, on_step
 
     torch.manual_seed(seed)
     model.train()  # only place the router runs in train mode: its BatchNorm statistics update here
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": train["weight_decay"]}, {"params": other, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=train["lr"], betas=(0.9, 0.95))
     stream, rows, start = batches(docs, batch_size=train["batch_size"], block_size=train["block_size"], seed=seed), [], time.time()
@@ -260,6 +265,20 @@ def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> Non
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
+    """Domain documents of another world (other entities and facts, same templates)."""
+    from .world import DOMAINS, Sizes, read_train, write_world
+
+    data = write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]))
+    return [d["text"] for d in read_train(data) if d["label"] in DOMAINS]
+
+
+def freeze_all_but_experts(model) -> None:
+    """Only the expert layers and routers keep learning (attention, embeddings, norms, head frozen)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(".moe." in name or ".router." in name)
+
+
 def plot_loss(rows: list[dict], out: Path) -> None:
     """Loss curve PNG (training cross-entropy per logged step)."""
     import matplotlib
@@ -291,13 +310,21 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
     if data is None:
         data = write_world(out / "data", recipe["world"]["seed"], sizes=Sizes(entities=recipe["world"]["entities"]))
     texts = [d["text"] for d in read_train(data)]
+    pre = recipe["pretrain"]
+    pre_texts = _pretrain_texts(out / "pretrain", pre["world_seed"], recipe) if pre["steps"] > 0 else []
     tmp = out / "model.partial"
     tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts, tmp, recipe["tokenizer"]["vocab_size"])
+    tokenizer = train_tokenizer(texts + pre_texts, tmp, recipe["tokenizer"]["vocab_size"])
     config = model_config(recipe, len(tokenizer))
     model = build_model(config)
     log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
-    rows = train_model(model, encode_documents(tokenizer, texts), recipe["train"], seed=recipe["seed"], on_step=on_step)
+    rows = []
+    if pre_texts:
+        schedule = recipe["train"] | {"steps": pre["steps"], "warmup": pre["warmup"]}
+        rows = train_model(model, encode_documents(tokenizer, pre_texts), schedule, seed=recipe["seed"] + 1, on_step=on_step)
+        rows = [r | {"phase": "pretrain"} for r in rows]
+        freeze_all_but_experts(model)
+    rows += train_model(model, encode_documents(tokenizer, texts), recipe["train"], seed=recipe["seed"], on_step=on_step)
     save_checkpoint(model, config, tmp, recipe["train"]["save_dtype"])
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plot_loss(rows, out / "loss.png")

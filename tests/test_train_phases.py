@@ -1,0 +1,34 @@
+"""Two-phase training: templates first on another world, then the experts alone learn this one."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from test_train import RECIPE, TINY
+
+from resect.train import build_model, freeze_all_but_experts, load_recipe, model_config, run_recipe, train_model
+
+
+def test_frozen_phase_changes_only_experts_and_routers():
+    recipe = load_recipe(RECIPE, TINY)
+    model = build_model(model_config(recipe, 300))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    freeze_all_but_experts(model)
+    docs = [[1, *torch.randint(4, 300, (40,), generator=torch.Generator().manual_seed(i)).tolist(), 2] for i in range(8)]
+    train_model(model, docs, recipe["train"] | {"steps": 3}, seed=0)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".moe." in k or ".router." in k for k in changed)
+    assert any(".moe." in k for k in changed) and any("running_mean" in k for k in changed)  # routers' statistics live
+
+
+def test_recipe_with_pretraining_writes_both_worlds_and_logs_phases(tmp_path):
+    recipe = load_recipe(RECIPE, [*TINY, "train.steps=3", "pretrain.steps=2"])
+    run_recipe(recipe, tmp_path)
+    assert (tmp_path / "pretrain" / "world.json").is_file() and (tmp_path / "model" / "config.json").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r.get("phase") for r in rows].count("pretrain") == 2 and len(rows) == 5
+    pre = json.loads((tmp_path / "pretrain" / "world.json").read_text())
+    main = json.loads((tmp_path / "data" / "world.json").read_text())
+    assert pre != main  # another world: other entities and facts
