@@ -35,8 +35,14 @@ log = logging.getLogger(__name__)
 KINDS = ("domain", "language", "toxicity")
 DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
 # Gates for the built-in world: quiz points for domains; relative perplexity (%) for languages.
-DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0.0, 2.0)}
-TOXICITY_DEFAULTS = {"samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity"}
+DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 10.0), "toxicity": (0.0, 2.0)}
+PAPER_RATIO = 2.0
+# The built-in world's three languages share most of their syntax: at the paper's ratio the experts
+# a language uses twice as much as the next one include shared syntax (other languages' perplexity
+# +30-40%); 8x keeps to what is specific (removed language x2.1, others +5%).
+BUILTIN_LANGUAGE_RATIO = 8.0
+TOXICITY_DEFAULTS = {"samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity", "score_window": 32}
+PROFILING_ONLY = ("score_window",)  # toxicity settings of the profiling step, not of the measurement
 CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
 PROFILE_SAMPLES = 4  # generations per prompt profiled for toxicity
 
@@ -49,7 +55,7 @@ class RunSpec:
     target: str | None = None
     model: str | None = None
     rule: str | None = None
-    ratio: float = 2.0
+    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 8.0 for languages of the built-in world
     threshold: float = 0.1
     corpus: str | None = None
     include_path: str | None = None
@@ -95,6 +101,7 @@ class Plan:
             "target_tasks": self.target_tasks, "general_tasks": self.general_tasks, "rule": self.rule,
             "toxicity_prompts": self.toxicity_prompts, "toxicity": self.toxicity, "out": str(self.out),
         }  # fmt: skip
+        data |= self.rule_params
         data["min_target_drop"], data["max_general_drop"] = self.gates()
         for once in ("out", "force", "dry_run"):  # where and how this run was written, not what it did
             data.pop(once)
@@ -114,7 +121,7 @@ def check_spec(spec: RunSpec) -> None:
         raise UsageError(unknown("kind", spec.kind, KINDS))
     if spec.kind != "toxicity" and not spec.target:
         raise UsageError(f"Say what to remove: --remove NAME (resect {spec.kind} --remove ...).")
-    if spec.ratio <= 1:
+    if spec.ratio is not None and spec.ratio <= 1:
         raise UsageError(f"--ratio must be greater than 1 (an expert's score on the target over the runner-up), got {spec.ratio}.")
     if not -1 <= spec.threshold <= 1:
         raise UsageError(f"--threshold is a Pearson correlation and must lie in [-1, 1], got {spec.threshold}.")
@@ -195,7 +202,8 @@ def plan(spec: RunSpec) -> Plan:
     include = spec.include_path or defaults.get("include_path")
     _check_tasks(target_tasks + general, include)
     rule = spec.rule or DEFAULT_RULE[spec.kind]
-    params = {"ratio": spec.ratio} if rule == "skew" else {"threshold": spec.threshold} if rule == "correlation" else {}
+    ratio = spec.ratio or (BUILTIN_LANGUAGE_RATIO if spec.model is None and spec.kind == "language" else PAPER_RATIO)
+    params = {"ratio": ratio} if rule == "skew" else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not spec.force and not spec.dry_run:
         raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
@@ -224,11 +232,12 @@ def _check_tasks(tasks: list[str], include: str | None) -> None:
 
 
 def stats_cache_dir() -> Path:
-    root = os.environ.get("RESECT_CACHE_DIR") or Path.home() / ".cache" / "resect"
-    return Path(root) / "stats"
+    from .cache import cache_root
+
+    return cache_root() / "stats"
 
 
-def profile_cached(model, tokenizer, corpus, *, p: Plan, scorer: str | None = None, progress=None):
+def profile_cached(model, tokenizer, corpus, *, p: Plan, scorer: str | None = None, score_window: int = 32, progress=None):
     """Routing statistics keyed by model and corpus fingerprint (and profiling settings)."""
     import hashlib
 
@@ -239,7 +248,7 @@ def profile_cached(model, tokenizer, corpus, *, p: Plan, scorer: str | None = No
 
     corpus = load_corpus(corpus)
     key = hashlib.sha256(
-        json.dumps([model_fingerprint(model), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer]).encode()
+        json.dumps([model_fingerprint(model), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window]).encode()
     ).hexdigest()[:24]
     cached = stats_cache_dir() / f"{key}.safetensors"
     if cached.is_file():
@@ -247,7 +256,7 @@ def profile_cached(model, tokenizer, corpus, *, p: Plan, scorer: str | None = No
         return RoutingStats.load(cached), True
     stats = profile_corpus(
         model, tokenizer, corpus, max_tokens_per_label=p.spec.max_tokens_per_label, seed=p.spec.seed,
-        batch_size=p.spec.batch_size, progress=progress or False, scorer=scorer,
+        batch_size=p.spec.batch_size, progress=progress or False, scorer=scorer, score_window=score_window,
     )  # fmt: skip
     cached.parent.mkdir(parents=True, exist_ok=True)
     stats.save(cached)
@@ -280,7 +289,7 @@ def run_verify(p: Plan, edited: Path, out: Path) -> dict:
     from .verify import verify
 
     low, high = p.gates()
-    toxicity = {k: v for k, v in p.toxicity.items()}
+    toxicity = {k: v for k, v in p.toxicity.items() if k not in PROFILING_ONLY}
     return verify(
         edited, p.model_path, target_tasks=p.target_tasks, general_tasks=p.general_tasks,
         min_target_drop=low, max_general_drop=high,
@@ -328,7 +337,8 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
     model, tok = load_model(p.model_path), load_tokenizer(p.model_path)
     say(f"profiling routing over {'generations' if spec.kind == 'toxicity' else p.corpus}")
     if spec.kind == "toxicity":
-        stats, cached = profile_cached(model, tok, toxicity_corpus(model, tok, p), p=p, scorer=p.toxicity["scorer"])
+        corpus = toxicity_corpus(model, tok, p)
+        stats, cached = profile_cached(model, tok, corpus, p=p, scorer=p.toxicity["scorer"], score_window=p.toxicity["score_window"])
     else:
         stats, cached = profile_cached(model, tok, p.corpus, p=p)
     lap("profile")

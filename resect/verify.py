@@ -68,9 +68,10 @@ class Row:
 
 
 def cache_dir() -> Path:
-    """Where baseline results live: $RESECT_CACHE_DIR, else ~/.cache/resect."""
-    root = os.environ.get("RESECT_CACHE_DIR") or Path.home() / ".cache" / "resect"
-    return Path(root) / "baselines"
+    """Where baseline results live (under resect.cache.cache_root())."""
+    from .cache import cache_root
+
+    return cache_root() / "baselines"
 
 
 def cache_key(parts: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ TINY = [
     "train.warmup=5",
     "train.lr=5e-3",
     "train.log_every=1",
+    "pretrain.steps=0",
 ]
 
 

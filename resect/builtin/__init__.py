@@ -37,22 +37,18 @@ def builtin_data_path() -> Path:
     return path
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("RESECT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "resect")
-    return Path(root).expanduser()
-
-
 def task_dir() -> Path:
     """An lm-eval include_path with the world's tasks, their data_files absolute.
 
-    Written on first use into the cache (RESECT_CACHE, else ~/.cache/resect), one folder per
+    Written on first use into the cache (resect.cache.cache_root()), one folder per
     data location, so an installed package never needs to write inside itself.
     """
+    from ..cache import cache_root
     from ..world.tasks import write_tasks
 
     data = builtin_data_path()
     key = hashlib.sha256(str(data).encode()).hexdigest()[:12]
-    return write_tasks(data, _cache_root() / "tasks" / key)
+    return write_tasks(data, cache_root() / "tasks" / key)
 
 
 def ship(run: str | os.PathLike) -> None:
