@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,23 +78,32 @@ def _score(value: Any, where: str) -> Score:
     raise CorpusError(f"{where}: score must be a number or a list of numbers (one per token), found {type(value).__name__}.")
 
 
+def jsonl_rows(path: str | os.PathLike, *, what: str = "corpus file") -> Iterator[tuple[str, Any]]:
+    """(where, row) for each non-blank line of a JSONL file; unreadable files and lines are CorpusErrors
+    naming the file (and line) and what was expected. `what` names the file in the message."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{what[0].upper() + what[1:]} '{path}' does not exist. Pass a JSONL file, one JSON object per line.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"Cannot read {what} '{path}' ({exc}).") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"'{path}' line {number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{where}: not valid JSON ({exc.msg}). Each line must be one JSON object.") from None
+
+
 def read_jsonl(
     path: Path, *, label: str | None = None, text_field: str = "text", label_field: str = "label", score_field: str = "score"
 ) -> list[Document]:
     """Documents of a JSONL file; a fixed `label` overrides the label field."""
     docs = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CorpusError(f"Cannot read corpus file '{path}' ({exc}).") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{where}: not valid JSON ({exc.msg}). Each line must be one JSON object.") from None
+    for where, row in jsonl_rows(path):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             raise CorpusError(f"{where}: expected an object with a string field '{text_field}'.")
         doc_label = label if label is not None else row.get(label_field)

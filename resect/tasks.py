@@ -27,19 +27,12 @@ PPL_METRICS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "wei
 
 def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", label_field: str = "label") -> dict[str, list[str]]:
     """Texts grouped by label from a JSONL file; malformed lines fail with their line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"Held-out text file '{path}' does not exist. Pass a JSONL of {{\"{text_field}\", \"{label_field}\"}} lines.")
+    from .corpus import jsonl_rows
+
     by_label: dict[str, list[str]] = defaultdict(list)
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise CorpusError(f"'{path}' line {number} is not JSON. Each line must be one JSON object.") from None
+    for where, row in jsonl_rows(path, what="held-out text file"):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str) or label_field not in row:
-            raise CorpusError(f"'{path}' line {number} lacks a string '{text_field}' or a '{label_field}'.")
+            raise CorpusError(f"{where}: lacks a string '{text_field}' or a '{label_field}'.")
         if row[text_field].strip():
             by_label[str(row[label_field])].append(row[text_field])
     if not by_label:

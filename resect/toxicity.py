@@ -35,21 +35,14 @@ class Prompt:
 
 def read_prompts(path: str | os.PathLike, *, limit: int | None = None) -> list[Prompt]:
     """Prompts from a JSONL of {"prompt": str | {"text": str}, "toxic"?: bool} lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"Prompts file '{path}' does not exist. Pass a JSONL of {{\"prompt\": ...}} lines.")
+    from .corpus import jsonl_rows
+
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise CorpusError(f"'{path}' line {number} is not JSON. Each line must be one JSON object.") from None
+    for where, row in jsonl_rows(path, what="prompts file"):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         text = prompt.get("text") if isinstance(prompt, dict) else prompt  # RealToxicityPrompts nests {"text"}
         if not isinstance(text, str) or not text.strip():
-            raise CorpusError(f"'{path}' line {number} has no non-empty 'prompt' (a string or {{\"text\": ...}}).")
+            raise CorpusError(f"{where}: has no non-empty 'prompt' (a string or {{\"text\": ...}}).")
         flag = row.get("toxic", row.get("challenging"))
         prompts.append(Prompt(text, None if flag is None else bool(flag)))
     if not prompts:
