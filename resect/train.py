@@ -42,12 +42,12 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "moe_groups": 2,
         "max_position_embeddings": 256,
     },
-    # Phase 1 (when steps > 0): the whole model learns the templates of ANOTHER world's domain text and code.
+    # Phase 1 (when steps > 0): the whole model learns the templates of ANOTHER world's domain text.
     # Phase 2 (train): attention, embeddings and norms are frozen and only the experts and routers
     # learn this world, so its facts, code and registers live in experts: what expert ablation cuts.
     "pretrain": {"steps": 250, "world_seed": 1, "warmup": 50},
     "train": {
-        "steps": 700,
+        "steps": 500,
         "batch_size": 32,
         "block_size": 128,
         "lr": 2.0e-3,
@@ -266,12 +266,11 @@ def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> Non
 
 
 def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
-    """Domain documents and code of another world (other entities, facts and identifiers; same
-    templates and syntax). Its conversation is left out: the toxic register is learnt by experts only."""
-    from .world import DOMAINS, LANGUAGES, Sizes, read_train, write_world
+    """Domain documents of another world (other entities and facts, same templates)."""
+    from .world import DOMAINS, Sizes, read_train, write_world
 
     data = write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]))
-    return [d["text"] for d in read_train(data) if d["label"] in DOMAINS or d["label"] in LANGUAGES]
+    return [d["text"] for d in read_train(data) if d["label"] in DOMAINS]
 
 
 def freeze_all_but_experts(model) -> None:
