@@ -166,13 +166,13 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
         what = "--corpus (labelled code or text) and --target-tasks/--general-tasks" if spec.kind == "language" else "--toxicity-prompts"
         raise UsageError(f"This model has no built-in data for 'resect {spec.kind}'. Pass {what}, or use a recipe from 'resect recipes ls'.")
     categories = list(mmlu_pro_categories())
-    target = f"resect_mmlu_pro_{spec.target.replace(' ', '_')}"
+    task = lambda category: f"resect_mmlu_pro_{category.replace(' ', '_')}"  # noqa: E731
     return {
         "corpus": str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml"),
         "labels": categories,
         "include_path": str(RECIPES_DIR / "tasks" / "mmlu_pro"),
-        "target_tasks": [target],
-        "general_tasks": [f"resect_mmlu_pro_{c.replace(' ', '_')}" for c in categories if f"resect_mmlu_pro_{c.replace(' ', '_')}" != target],
+        "target_tasks": [task(spec.target)],
+        "general_tasks": [task(c) for c in categories if c != spec.target],
         "toxicity_prompts": None,
     }
 

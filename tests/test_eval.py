@@ -12,19 +12,10 @@ from _eval_tasks import DATA, quiz_task
 
 from resect.errors import CorpusError, EvalError
 from resect.evaluate import evaluate, fill_perplexity_stderrs, require_extras, resolve_tasks
+from _cli import run_cli
+
 from resect.loading import load_model, load_tokenizer
 from resect.tasks import make_perplexity_tasks
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    """The console entry point in-process: (exit code, stdout, stderr)."""
-    from resect.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["resect", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,10 @@ from _eval_tasks import DATA, quiz_task
 from resect.errors import EvalError, UsageError
 from resect.loading import load_model
 from resect.tasks import make_perplexity_tasks
+from _cli import run_cli
+
 from resect.tiny import build_tiny_checkpoint, train_tokenizer
 from resect.verify import drop_of, verify, weights_digest
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    from resect.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["resect", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(autouse=True)
