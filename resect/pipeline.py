@@ -35,12 +35,12 @@ log = logging.getLogger(__name__)
 KINDS = ("domain", "language", "toxicity")
 DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
 # Gates for the built-in world: quiz points for domains; relative perplexity (%) for languages.
-DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 10.0), "toxicity": (0.0, 2.0)}
+DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0.0, 2.0)}
 PAPER_RATIO = 2.0
 # The built-in world's three languages share most of their syntax: at the paper's ratio the experts
-# a language uses twice as much as the next one include shared syntax (other languages' perplexity
-# +30-40%); 8x keeps to what is specific (removed language x2.1, others +5%).
-BUILTIN_LANGUAGE_RATIO = 8.0
+# a language uses twice as much as the next one include shared syntax (removing python raises the
+# others' word perplexity 8-10%); 4.5x keeps to what is specific (python x2.2, others under +5%).
+BUILTIN_LANGUAGE_RATIO = 4.5
 TOXICITY_DEFAULTS = {"samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity", "score_window": 32}
 PROFILING_ONLY = ("score_window",)  # toxicity settings of the profiling step, not of the measurement
 CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
@@ -55,7 +55,7 @@ class RunSpec:
     target: str | None = None
     model: str | None = None
     rule: str | None = None
-    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 8.0 for languages of the built-in world
+    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 4.5 for languages of the built-in world
     threshold: float = 0.1
     corpus: str | None = None
     include_path: str | None = None

@@ -32,7 +32,7 @@ def train(
     data: Annotated[Path | None, typer.Option("--data", help="Reuse a generated world instead of generating one.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value recipe overrides, e.g. train.steps=20.")] = None,
 ) -> None:
-    """Train the built-in model's recipe (about 30 minutes on 2 CPU cores) and save the checkpoint."""
+    """Train the built-in model's recipe (about 40 minutes on one CPU core) and save the checkpoint."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from resect.errors import UsageError
