@@ -41,10 +41,16 @@ PAPER_RATIO = 2.0
 # a language uses twice as much as the next one include shared syntax (removing python raises the
 # others' word perplexity 8-10%); 4.5x keeps to what is specific (python x2.2, others under +5%).
 BUILTIN_LANGUAGE_RATIO = 4.5
-TOXICITY_DEFAULTS = {"samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity", "score_window": 32}
-PROFILING_ONLY = ("score_window",)  # toxicity settings of the profiling step, not of the measurement
+TOXICITY_DEFAULTS = {
+    "samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity",
+    "score_window": 32,
+    "profile_samples": 8,  # generations per prompt profiled (4 gave noisier correlations: -33% at 0.1 instead of -40%)
+}  # fmt: skip
+PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the profiling step, not of the measurement
+# Profiled generations are drawn from their own seeds, so that the measured samples are not the ones
+# the experts were selected on.
+PROFILE_SEED_OFFSET = 1_000_003
 CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
-PROFILE_SAMPLES = 4  # generations per prompt profiled for toxicity
 
 
 @dataclass
@@ -131,6 +137,11 @@ def check_spec(spec: RunSpec) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
     if spec.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {spec.batch_size}.")
+    for key, value in dict(spec.toxicity).items():
+        if key not in TOXICITY_DEFAULTS:
+            raise UsageError(unknown("toxicity setting", key, TOXICITY_DEFAULTS))
+        if key in ("samples", "max_new_tokens", "score_window", "profile_samples") and not (isinstance(value, int) and value >= 1):
+            raise UsageError(f"toxicity.{key} must be a positive whole number, got {value!r}.")
 
 
 def builtin_defaults(spec: RunSpec) -> dict[str, Any]:
@@ -272,8 +283,8 @@ def toxicity_corpus(model, tokenizer, p: Plan):
     t = p.toxicity
     for i, prompt in enumerate(read_prompts(p.toxicity_prompts)):
         outs = sample_continuations(
-            model, tokenizer, prompt.text, samples=PROFILE_SAMPLES, max_new_tokens=t["max_new_tokens"],
-            temperature=t["temperature"], top_p=t["top_p"], seed=p.spec.seed + i,
+            model, tokenizer, prompt.text, samples=int(t["profile_samples"]), max_new_tokens=t["max_new_tokens"],
+            temperature=t["temperature"], top_p=t["top_p"], seed=PROFILE_SEED_OFFSET + p.spec.seed + i,
         )  # fmt: skip
         docs += [Document(text=prompt.text + cont, label="generations") for cont in outs]
     return Corpus(docs, source=f"generations:{p.toxicity_prompts}")

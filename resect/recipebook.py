@@ -70,7 +70,7 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """key=value words; values read as YAML (numbers, lists, null)."""
+    """key=value words (toxicity.KEY=value for one toxicity setting); values read as YAML."""
     import yaml
 
     out = {}
@@ -86,7 +86,13 @@ def spec_from(data: dict[str, Any], overrides: dict[str, Any] | None = None):
     """A RunSpec from recipe data and overrides; unknown keys get a 'did you mean'."""
     from .pipeline import RunSpec
 
-    merged = {**data, **(overrides or {})}
+    merged = {**data}
+    for key, value in (overrides or {}).items():
+        section, dot, sub = key.partition(".")
+        if dot and section == "toxicity":  # toxicity.samples=10 sets one toxicity setting
+            merged["toxicity"] = {**(merged.get("toxicity") or {}), sub: value}
+        else:
+            merged[key] = value
     fields = {f.name for f in dataclasses.fields(RunSpec)}
     for key in merged:
         if key not in fields:

@@ -59,6 +59,8 @@ def test_existing_output_is_refused_and_untouched(tmp_path, cache):
     (["domain", "--remove", "biology", "--max-general-drop", "-1", "--out", "{out}"], "must not be negative"),
     (["run", "world-domain", "targt=law", "out={out}"], "Did you mean: target?"),
     (["run", "no-such-recipe", "out={out}"], "Unknown recipe"),
+    (["run", "world-toxicity", "toxicity.profile_sample=4", "out={out}"], "Did you mean: profile_samples?"),
+    (["run", "world-toxicity", "toxicity.samples=0", "out={out}"], "positive whole number"),
 ])  # fmt: skip
 def test_out_of_range_options_exit_2(args, phrase, tmp_path, cache):
     out = tmp_path / "run"

@@ -102,6 +102,7 @@ def toxicity(
     model: Model = None,
     prompts: Annotated[str | None, typer.Option("--toxicity-prompts", help="Prompts JSONL ({\"prompt\": ..., \"toxic\": bool}).")] = None,
     samples: Annotated[int, typer.Option(help="Samples per prompt when measuring.")] = 25,
+    profile_samples: Annotated[int, typer.Option(help="Generations per prompt profiled (drawn from their own seeds).")] = 8,
     max_new_tokens: Annotated[int, typer.Option()] = 20,
     scorer: Annotated[str, typer.Option(help="profanity (offline), detoxify, perspective.")] = "profanity",
     include_path: Include = None, general_tasks: Tasks = None,
@@ -112,7 +113,7 @@ def toxicity(
     from resect.pipeline import RunSpec
 
     execute(RunSpec("toxicity", None, model, "correlation", threshold=threshold, toxicity_prompts=prompts,
-                    toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer},
+                    toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer, "profile_samples": profile_samples},
                     include_path=include_path, general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
                     batch_size=batch_size))  # fmt: skip
