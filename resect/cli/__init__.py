@@ -39,6 +39,24 @@ def _root(
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        _silence_tqdm()
+
+
+def _silence_tqdm() -> None:
+    """Turn off every tqdm bar in this process (lm-eval passes disable=False explicitly, which
+    overrides TQDM_DISABLE, and tqdm may already be imported). resect's own progress uses rich."""
+    import tqdm.std
+
+    init = tqdm.std.tqdm.__init__
+    if getattr(init, "resect_quiet", False):
+        return
+
+    def quiet_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    quiet_init.resect_quiet = True
+    tqdm.std.tqdm.__init__ = quiet_init
 
 
 def main() -> None:
