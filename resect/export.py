@@ -22,10 +22,10 @@ from . import __version__
 from .errors import CheckpointError, OutputError
 from .loading import INDEX_FILE, inspect_checkpoint, load_model, model_fingerprint, resolve_model_path
 from .mask import ExpertMask
+from .modeling_monet import MASK_FILE_NAME as MASK_FILE
 
 log = logging.getLogger(__name__)
 
-MASK_FILE = "resect_mask.json"
 MASKING_MODULE = "monet_masking"
 EXPORT_IMPORT = "from .kernels.dispatch import masked_moe_forward  # resect:export-import"
 AUTO_MAP = {"AutoConfig": "configuration_monet.MonetConfig", "AutoModelForCausalLM": "modeling_monet.MonetForCausalLM"}

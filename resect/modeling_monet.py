@@ -331,6 +331,10 @@ class _JsonMask:
     def counts(self) -> dict[int, int]:
         return {g: len(self.experts.get(g, ())) for g in range(self.num_groups)}
 
+    def to_json_dict(self) -> dict:
+        return {"format": "resect.mask/v1", "moe_experts": self.moe_experts, "num_groups": self.num_groups,
+                "experts": {str(g): ids for g, ids in sorted(self.experts.items())}}  # fmt: skip
+
     @property
     def total(self) -> int:
         return sum(self.counts().values())
@@ -339,6 +343,9 @@ class _JsonMask:
         flat = torch.zeros(self.moe_experts * self.moe_experts, dtype=torch.bool)
         flat[torch.tensor(self.experts.get(group, []), dtype=torch.long)] = True
         return flat.view(self.moe_experts, self.moe_experts)
+
+
+MASK_FILE_NAME = "resect_mask.json"
 
 
 def read_mask_file(path: str):
@@ -404,6 +411,37 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
             hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
             model.set_expert_mask(read_mask_file(cached_file(pretrained_model_name_or_path, mask_file, **hub)))
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as usual; a model with experts removed also saves its mask (resect_mask.json beside
+        config.json, recorded under the config's `resect.mask`), so `from_pretrained` restores it.
+        `resect apply` writes the same and bundles the modeling code for loading without resect."""
+        import json
+        import os
+
+        mask, saved = self.expert_mask_state(), getattr(self.config, "resect", None)
+        provenance = {k: v for k, v in (saved or {}).items() if k != "mask"}
+        if mask is not None and mask.total:
+            entry = {"file": MASK_FILE_NAME, "counts": {str(g): n for g, n in mask.counts().items()}, "total": mask.total}
+            if hasattr(mask, "fingerprint"):
+                entry["fingerprint"] = mask.fingerprint()
+            provenance["mask"] = entry
+        had = hasattr(self.config, "resect")
+        if provenance:
+            self.config.resect = provenance
+        elif had:
+            del self.config.resect
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if had:
+                self.config.resect = saved
+            elif hasattr(self.config, "resect"):
+                del self.config.resect
+        if "mask" in provenance and kwargs.get("is_main_process", True):
+            with open(os.path.join(save_directory, MASK_FILE_NAME), "w") as fh:
+                json.dump(mask.to_json_dict(), fh)
+        return result
 
     def get_input_embeddings(self):
         return self.model.embed_tokens

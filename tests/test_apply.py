@@ -257,3 +257,28 @@ def test_mask_info_and_union_commands(tmp_path, capsys, monkeypatch):
     assert code == 2 and "different geometry" in err and err.count("\n") == 1 and not (tmp_path / "v.json").exists()
     code, _, err = run_cli(["mask", "union", str(tmp_path / "a.json"), "--out", str(tmp_path / "u.json")], capsys, monkeypatch)
     assert code == 2 and "already exists" in err
+
+
+def test_save_pretrained_keeps_the_mask(tiny_vd, edited_vd, tmp_path):
+    """A masked model saved with save_pretrained reloads with the same mask and logits; a model whose
+    mask was cleared saves as unedited (no stale mask record)."""
+    source = load_model(tiny_vd)
+    mask = a_mask(tmp_path, 2, seed=4)
+    source.set_expert_mask(mask)
+    source.save_pretrained(tmp_path / "saved")
+    reloaded = load_model(tmp_path / "saved")
+    assert reloaded.expert_mask_state() == mask
+    with torch.no_grad():
+        assert float((reloaded(IDS).logits - source(IDS).logits).abs().max()) < TOL
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["resect"]["mask"]["total"] == mask.total
+    assert getattr(source.config, "resect", None) is None  # the in-memory config is left as it was
+
+    edited = load_model(edited_vd[0])
+    edited.set_expert_mask(None)
+    edited.save_pretrained(tmp_path / "cleared")
+    assert "mask" not in json.loads((tmp_path / "cleared" / "config.json").read_text()).get("resect", {})
+    assert not (tmp_path / "cleared" / MASK_FILE).exists()
+    cleared = load_model(tmp_path / "cleared")
+    assert cleared.expert_mask_state() is None
+    with torch.no_grad():
+        assert torch.equal(cleared(IDS).logits, load_model(tiny_vd)(IDS).logits)
