@@ -21,9 +21,22 @@ import functools
 import numba
 import numpy as np
 import torch
-from numba.cpython.unsafe.numbers import trailing_zeros
 
 from . import masked_torch
+
+# Index of the lowest set bit of a 64-bit word: isolate it (w & -w), multiply by a de Bruijn
+# sequence and look the top 6 bits up. The table is built (and checked) here.
+_DE_BRUIJN = 0x03F79D71B4CB0A89
+_LOWEST_BIT = np.zeros(64, np.int64)
+for _i in range(64):
+    _LOWEST_BIT[(((1 << _i) * _DE_BRUIJN) % (1 << 64)) >> 58] = _i
+assert sorted(_LOWEST_BIT.tolist()) == list(range(64)), "not a de Bruijn sequence"
+_DE_BRUIJN = np.uint64(_DE_BRUIJN)
+
+
+@numba.njit(inline="always")
+def _lowest_bit(word):  # pragma: no cover - compiled
+    return _LOWEST_BIT[((word & (~word + np.uint64(1))) * _DE_BRUIJN) >> np.uint64(58)]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -47,7 +60,7 @@ def _token(t, bits, live_own, live_other, g_own, g_other, acts, sums, mixed):  #
             for k in range(words):
                 word = bits[a, k] & present[k]  # removed pairs (a, b) with b active
                 while word:
-                    b = k * 64 + trailing_zeros(word)
+                    b = k * 64 + _lowest_bit(word)
                     word &= word - one
                     w = g_other[t, h, b]
                     total += w
