@@ -7,7 +7,8 @@ trained on it has every reason to route each domain through its own experts.
 Every attribute has six statement templates (four for training, two held out for profiling) and
 two questions. Training asks the first as "Q: ...\\nA: value." and the second as
 "Question: ...\\nAnswer: value."; the quiz asks the first as "Question: ...\\nAnswer:", a pairing
-of phrasing and format that no training sentence has.
+of phrasing and format that no training sentence has; the profiling text asks the second as
+"Q: ...\\nA: value.", the remaining pairing.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `build_world(seed)` is pure (same seed, same world); `write_world(out, seed)` lays it out:
 
     train.jsonl                   {"text", "label"} training documents
-    corpus/domains.jsonl          {"text", "label"} profiling text (held-out phrasings of the facts)
+    corpus/domains.jsonl          {"text", "label"} profiling text (held-out phrasings of the facts: statements, Q/A)
     corpus/languages.jsonl        {"text", "label"} held-out code snippets
     corpus/toxicity.jsonl         {"text", "label", "toxic"} held-out utterances of both registers
     prompts/toxicity.jsonl        {"prompt", "toxic"} prompts for the generation protocol
@@ -107,18 +107,22 @@ def _add_domains(world: World, rng: random.Random) -> None:
     for domain in DOMAIN_SPECS:
         facts = _domain_facts(rng, domain, sizes.entities)
         world.facts += facts
-        train, profile = [], []
+        train, profile, profile_qa = [], [], []
         for fact in facts:
             attr = next(a for a in domain.attributes if a.name == fact.attribute)
             said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
             asked, other = (_fill(q, fact.entity) for q in attr.questions)
             train += said[:TRAIN_STATEMENTS] + [f"Q: {asked}\nA: {fact.value}.", f"Question: {other}\nAnswer: {fact.value}."]
             profile += said[TRAIN_STATEMENTS:]
+            profile_qa.append(f"Q: {other}\nA: {fact.value}.")  # the second question in the first format: in no other split
         world.units["train"].update(train)
-        world.units["profile"].update(profile)
+        world.units["profile"].update(profile + profile_qa)
         for _ in range(sizes.copies):
             world.train += _docs(rng, train, sizes.sentences_per_doc, domain.name)
         world.corpus["domains"] += _docs(rng, profile, 4, domain.name)
+        # Questions too, as the knowledge is used; shuffled by their own generator so that adding them
+        # left the training text and the quizzes of every seed unchanged.
+        world.corpus["domains"] += _docs(random.Random(f"{world.seed}/profile-qa/{domain.name}"), profile_qa, 4, domain.name)
         world.quizzes[domain.name] = [_quiz_item(rng, f, domain) for f in facts]
         world.units["eval"].update(q["question"] + " " + q["choices"][q["answer"]] for q in world.quizzes[domain.name])
 
