@@ -22,7 +22,7 @@ from . import __version__
 from .errors import CheckpointError, OutputError
 from .loading import INDEX_FILE, inspect_checkpoint, load_model, model_fingerprint, resolve_model_path
 from .mask import ExpertMask
-from .modeling_monet import MASK_FILE_NAME as MASK_FILE
+from .modeling_monet import MASK_FILE_NAME as MASK_FILE, mask_record
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def apply_masks(
         "version": __version__,
         "source": provenance["source"] if provenance else str(source.resolve()),
         "source_fingerprint": provenance["source_fingerprint"] if provenance else model_fingerprint(load_model(source)),
-        "mask": {"file": MASK_FILE, "fingerprint": mask.fingerprint(), "counts": {str(g): n for g, n in mask.counts().items()}, "total": mask.total},
+        "mask": mask_record(mask),
     }
     tmp = out.parent / f".{out.name}.resect-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

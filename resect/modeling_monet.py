@@ -348,6 +348,14 @@ class _JsonMask:
 MASK_FILE_NAME = "resect_mask.json"
 
 
+def mask_record(mask) -> dict:
+    """The `resect.mask` entry of an edited checkpoint's config.json for a mask saved as MASK_FILE_NAME."""
+    record = {"file": MASK_FILE_NAME, "counts": {str(g): n for g, n in mask.counts().items()}, "total": mask.total}
+    if hasattr(mask, "fingerprint"):  # resect's ExpertMask (not the reader used without resect)
+        record["fingerprint"] = mask.fingerprint()
+    return record
+
+
 def read_mask_file(path: str):
     """An edited checkpoint's mask: resect's ExpertMask when resect is importable, else _JsonMask."""
     try:
@@ -422,10 +430,7 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
         mask, saved = self.expert_mask_state(), getattr(self.config, "resect", None)
         provenance = {k: v for k, v in (saved or {}).items() if k != "mask"}
         if mask is not None and mask.total:
-            entry = {"file": MASK_FILE_NAME, "counts": {str(g): n for g, n in mask.counts().items()}, "total": mask.total}
-            if hasattr(mask, "fingerprint"):
-                entry["fingerprint"] = mask.fingerprint()
-            provenance["mask"] = entry
+            provenance["mask"] = mask_record(mask)
         had = hasattr(self.config, "resect")
         if provenance:
             self.config.resect = provenance

@@ -140,7 +140,7 @@ def check_spec(spec: RunSpec) -> None:
     for key, value in dict(spec.toxicity).items():
         if key not in TOXICITY_DEFAULTS:
             raise UsageError(unknown("toxicity setting", key, TOXICITY_DEFAULTS))
-        if key in ("samples", "max_new_tokens", "score_window", "profile_samples") and not (isinstance(value, int) and value >= 1):
+        if isinstance(TOXICITY_DEFAULTS[key], int) and not (isinstance(value, int) and value >= 1):  # counts
             raise UsageError(f"toxicity.{key} must be a positive whole number, got {value!r}.")
 
 
@@ -283,7 +283,7 @@ def toxicity_corpus(model, tokenizer, p: Plan):
     t = p.toxicity
     for i, prompt in enumerate(read_prompts(p.toxicity_prompts)):
         outs = sample_continuations(
-            model, tokenizer, prompt.text, samples=int(t["profile_samples"]), max_new_tokens=t["max_new_tokens"],
+            model, tokenizer, prompt.text, samples=t["profile_samples"], max_new_tokens=t["max_new_tokens"],
             temperature=t["temperature"], top_p=t["top_p"], seed=PROFILE_SEED_OFFSET + p.spec.seed + i,
         )  # fmt: skip
         docs += [Document(text=prompt.text + cont, label="generations") for cont in outs]

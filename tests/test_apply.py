@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli import run_cli
 
 from resect.export import MASK_FILE, apply_masks
 from resect.loading import load_model, model_fingerprint
@@ -29,20 +30,6 @@ def folder_digest(path: Path) -> dict[str, str]:
 def a_mask(path: Path, groups: int, seed: int, count: int = 70) -> ExpertMask:
     gen = torch.Generator().manual_seed(seed)
     return ExpertMask(16, groups, {g: torch.randperm(256, generator=gen)[:count].tolist() for g in range(groups)})
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    """The console entry point in-process: (exit code, stdout, stderr)."""
-    from resect.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["resect", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def masked_logits(source: Path, mask: ExpertMask) -> torch.Tensor:
