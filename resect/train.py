@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # Phase 1 (when steps > 0): the whole model learns the templates of ANOTHER world's domain text.
     # Phase 2 (train): attention, embeddings and norms are frozen and only the experts and routers
     # learn this world, so its facts, code and registers live in experts: what expert ablation cuts.
-    "pretrain": {"steps": 250, "world_seed": 1, "warmup": 50},
+    "pretrain": {"steps": 250, "world_seed": 1, "warmup": 50, "frozen_groups": []},
     "train": {
         "steps": 500,
         "batch_size": 32,
@@ -273,10 +273,17 @@ def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
     return [d["text"] for d in read_train(data) if d["label"] in DOMAINS]
 
 
-def freeze_all_but_experts(model) -> None:
-    """Only the expert layers and routers keep learning (attention, embeddings, norms, head frozen)."""
+def freeze_all_but_experts(model, frozen_groups: Iterable[int] = ()) -> None:
+    """Only the expert layers and routers keep learning (attention, embeddings, norms, head frozen),
+    and not even those of the routing groups in `frozen_groups`."""
+    per_group, frozen = model.config.moe_groups, set(frozen_groups)
+    for index, layer in enumerate(model.model.layers):
+        frozen_layer = index // per_group in frozen
+        for name, param in layer.named_parameters():
+            param.requires_grad_(not frozen_layer and (name.startswith("moe.") or name.startswith("router.")))
     for name, param in model.named_parameters():
-        param.requires_grad_(".moe." in name or ".router." in name)
+        if not name.startswith("model.layers."):
+            param.requires_grad_(False)
 
 
 def plot_loss(rows: list[dict], out: Path) -> None:
@@ -305,6 +312,9 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
     out = Path(out)
     if (out / "model").exists():
         raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
+    groups = recipe["model"]["num_hidden_layers"] // recipe["model"]["moe_groups"]
+    if any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < groups for g in recipe["pretrain"]["frozen_groups"]):
+        raise UsageError(f"pretrain.frozen_groups must list routing groups in 0..{groups - 1}, found {recipe['pretrain']['frozen_groups']}.")
     torch.set_num_threads(recipe["train"]["threads"])
     torch.manual_seed(recipe["seed"])
     if data is None:
@@ -323,7 +333,7 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
         schedule = recipe["train"] | {"steps": pre["steps"], "warmup": pre["warmup"]}
         rows = train_model(model, encode_documents(tokenizer, pre_texts), schedule, seed=recipe["seed"] + 1, on_step=on_step)
         rows = [r | {"phase": "pretrain"} for r in rows]
-        freeze_all_but_experts(model)
+        freeze_all_but_experts(model, pre["frozen_groups"])
     rows += train_model(model, encode_documents(tokenizer, texts), recipe["train"], seed=recipe["seed"], on_step=on_step)
     save_checkpoint(model, config, tmp, recipe["train"]["save_dtype"])
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from test_train import RECIPE, TINY
 
+from resect.errors import UsageError
 from resect.train import build_model, freeze_all_but_experts, load_recipe, model_config, run_recipe, train_model
 
 
@@ -21,6 +23,27 @@ def test_frozen_phase_changes_only_experts_and_routers():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".moe." in k or ".router." in k for k in changed)
     assert any(".moe." in k for k in changed) and any("running_mean" in k for k in changed)  # routers' statistics live
+
+
+def test_frozen_routing_groups_keep_their_experts_and_router_weights():
+    recipe = load_recipe(RECIPE, [*TINY, "model.num_hidden_layers=4"])  # 2 routing groups of 2 layers
+    model = build_model(model_config(recipe, 300))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    freeze_all_but_experts(model, [0])
+    docs = [[1, *torch.randint(4, 300, (40,), generator=torch.Generator().manual_seed(i)).tolist(), 2] for i in range(8)]
+    train_model(model, docs, recipe["train"] | {"steps": 3}, seed=0)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    weights = {k for k in changed if "running_" not in k and "num_batches" not in k}
+    assert weights and all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in weights)
+    assert any(k.startswith("model.layers.3.moe.") for k in weights)  # the second group's layers all learn
+
+
+def test_frozen_groups_outside_the_model_are_refused_before_anything_is_written(tmp_path):
+    recipe = load_recipe(RECIPE, [*TINY, "pretrain.frozen_groups=[1]"])  # 2 layers, 2 per group: one group
+    with pytest.raises(UsageError, match=r"pretrain.frozen_groups must list routing groups in 0..0"):
+        run_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_recipe_with_pretraining_writes_both_worlds_and_logs_phases(tmp_path):
