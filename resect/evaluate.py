@@ -63,6 +63,30 @@ def _single_process_bootstrap() -> Iterator[None]:
             os.environ["DISABLE_MULTIPROC"] = saved
 
 
+@contextlib.contextmanager
+def _quiet_git_probe() -> Iterator[None]:
+    """lm-eval records the git commit of the working directory by running `git describe` with its
+    stderr left open: outside a repository every evaluation printed git's "fatal: not a git
+    repository". The same probe with git's stderr discarded (None outside a repository)."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    def git_hash() -> str | None:
+        try:
+            out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = saved
+
+
 @lru_cache(maxsize=8)
 def _task_manager(include_paths: tuple[str, ...], defaults: bool = True):
     """lm-eval's TaskManager; indexing its ~15k built-in YAMLs takes seconds, so built once per include set."""
@@ -239,7 +263,7 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
 
     log.info("lm-eval %s on %s (limit %s)", lm_eval_version(), ", ".join(names), limit)
-    with _single_process_bootstrap(), _data_errors_as_eval_error():
+    with _single_process_bootstrap(), _quiet_git_probe(), _data_errors_as_eval_error():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         results = lm_eval.simple_evaluate(
             model=lm,

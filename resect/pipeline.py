@@ -63,6 +63,7 @@ class RunSpec:
     rule: str | None = None
     ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 4.5 for languages of the built-in world
     threshold: float = 0.1
+    groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
     corpus: str | None = None
     include_path: str | None = None
     target_tasks: list[str] | None = None
@@ -194,7 +195,11 @@ def plan(spec: RunSpec) -> Plan:
 
     check_spec(spec)
     model_path = resolve_model_path(spec.model)
-    inspect_checkpoint(model_path)
+    config = inspect_checkpoint(model_path).config
+    if spec.groups is not None:
+        from .select import check_groups
+
+        check_groups(spec.groups, config["num_hidden_layers"] // config["moe_groups"])
     custom = spec.corpus is not None or spec.target_tasks is not None
     defaults = builtin_defaults(spec) if spec.model is None else ({} if custom else published_defaults(spec))
     corpus = spec.corpus or defaults.get("corpus")
@@ -354,7 +359,7 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
         stats, cached = profile_cached(model, tok, p.corpus, p=p)
     lap("profile")
     floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
-    mask = select_experts(stats, p.rule, target=spec.target, model=model, **floor, **p.rule_params)
+    mask = select_experts(stats, p.rule, target=spec.target, model=model, groups=spec.groups, **floor, **p.rule_params)
     lap("select")
     experts_total = stats.num_groups * stats.moe_experts**2
     say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
@@ -404,7 +409,9 @@ def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) 
         f"**Verdict: {result.verdict.upper()}**: target tasks must drop by at least {low:g}, general tasks by at most {high:g}.",
         "",
         f"- model: `{p.model_path}`",
-        f"- rule: `{p.rule}` {json.dumps(p.rule_params)}; statistics over `{p.corpus or 'generations'}`"
+        f"- rule: `{p.rule}` {json.dumps(p.rule_params)}"
+        + ("" if p.spec.groups is None else f" in routing groups {', '.join(map(str, sorted(set(p.spec.groups))))} only")
+        + f"; statistics over `{p.corpus or 'generations'}`"
         + (" (from cache)" if result.stats_cached else ""),
         f"- masked experts: {result.mask_total:,} of {result.experts_total:,} "
         f"({100 * result.mask_total / max(result.experts_total, 1):.2f}%); per group: "

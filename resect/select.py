@@ -19,7 +19,7 @@ Every label a rule reads needs at least `min_tokens` tokens (scored tokens for c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +131,28 @@ def _check_tokens(stats: RoutingStats, rule: str, target: str | None, min_tokens
             )
 
 
+def parse_groups(text: str | None) -> list[int] | None:
+    """'1,2' -> [1, 2] (None stays None: every group)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--groups takes routing group numbers separated by commas (e.g. --groups 1,2), found '{text}'.") from None
+
+
+def check_groups(groups: Iterable[int] | None, num_groups: int) -> list[int]:
+    """The routing groups to select in (all when None), sorted; anything outside 0..num_groups-1 is an error."""
+    if groups is None:
+        return list(range(num_groups))
+    chosen = parse_groups(groups) if isinstance(groups, str) else [groups] if isinstance(groups, int) else list(groups)
+    bad = [g for g in chosen if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < num_groups]
+    if bad or not chosen:
+        found = ", ".join(map(str, bad)) if bad else "none"
+        raise UsageError(f"--groups must name routing groups of this model, 0 to {num_groups - 1} (e.g. --groups 1,2), found {found}.")
+    return sorted(set(chosen))
+
+
 def select_experts(
     stats: RoutingStats,
     rule: str,
@@ -138,9 +160,10 @@ def select_experts(
     target: str | None = None,
     min_tokens: int = DEFAULT_MIN_TOKENS,
     model: torch.nn.Module | str | None = None,
+    groups: Iterable[int] | None = None,
     **params: float,
 ) -> ExpertMask:
-    """The experts a rule selects in every routing group, as a mask (True = removed).
+    """The experts a rule selects in every routing group (or only in `groups`), as a mask (True = removed).
 
     `model` (a module or its fingerprint), when given, must be the one the statistics came from.
     """
@@ -153,7 +176,8 @@ def select_experts(
     if rule == "correlation":
         target = None
     _check_tokens(stats, rule, target, min_tokens)
-    experts = {g: RULES[rule](stats, g, target, **params).tolist() for g in range(stats.num_groups)}
+    chosen = check_groups(groups, stats.num_groups)
+    experts = {g: RULES[rule](stats, g, target, **params).tolist() for g in chosen}
     meta = {
         "rule": rule,
         "target": target,
@@ -162,6 +186,8 @@ def select_experts(
         "stats_model_fingerprint": stats.model_fingerprint,
         "stats_corpus_fingerprint": stats.corpus_fingerprint,
     }
+    if groups is not None:
+        meta["groups"] = chosen
     return ExpertMask(stats.moe_experts, stats.num_groups, experts, meta)
 
 

@@ -14,11 +14,11 @@ from resect.recipebook import recipe_files, validate_recipe
 RESECT = str(Path(sys.executable).parent / "resect")
 
 
-def resect(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
+def resect(*args: str, env_cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
     import os
 
     env = os.environ | {"RESECT_CACHE_DIR": str(env_cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([RESECT, *args], capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([RESECT, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,8 @@ def test_existing_output_is_refused_and_untouched(tmp_path, cache):
     (["domain", "--remove", "biology", "--max-general-drop", "-1", "--out", "{out}"], "must not be negative"),
     (["run", "world-domain", "targt=law", "out={out}"], "Did you mean: target?"),
     (["run", "no-such-recipe", "out={out}"], "Unknown recipe"),
+    (["domain", "--remove", "biology", "--groups", "3", "--out", "{out}"], "routing groups of this model, 0 to 2"),
+    (["run", "world-domain", "groups=[0,9]", "out={out}"], "0 to 2 (e.g. --groups 1,2), found 9"),
     (["run", "world-toxicity", "toxicity.profile_sample=4", "out={out}"], "Did you mean: profile_samples?"),
     (["run", "world-toxicity", "toxicity.samples=0", "out={out}"], "positive whole number"),
 ])  # fmt: skip
@@ -80,10 +82,11 @@ def test_domain_biology_end_to_end(tmp_path, cache):
     runs = []
     for k in range(2):
         out = tmp_path / f"run{k}"
-        res = resect("domain", "--remove", "biology", "--out", str(out), env_cache=cache)
+        res = resect("domain", "--remove", "biology", "--out", str(out), env_cache=cache, cwd=tmp_path)  # not a git repository
         assert res.returncode == 0, res.stdout + res.stderr
         assert "PASS" in res.stdout
         assert "it/s" not in res.stderr and "Running loglikelihood" not in res.stderr, res.stderr[-500:]  # no library bars
+        assert "fatal" not in res.stderr, res.stderr[-500:]  # nor lm-eval's git probe
         runs.append(out)
     first, second = runs
     for name in ("run.yaml", "stats.safetensors", "mask.json", "verify.json", "verify.md", "report.md", "accuracy.png", "experts.png"):

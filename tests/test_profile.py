@@ -244,6 +244,8 @@ def stats_file(tiny_vd, tmp_path_factory):
         (["--rule", "skew", "--target", "code", "--min-tokens", "100000"], "fewer than min tokens"),
         (["--rule", "skwe", "--target", "code"], "Did you mean: skew"),
         (["--rule", "skew", "--target", "code", "--min-tokens", "1", "--model", "HD"], "Run `resect profile`"),
+        (["--rule", "skew", "--target", "code", "--min-tokens", "1", "--groups", "7"], "routing groups of this model, 0 to"),
+        (["--rule", "skew", "--target", "code", "--min-tokens", "1", "--groups", "1;2"], "separated by commas"),
     ],
 )
 def test_cli_select_bad_input(stats_file, tiny_hd, tmp_path, monkeypatch, capsys, args, match):

@@ -68,6 +68,19 @@ def test_skew_matches_definition(target, ratio):
     assert mask.meta["rule"] == "skew" and mask.meta["params"] == {"ratio": ratio}
 
 
+def test_groups_restrict_the_selection_to_those_routing_groups():
+    stats = synthetic()
+    every = select_experts(stats, "skew", target="bio", ratio=1.5)
+    only = select_experts(stats, "skew", target="bio", ratio=1.5, groups=[1])
+    assert every.ids(0).size and every.ids(1).size  # both groups select something, so the restriction shows
+    assert only.ids(0).size == 0 and only.ids(1).tolist() == every.ids(1).tolist()
+    assert only.meta["groups"] == [1] and "groups" not in every.meta
+    assert select_experts(stats, "skew", target="bio", ratio=1.5, groups="0,1") == every
+    for bad, match in (([2], "0 to 1"), ([], "found none"), ([True], "found True"), ("x", "separated by commas")):
+        with pytest.raises(UsageError, match=match):
+            select_experts(stats, "skew", target="bio", ratio=1.5, groups=bad)
+
+
 def test_skew_boundary_zero_and_exclusive_experts():
     ids = select_experts(synthetic(), "skew", target="bio").ids(0).tolist()
     assert 1 in ids  # 0.5 >= 2 * 0.25 exactly

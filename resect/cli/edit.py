@@ -20,6 +20,7 @@ MaxDrop = Annotated[float | None, typer.Option("--max-general-drop", help="Fail 
 Limit = Annotated[float | None, typer.Option("--limit", help="Documents per task (lm-eval --limit).")]
 Seed = Annotated[int, typer.Option("--seed")]
 Batch = Annotated[int, typer.Option("--batch-size")]
+Groups = Annotated[str | None, typer.Option("--groups", help="Select only in these routing groups, e.g. 1,2 (default: every group).")]
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -66,15 +67,16 @@ def domain(
     rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
-    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16,
+    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
 ) -> None:  # fmt: skip
     """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's."""
     from resect.pipeline import RunSpec
+    from resect.select import parse_groups
 
     execute(RunSpec("domain", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups)))  # fmt: skip
 
 
 @app.command()
@@ -85,15 +87,16 @@ def language(
     rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
-    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16,
+    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
 ) -> None:  # fmt: skip
     """Remove a programming (or natural) language; verified by perplexity (relative %) and quizzes."""
     from resect.pipeline import RunSpec
+    from resect.select import parse_groups
 
     execute(RunSpec("language", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups)))  # fmt: skip
 
 
 @app.command()
@@ -107,13 +110,14 @@ def toxicity(
     scorer: Annotated[str, typer.Option(help="profanity (offline), detoxify, perspective.")] = "profanity",
     include_path: Include = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
-    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16,
+    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
     from resect.pipeline import RunSpec
+    from resect.select import parse_groups
 
     execute(RunSpec("toxicity", None, model, "correlation", threshold=threshold, toxicity_prompts=prompts,
                     toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer, "profile_samples": profile_samples},
                     include_path=include_path, general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups)))  # fmt: skip

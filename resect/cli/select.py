@@ -21,17 +21,19 @@ def select(
     k: Annotated[int | None, typer.Option("--k", help="topk: experts per routing group (default 100).")] = None,
     quantile: Annotated[float | None, typer.Option(help="quantile: keep the top (1 - q) share of ranked experts per group (default 0.99).")] = None,
     min_tokens: Annotated[int, typer.Option(help="Every label the rule reads needs at least this many tokens.")] = 100,
+    groups: Annotated[str | None, typer.Option(help="Select only in these routing groups, e.g. 1,2 (default: every group).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Refuse unless the statistics come from this checkpoint.")] = None,
     top: Annotated[int, typer.Option(help="How many of the strongest selected experts to print.")] = 10,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Select the experts tied to a label (or to the per-token score) and write them as a mask."""
-    from resect.select import select_experts, strongest
+    from resect.select import parse_groups, select_experts, strongest
     from resect.stats import RoutingStats
 
     from .profile import check_output
 
     check_output(out, force)
+    chosen = parse_groups(groups)
     routing = RoutingStats.load(stats)
     params = {"ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile}
     fingerprint = None
@@ -39,7 +41,7 @@ def select(
         from resect.loading import load_model, model_fingerprint
 
         fingerprint = model_fingerprint(load_model(model))
-    mask = select_experts(routing, rule, target=target, min_tokens=min_tokens, model=fingerprint, **params)
+    mask = select_experts(routing, rule, target=target, min_tokens=min_tokens, model=fingerprint, groups=chosen, **params)
     mask.meta["stats_file"] = str(stats)
     mask.save(out)
     _print(mask, strongest(routing, mask, target=None if rule == "correlation" else target, top=top), rule, out)
