@@ -199,7 +199,7 @@ def plan(spec: RunSpec) -> Plan:
     if spec.groups is not None:
         from .select import check_groups
 
-        check_groups(spec.groups, config["num_hidden_layers"] // config["moe_groups"])
+        spec = dataclasses.replace(spec, groups=check_groups(spec.groups, config["num_hidden_layers"] // config["moe_groups"]))
     custom = spec.corpus is not None or spec.target_tasks is not None
     defaults = builtin_defaults(spec) if spec.model is None else ({} if custom else published_defaults(spec))
     corpus = spec.corpus or defaults.get("corpus")
@@ -410,7 +410,7 @@ def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) 
         "",
         f"- model: `{p.model_path}`",
         f"- rule: `{p.rule}` {json.dumps(p.rule_params)}"
-        + ("" if p.spec.groups is None else f" in routing groups {', '.join(map(str, sorted(set(p.spec.groups))))} only")
+        + ("" if p.spec.groups is None else f" in routing groups {', '.join(map(str, p.spec.groups))} only")
         + f"; statistics over `{p.corpus or 'generations'}`"
         + (" (from cache)" if result.stats_cached else ""),
         f"- masked experts: {result.mask_total:,} of {result.experts_total:,} "
