@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,8 +82,6 @@ def test_dry_run_selects_but_writes_nothing(tmp_path, cache):
 def test_groups_limit_the_selection_to_those_routing_groups(tmp_path, cache):
     res = resect("run", "world-domain", "target=chemistry", "groups=1,2", "dry_run=true", f"out={tmp_path / 'run'}", env_cache=cache)
     assert res.returncode == 0, res.stderr
-    import re
-
     counts = {int(g): int(n.replace(",", "")) for g, n in re.findall(r"group (\d+):\s+([\d,]+)", res.stdout)}
     assert counts[0] == 0 and counts[1] > 0 and counts[2] > 0, res.stdout
 
