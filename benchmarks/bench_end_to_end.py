@@ -1,6 +1,6 @@
 """The mission's numbers on the built-in model: every domain, every language, toxicity, and timings.
 
-    python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1]
+    python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1] [--groups 1,2]
 
 Runs the real commands (`resect domain --remove D`, `resect language --remove L`,
 `resect toxicity --threshold R`) in subprocesses with a fresh cache, so the first run pays for
@@ -8,7 +8,8 @@ profiling and the baseline evaluation exactly as a new user does, and prints:
 - the wall time of the first `resect domain --remove biology` (target: <= 60 s on 2 cores) and of
   `resect --help` (target: < 1 s);
 - per domain: the removed domain's quiz accuracy before and after, its distance to chance (target:
-  within 10 points) and the largest change of any other domain (target: within 2 points);
+  within 10 points) and the largest change of any other domain (target: within 2 points); with
+  `--groups 1,2` the same table again, selecting in those routing groups only;
 - per language: the removed language's perplexity ratio (target: >= 2x) and the largest rise of the
   others (target: < 5%);
 - toxicity at the threshold: toxicity probability before and after (target: falls by at least a
@@ -40,18 +41,20 @@ def verdict(run: Path) -> dict:
     return json.loads((run / "verify.json").read_text())
 
 
-def domains(work: Path, env: dict[str, str]) -> None:
+def domains(work: Path, env: dict[str, str], groups: str | None = None) -> None:
     from resect.builtin import DOMAINS
 
-    print("\n| removed domain | before | after | above chance | largest other change | masked | pass |")
+    where = "" if groups is None else f", groups {groups}"
+    print(f"\n| removed domain{where} | before | after | above chance | largest other change | masked | pass |")
     print("|---|---|---|---|---|---|---|")
     for domain in DOMAINS:
-        resect(["domain", "--remove", domain, "--out", str(work / f"domain-{domain}")], env)
-        report = verdict(work / f"domain-{domain}")
+        run = work / f"domain-{domain}" if groups is None else work / f"domain-{domain}-groups-{groups.replace(',', '-')}"
+        resect(["domain", "--remove", domain, "--out", str(run), *([] if groups is None else ["--groups", groups])], env)
+        report = verdict(run)
         rows = {r["task"]: r for r in report["rows"]}
         target = rows[f"world_{domain}"]
         others = max((abs(r["drop"]) for r in report["rows"] if r["role"] == "general"), default=0.0)
-        mask = json.loads((work / f"domain-{domain}" / "mask.json").read_text())
+        mask = json.loads((run / "mask.json").read_text())
         masked = sum(len(v) for v in mask["experts"].values())
         after = 100 * target["edited"]
         print(f"| {domain} | {100 * target['baseline']:.1f} | {after:.1f} | {after - CHANCE:+.1f} | "
@@ -90,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["domain", "language", "toxicity"])
     parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--groups", help="also the domain table with selection in these routing groups only, e.g. 1,2")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -100,6 +104,8 @@ def main() -> None:
         print(f"resect domain --remove biology, cold caches: {seconds:.1f} s, exit {res.returncode} (target <= 60 s)")
         if args.only in (None, "domain"):
             domains(work, env)
+            if args.groups:
+                domains(work, env, args.groups)
         if args.only in (None, "language"):
             languages(work, env)
         if args.only in (None, "toxicity"):
