@@ -275,7 +275,8 @@ def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
 
 def freeze_all_but_experts(model, frozen_groups: Iterable[int] = ()) -> None:
     """Only the expert layers and routers keep learning (attention, embeddings, norms, head frozen),
-    and not even those of the routing groups in `frozen_groups`."""
+    and not even those of the routing groups in `frozen_groups` (whose routers' BatchNorm running
+    statistics still follow the data: only weights are frozen)."""
     per_group, frozen = model.config.moe_groups, set(frozen_groups)
     for index, layer in enumerate(model.model.layers):
         frozen_layer = index // per_group in frozen
