@@ -34,7 +34,7 @@ BINARY_MAGIC = b"RESECTMASK1\n"
 RESERVED_KEYS = {"format", "moe_experts", "num_groups", "experts"}
 
 
-def _geometry(config: Any) -> tuple[int, int]:
+def geometry(config: Any) -> tuple[int, int]:
     """(E, number of routing groups) of a MonetConfig or a config.json dict."""
     get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
     experts, layers, per_group = get("moe_experts"), get("num_hidden_layers"), get("moe_groups")
@@ -96,7 +96,7 @@ class ExpertMask:
     @classmethod
     def empty_like(cls, config: Any) -> ExpertMask:
         """An empty mask with the geometry of a MonetConfig (or config.json dict)."""
-        experts, groups = _geometry(config)
+        experts, groups = geometry(config)
         return cls(experts, groups)
 
     @classmethod
@@ -148,7 +148,7 @@ class ExpertMask:
 
     def validate_for(self, config: Any) -> None:
         """Raise MaskError unless the mask fits the model's E and number of routing groups."""
-        experts, groups = _geometry(config)
+        experts, groups = geometry(config)
         if experts != self.moe_experts:
             raise MaskError(
                 f"Mask is for moe_experts={self.moe_experts} but the model has moe_experts={experts}. "

@@ -197,9 +197,10 @@ def plan(spec: RunSpec) -> Plan:
     model_path = resolve_model_path(spec.model)
     config = inspect_checkpoint(model_path).config
     if spec.groups is not None:
+        from .mask import geometry
         from .select import check_groups
 
-        spec = dataclasses.replace(spec, groups=check_groups(spec.groups, config["num_hidden_layers"] // config["moe_groups"]))
+        spec = dataclasses.replace(spec, groups=check_groups(spec.groups, geometry(config)[1]))
     custom = spec.corpus is not None or spec.target_tasks is not None
     defaults = builtin_defaults(spec) if spec.model is None else ({} if custom else published_defaults(spec))
     corpus = spec.corpus or defaults.get("corpus")

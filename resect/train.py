@@ -308,12 +308,13 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
     import torch
 
     from .errors import OutputError
+    from .mask import geometry
     from .world import Sizes, read_train, write_world
 
     out = Path(out)
     if (out / "model").exists():
         raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
-    groups = recipe["model"]["num_hidden_layers"] // recipe["model"]["moe_groups"]
+    groups = geometry(recipe["model"])[1]
     if any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < groups for g in recipe["pretrain"]["frozen_groups"]):
         raise UsageError(f"pretrain.frozen_groups must list routing groups in 0..{groups - 1}, found {recipe['pretrain']['frozen_groups']}.")
     torch.set_num_threads(recipe["train"]["threads"])
