@@ -303,20 +303,27 @@ def plot_loss(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None, on_step: StepCallback | None = None) -> Path:
-    """Generate (or reuse `data`), train, save under `out`; returns the model folder."""
-    import torch
-
+def check_run(recipe: dict, out: Path) -> None:
+    """What would stop `run_recipe` before it writes anything: an existing model folder, frozen
+    groups the model does not have."""
     from .errors import OutputError
     from .mask import geometry
-    from .world import Sizes, read_train, write_world
 
-    out = Path(out)
     if (out / "model").exists():
         raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
     groups = geometry(recipe["model"])[1]
     if any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < groups for g in recipe["pretrain"]["frozen_groups"]):
         raise UsageError(f"pretrain.frozen_groups must list routing groups in 0..{groups - 1}, found {recipe['pretrain']['frozen_groups']}.")
+
+
+def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None, on_step: StepCallback | None = None) -> Path:
+    """Generate (or reuse `data`), train, save under `out`; returns the model folder."""
+    import torch
+
+    from .world import Sizes, read_train, write_world
+
+    out = Path(out)
+    check_run(recipe, out)
     torch.set_num_threads(recipe["train"]["threads"])
     torch.manual_seed(recipe["seed"])
     if data is None:

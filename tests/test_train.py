@@ -137,3 +137,6 @@ def test_cli_train_runs_the_recipe_and_rejects_bad_overrides(tmp_path):
     bad = subprocess.run([resect, "world", "train", "--out", str(tmp_path / "x"), "train.stpes=2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Did you mean: train.steps" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()
+    frozen = subprocess.run([resect, "world", "train", "--out", str(tmp_path / "y"), "pretrain.frozen_groups=[9]"], capture_output=True, text=True)
+    assert frozen.returncode == 2 and frozen.stdout == "" and frozen.stderr.count("\n") == 1, frozen.stdout + frozen.stderr
+    assert "pretrain.frozen_groups must list routing groups" in frozen.stderr and not (tmp_path / "y").exists()

@@ -36,11 +36,12 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from resect.errors import UsageError
-    from resect.train import load_recipe, run_recipe
+    from resect.train import check_run, load_recipe, run_recipe
 
     if data is not None and not (data / "train.jsonl").is_file():
         raise UsageError(f"'{data}' has no train.jsonl. Pass a folder written by 'resect world generate'.")
     config = load_recipe(recipe, overrides or [])
+    check_run(config, out)  # before the progress bar, so that an error is the only line printed
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task("train", total=config["train"]["steps"], loss=float("nan"))
