@@ -140,7 +140,7 @@ def read_tasks(
     except ImportError:
         raise CorpusError("Task corpora need lm-eval: pip install 'resect[eval]'.") from None
     from .errors import unknown
-    from .evaluate import task_manager_for
+    from .evaluate import task_data_errors, task_manager_for
 
     if split is not None and split not in SPLITS:
         raise CorpusError(unknown("split", split, SPLITS))
@@ -149,11 +149,12 @@ def read_tasks(
     if missing:
         raise CorpusError(unknown("lm-eval task", missing[0], manager.all_tasks))
     docs = []
-    for name, task in sorted(_flatten(get_task_dict(names, manager)).items()):
-        for k, doc in enumerate(_split_docs(task, name, split)):
-            if limit is not None and k >= limit:
-                break
-            docs.append(Document(_task_text(task, doc), label or name))
+    with task_data_errors(CorpusError):
+        for name, task in sorted(_flatten(get_task_dict(names, manager)).items()):
+            for k, doc in enumerate(_split_docs(task, name, split)):
+                if limit is not None and k >= limit:
+                    break
+                docs.append(Document(_task_text(task, doc), label or name))
     return docs
 
 

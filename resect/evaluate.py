@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import EvalError, UsageError, unknown
+from .errors import EvalError, ResectError, UsageError, unknown
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def _local_data_files(cfg: dict[str, Any]) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _data_errors_as_eval_error() -> Iterator[None]:
+def task_data_errors(error: type[ResectError] = EvalError) -> Iterator[None]:
     """A task whose data cannot be read (offline Hub, missing or malformed file) is one line, not a traceback."""
     from datasets.exceptions import DatasetGenerationError
 
@@ -231,7 +231,7 @@ def _data_errors_as_eval_error() -> Iterator[None]:
         yield
     except (OSError, DatasetGenerationError) as exc:
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EvalError(
+        raise error(
             f"A task's data could not be loaded ({type(exc).__name__}: {cause}). Hub tasks download their data: "
             "run once with network (HF_DATASETS_OFFLINE unset), or use local tasks with absolute data_files."
         ) from None
@@ -263,7 +263,7 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
 
     log.info("lm-eval %s on %s (limit %s)", lm_eval_version(), ", ".join(names), limit)
-    with _single_process_bootstrap(), _quiet_git_probe(), _data_errors_as_eval_error():
+    with _single_process_bootstrap(), _quiet_git_probe(), task_data_errors():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         results = lm_eval.simple_evaluate(
             model=lm,

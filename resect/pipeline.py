@@ -172,7 +172,7 @@ def builtin_defaults(spec: RunSpec) -> dict[str, Any]:
 
 def published_defaults(spec: RunSpec) -> dict[str, Any]:
     """The paper's protocol for a published checkpoint: MMLU grouped into the MMLU-Pro categories."""
-    from .recipes import RECIPES_DIR, mmlu_pro_categories
+    from .recipebook import RECIPES_DIR, mmlu_pro_categories
 
     if spec.kind != "domain":
         what = "--corpus (labelled code or text) and --target-tasks/--general-tasks" if spec.kind == "language" else "--toxicity-prompts"

@@ -72,6 +72,20 @@ def test_out_of_range_options_exit_2(args, phrase, tmp_path, cache):
     assert not out.exists()
 
 
+def test_a_checkpoint_of_its_own_gets_the_mmlu_pro_protocol_or_one_line(tiny_vd, tmp_path, cache):
+    """A --model that is not the built-in one is profiled on MMLU by MMLU-Pro category; offline,
+    its Hub data cannot load, which is one line and nothing written."""
+    out = tmp_path / "run"
+    one_line_error(resect("domain", "--model", str(tiny_vd), "--remove", "biolgy", "--out", str(out), env_cache=cache),
+                   "Did you mean: biology?")  # fmt: skip
+    res = resect("domain", "--model", str(tiny_vd), "--remove", "computer science", "--dry-run", "--out", str(out), env_cache=cache)
+    one_line_error(res, "'cais/mmlu'")
+    assert "run once with network" in res.stderr
+    one_line_error(resect("language", "--model", str(tiny_vd), "--remove", "python", "--out", str(out), env_cache=cache),
+                   "Pass --corpus")  # fmt: skip
+    assert not out.exists()
+
+
 def test_dry_run_selects_but_writes_nothing(tmp_path, cache):
     res = resect("run", "world-domain", "target=chemistry", "dry_run=true", f"out={tmp_path / 'run'}", env_cache=cache)
     assert res.returncode == 0, res.stderr
