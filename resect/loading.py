@@ -166,12 +166,33 @@ def expected_tensors(config: dict[str, Any]) -> set[str]:
     return names
 
 
+SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "moe_experts", "moe_heads", "moe_dim", "moe_topk", "moe_groups")
+
+
+def shape_problem(config: dict[str, Any]) -> str | None:
+    """What makes a Monet config.json's shape impossible, read without transformers (which checks
+    the rest when the model is built); None when nothing does."""
+    for key in SIZE_KEYS:
+        value = config.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{key} must be a positive whole number, found {value!r}"
+    experts, topk = config.get("moe_experts", 512), config.get("moe_topk", 32)
+    if topk >= experts:
+        return f"moe_topk {topk} must be below moe_experts {experts}"
+    if config.get("moe_decompose", "vertical") not in ("vertical", "horizontal"):
+        return f"moe_decompose must be vertical or horizontal, found {config['moe_decompose']!r}"
+    return None
+
+
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """Validate a checkpoint folder without loading weights: config, shards, tensor names."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Model path '{path}' does not exist. Pass a Monet checkpoint folder.")
     config = read_config(path)
+    problem = shape_problem(config)
+    if problem:
+        raise CheckpointError(f"'{path}/config.json' describes no Monet model: {problem}. Restore it from the source.")
     info = CheckpointInfo(path=path, config=config, shards=weight_files(path))
     for shard in info.shards:
         header = read_safetensors_header(path / shard)
@@ -200,6 +221,7 @@ def load_model(
 ) -> MonetForCausalLM:
     """Validate then load a Monet checkpoint in eval mode (router statistics frozen)."""
     import torch
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoModelForCausalLM
 
     register()
@@ -213,8 +235,9 @@ def load_model(
             attn_implementation=attn_implementation,
             output_loading_info=True,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"Could not load '{path}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, StrictDataclassError) as exc:
+        cause = exc.__cause__ if isinstance(exc, StrictDataclassError) and exc.__cause__ else exc  # the config's own check
+        raise CheckpointError(f"Could not load '{path}': {str(cause).splitlines()[0]}") from None
     problems = {k: v for k, v in report.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         kind, keys = next(iter(problems.items()))

@@ -75,6 +75,13 @@ def no_config(src: Path, tmp: Path) -> Path:
     return ckpt
 
 
+def edited_config(src: Path, tmp: Path, **changes) -> Path:
+    ckpt = copy_ckpt(src, tmp)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(config | changes))
+    return ckpt
+
+
 CASES = {
     "llama": (lambda src, tmp: llama(tmp), "not Monet"),
     "truncated": (truncated, "truncated"),
@@ -82,6 +89,8 @@ CASES = {
     "missing-shard": (missing_shard, "missing"),
     "no-config": (no_config, "no config.json"),
     "nonexistent": (lambda src, tmp: tmp / "absent", "does not exist"),
+    "topk-over-experts": (lambda src, tmp: edited_config(src, tmp, moe_topk=99), "moe_topk 99 must be below moe_experts 16"),
+    "zero-layers": (lambda src, tmp: edited_config(src, tmp, num_hidden_layers=0), "num_hidden_layers must be a positive"),
 }
 
 
@@ -95,4 +104,12 @@ def test_bad_checkpoints_get_one_line_and_nonzero_exit(case, tiny_vd, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and phrase in lines[0], res.stderr
     assert "Traceback" not in res.stderr
     with pytest.raises(CheckpointError, match=phrase):
+        load_model(path)
+
+
+def test_a_config_transformers_refuses_is_one_line_too(tiny_vd, tmp_path):
+    """Shapes only the model's own config check catches (an odd expert width under vertical
+    decomposition) pass `resect info` and stop at load, as a CheckpointError."""
+    path = edited_config(tiny_vd, tmp_path / "odd", moe_dim=3)
+    with pytest.raises(CheckpointError, match="vertical decomposition needs an even moe_dim"):
         load_model(path)
