@@ -144,12 +144,24 @@ def model_config(recipe: dict, vocab_size: int) -> dict[str, Any]:
     )
 
 
-def build_model(config: dict[str, Any]):
+def monet_config(config: dict[str, Any]):
+    """The MonetConfig of a config.json dict; a UsageError (one line) when it describes no Monet model."""
+    from huggingface_hub.errors import StrictDataclassError
+
     from .configuration_monet import MonetConfig
-    from .modeling_monet import MonetForCausalLM
 
     keys = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "torch_dtype", "transformers_version")}
-    return MonetForCausalLM(MonetConfig(**keys))
+    try:
+        return MonetConfig(**keys)
+    except (TypeError, ValueError, StrictDataclassError) as exc:
+        cause = str(exc.__cause__ or exc).splitlines()[0]
+        raise UsageError(f"The recipe's model is not a valid Monet model ({cause}). Fix its model.* keys.") from None
+
+
+def build_model(config: dict[str, Any]):
+    from .modeling_monet import MonetForCausalLM
+
+    return MonetForCausalLM(monet_config(config))
 
 
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int):
@@ -304,13 +316,14 @@ def plot_loss(rows: list[dict], out: Path) -> None:
 
 
 def check_run(recipe: dict, out: Path) -> None:
-    """What would stop `run_recipe` before it writes anything: an existing model folder, frozen
-    groups the model does not have."""
+    """What would stop `run_recipe` before it writes anything: an existing model folder, a model
+    section that describes no Monet model, frozen groups the model does not have."""
     from .errors import OutputError
     from .mask import geometry
 
     if (out / "model").exists():
         raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
+    monet_config(model_config(recipe, recipe["tokenizer"]["vocab_size"]))
     groups = geometry(recipe["model"])[1]
     if any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < groups for g in recipe["pretrain"]["frozen_groups"]):
         raise UsageError(f"pretrain.frozen_groups must list routing groups in 0..{groups - 1}, found {recipe['pretrain']['frozen_groups']}.")

@@ -140,3 +140,6 @@ def test_cli_train_runs_the_recipe_and_rejects_bad_overrides(tmp_path):
     frozen = subprocess.run([resect, "world", "train", "--out", str(tmp_path / "y"), "pretrain.frozen_groups=[9]"], capture_output=True, text=True)
     assert frozen.returncode == 2 and frozen.stdout == "" and frozen.stderr.count("\n") == 1, frozen.stdout + frozen.stderr
     assert "pretrain.frozen_groups must list routing groups" in frozen.stderr and not (tmp_path / "y").exists()
+    shape = subprocess.run([resect, "world", "train", "--out", str(tmp_path / "z"), "model.moe_dim=1"], capture_output=True, text=True)
+    assert shape.returncode == 2 and shape.stdout == "" and shape.stderr.count("\n") == 1, shape.stdout + shape.stderr
+    assert "even moe_dim" in shape.stderr and "model.* keys" in shape.stderr and not (tmp_path / "z").exists()
