@@ -239,8 +239,8 @@ def task_data_errors(error: type[ResectError] = EvalError) -> Iterator[None]:
 
 def check_run_options(limit: int | float | None, batch_size: int) -> None:
     """A positive limit (count, or fraction below 1) and batch size."""
-    if limit is not None and not limit > 0:
-        raise UsageError(f"--limit must be positive (a count, or a fraction below 1), got {limit}.")
+    if limit is not None and not 0 < limit <= 2**31:
+        raise UsageError(f"--limit must be positive and finite (a count, or a fraction below 1), got {limit}.")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
 
@@ -282,7 +282,23 @@ def evaluate(
     samples = results.pop("samples", {})
     for task, docs in samples.items():
         fill_perplexity_stderrs(results["results"].get(task, {}), docs)
+    results["per_doc"] = per_doc_scores(samples)
     return json.loads(json.dumps(results, default=str))
+
+
+def per_doc_scores(samples: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
+    """{task: {"doc_id": [...], metric: [...]}}: each document's numeric scores in document order,
+    what a paired comparison of two models on the same documents needs. Tasks logged under more
+    than one filter, or without numeric per-document scores, are left out."""
+    out = {}
+    for task, docs in samples.items():
+        if not docs or len({d.get("filter") for d in docs}) != 1:
+            continue
+        docs = sorted(docs, key=lambda d: d["doc_id"])
+        numeric = [m for m in docs[0].get("metrics", []) if all(isinstance(d.get(m), (int, float)) for d in docs)]
+        if numeric:
+            out[task] = {"doc_id": [d["doc_id"] for d in docs]} | {m: [float(d[m]) for d in docs] for m in numeric}
+    return out
 
 
 RATIO_METRICS = {"word_perplexity": "exp", "byte_perplexity": "exp", "bits_per_byte": "log2"}

@@ -29,8 +29,9 @@ import json
 import logging
 import math
 import os
+import statistics
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ class Row:
     drop_stderr: float | None
     threshold: float
     passed: bool
+    paired: bool = False  # drop_stderr from per-document differences on the same documents
 
 
 # ----------------------------------------------------------------------------- cache
@@ -226,9 +228,29 @@ def compare(base: dict, edited: dict, specs: dict[str, tuple[str, str | None]], 
         metric, key = pick_metric(base, task, requested)
         b, se_b = task_value(base, task, key)
         e, se_e = task_value(edited, task, key)
-        drop, se, unit = drop_of(b, e, se_b, se_e, higher_better=higher_is_better(base, task, metric))
-        rows.append(_row(task, role, metric, unit, b, e, se_b, se_e, drop, se, thresholds[role]))
+        higher_better = higher_is_better(base, task, metric)
+        drop, se, unit = drop_of(b, e, se_b, se_e, higher_better=higher_better)
+        paired = paired_drop_stderr(base, edited, task, metric, (b, e)) if higher_better else None
+        row = _row(task, role, metric, unit, b, e, se_b, se_e, drop, se if paired is None else paired, thresholds[role])
+        rows.append(replace(row, paired=paired is not None))
     return rows
+
+
+def paired_drop_stderr(base: dict, edited: dict, task: str, metric: str, means: tuple[float, float]) -> float | None:
+    """Standard error of a points drop from per-document differences, when both runs scored the
+    same documents and the metric is their mean; None otherwise (the unpaired one is used).
+
+    Both models answer the same questions, so what varies is which answers changed: the
+    standard deviation of d_i = baseline_i - edited_i over sqrt(n), usually far below the
+    unpaired sqrt(se_b^2 + se_e^2), which counts each question's difficulty twice."""
+    docs_b = (base.get("per_doc") or {}).get(task) or {}
+    docs_e = (edited.get("per_doc") or {}).get(task) or {}
+    if metric not in docs_b or metric not in docs_e or docs_b["doc_id"] != docs_e["doc_id"] or len(docs_b["doc_id"]) < 2:
+        return None
+    xs, ys = docs_b[metric], docs_e[metric]
+    if any(abs(statistics.fmean(v) - m) > 1e-9 for v, m in ((xs, means[0]), (ys, means[1]))):
+        return None  # not a mean of per-document scores
+    return 100 * statistics.stdev(x - y for x, y in zip(xs, ys)) / math.sqrt(len(xs))
 
 
 def toxicity_row(name: str, base: dict, edited: dict, threshold: float) -> Row:
@@ -322,9 +344,12 @@ def verify(
     edited_path = resolve_model_path(edited)
     base_path = resolve_model_path(baseline) if baseline is not None else baseline_from_provenance(edited_path)
     check_compatible(edited_path, base_path)
+    tasks, includes = resolve_tasks([split_spec(s)[0] for s in specs], include_path)
     if out_dir is not None:
         check_out_dir(Path(out_dir), edited_path, base_path)
-    tasks, includes = resolve_tasks([split_spec(s)[0] for s in specs], include_path)
+        from .paths import check_overlap
+
+        check_overlap(out_dir, [edited_path, base_path, *includes, *target_toxicity], may_contain=True)  # adds verify.*
     for p in target_toxicity:
         _file_digest(p)
     run = dict(tasks=tasks, includes=includes, limit=limit, batch_size=batch_size, seed=seed, toxicity=target_toxicity,
@@ -425,13 +450,14 @@ def render_markdown(report: dict) -> str:
         rule = ("≥ " if r["role"] == "target" else "≤ ") + f"{r['threshold']:g}{unit}"
         lines.append(
             f"| {r['task']} | {r['role']} | {r['metric']} | {_fmt(r['baseline'], r['baseline_stderr'])} | "
-            f"{_fmt(r['edited'], r['edited_stderr'])} | {_fmt(r['drop'], r['drop_stderr'], r['unit'])} | {rule} | "
+            f"{_fmt(r['edited'], r['edited_stderr'])} | {_fmt(r['drop'], r['drop_stderr'], r['unit'])}{' (paired)' if r.get('paired') else ''} | {rule} | "
             f"{'pass' if r['passed'] else '**BREACHED**'} |"
         )
     lines += [
         "",
         "Drop = how much worse the edited model does (positive = worse): points, 100 × (baseline − edited), for "
-        "higher-is-better scores and toxicity; percent, 100 × (edited − baseline) / baseline, for perplexity-like metrics.",
+        "higher-is-better scores and toxicity; percent, 100 × (edited − baseline) / baseline, for perplexity-like metrics. "
+        "± is one standard error; a paired one comes from per-document differences, both models scored on the same documents.",
         f"lm-eval {report['versions']['lm_eval']}, resect {report['versions']['resect']}, limit {report['settings']['limit']}, "
         f"seed {report['settings']['seed']}.",
         "",

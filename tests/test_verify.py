@@ -17,7 +17,7 @@ from resect.tasks import make_perplexity_tasks
 from _cli import run_cli
 
 from resect.tiny import build_tiny_checkpoint, train_tokenizer
-from resect.verify import drop_of, verify, weights_digest
+from resect.verify import drop_of, paired_drop_stderr, verify, weights_digest
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,9 @@ def test_identical_models_pass_zero_thresholds(edited_copy, tasks_dir, tmp_path)
     assert by_task["resect_quiz"]["unit"] == "points" and by_task["heldout_english"]["unit"] == "%"
     assert by_task["heldout_english"]["metric"] == "word_perplexity"
     assert by_task["heldout_python_code"]["metric"] == "bits_per_byte"
-    assert all(r["drop_stderr"] is not None and r["drop_stderr"] > 0 for r in report["rows"])
+    # the quiz is paired over the same documents, and no answer changed: its drop's error is exactly 0
+    assert by_task["resect_quiz"]["paired"] and by_task["resect_quiz"]["drop_stderr"] == 0.0
+    assert all(r["drop_stderr"] > 0 and not r["paired"] for r in report["rows"] if r["unit"] == "%")
     assert report["baseline"]["fingerprint"] == report["edited"]["fingerprint"]
     saved = json.loads((tmp_path / "out" / "verify.json").read_text())
     assert saved["verdict"] == "pass" and saved["versions"]["lm_eval"] and saved["results"]["baseline"]["results"]
@@ -123,6 +125,18 @@ def test_drop_conventions():
     drop, se, unit = drop_of(20.0, 25.0, None, 1.0, higher_better=False)
     assert unit == "%" and drop == pytest.approx(25.0) and se is None
     assert drop_of(20.0, 15.0, 0.0, 0.0, higher_better=False)[0] == pytest.approx(-25.0)  # better = negative drop
+
+
+def test_paired_stderr_counts_only_the_answers_that_changed():
+    def run(acc, ids=(0, 1, 2, 3)):
+        return {"per_doc": {"quiz": {"doc_id": list(ids), "acc": acc}}}
+
+    base, edited = run([1.0, 1.0, 0.0, 1.0]), run([1.0, 0.0, 0.0, 1.0])
+    # differences 0, 1, 0, 0: stdev 0.5 over sqrt(4) -> 25 points, against an unpaired ~40
+    assert paired_drop_stderr(base, edited, "quiz", "acc", (0.75, 0.5)) == pytest.approx(25.0)
+    assert paired_drop_stderr(base, run([1.0, 0.0, 0.0, 1.0], ids=(0, 1, 2, 5)), "quiz", "acc", (0.75, 0.5)) is None
+    assert paired_drop_stderr(base, edited, "quiz", "acc", (0.7, 0.5)) is None  # the metric is not their mean
+    assert paired_drop_stderr(base, {}, "quiz", "acc", (0.75, 0.5)) is None  # a cached run from before per-doc scores
 
 
 def test_bad_thresholds_and_missing_baseline(tiny_vd, tasks_dir):

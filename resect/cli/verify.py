@@ -78,7 +78,7 @@ def _print(report: dict, out: Path) -> None:
         table.add_column(col, no_wrap=col in ("task", "result"))
     for r in report["rows"]:
         unit = " pts" if r["unit"] == "points" else " %"
-        se = f" ± {r['drop_stderr']:.2g}" if r["drop_stderr"] is not None else ""
+        se = f" ± {r['drop_stderr']:.2g}{' paired' if r.get('paired') else ''}" if r["drop_stderr"] is not None else ""
         rule = ("≥ " if r["role"] == "target" else "≤ ") + f"{r['threshold']:g}{unit}"
         result = "[green]pass[/green]" if r["passed"] else "[bold red]BREACHED[/bold red]"
         table.add_row(r["task"], r["role"], r["metric"], f"{r['baseline']:.4g}", f"{r['edited']:.4g}", f"{r['drop']:+.2f}{unit}{se}", rule, result)
