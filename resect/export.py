@@ -53,16 +53,15 @@ def load_masks(masks: list[str | os.PathLike | ExpertMask], config: dict[str, An
     return union
 
 
-def _check_output(source: Path, out: Path, force: bool) -> None:
+def _check_output(source: Path, out: Path, masks: list, force: bool) -> None:
+    from .paths import check_output
+
     src, dst = source.resolve(), out.resolve()
     if dst == src:
         raise OutputError(f"Output '{out}' is the source checkpoint. Choose a new folder: the source is never modified.")
     if src.is_relative_to(dst):
         raise OutputError(f"Output '{out}' contains the source checkpoint '{source}'. Choose a folder outside it.")
-    if out.exists() and not force:
-        raise OutputError(f"Output '{out}' already exists. Pass --force to replace it, or choose a new folder.")
-    if not out.parent.is_dir():
-        raise OutputError(f"Folder '{out.parent}' does not exist. Create it first or choose another output.")
+    check_output(out, [source, *(m for m in masks if not isinstance(m, ExpertMask))], force=force)
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:
@@ -131,7 +130,7 @@ def apply_masks(
     source = resolve_model_path(model)
     info = inspect_checkpoint(source)
     out = Path(out).expanduser()
-    _check_output(source, out, force)
+    _check_output(source, out, masks, force)
     provenance = info.config.get("resect") if isinstance(info.config.get("resect"), dict) else None
     mask = load_masks(masks, info.config)
     if provenance and provenance.get("mask"):

@@ -77,11 +77,10 @@ def mask_union(
     """Unite masks (an expert removed in any of them is removed)."""
     from rich.console import Console
 
-    from resect.errors import OutputError
     from resect.mask import ExpertMask
+    from resect.paths import check_output
 
-    if out.exists() and not force:
-        raise OutputError(f"Output '{out}' already exists. Pass --force to replace it, or choose a new file.")
+    check_output(out, paths, force=force)
     masks = [ExpertMask.load(p) for p in paths]
     union = masks[0]
     for m in masks[1:]:

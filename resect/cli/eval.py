@@ -23,6 +23,16 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _check_json_out(out: Path, inputs: list, force: bool) -> None:
+    """Before any work: a file name, not an input, not an existing file unless --force."""
+    from resect.errors import OutputError
+    from resect.paths import check_output
+
+    if out.is_dir():
+        raise OutputError(f"'{out}' is a folder. Pass a file name for the results JSON.")
+    check_output(out, inputs, force=force, make_parents=True)
+
+
 def _write_json(data: dict, out: Path | None) -> None:
     from resect.verify import write_atomic
 
@@ -50,6 +60,7 @@ def eval_command(
     dtype: Annotated[str | None, typer.Option(help="Load weights as float32 | bfloat16 | float16.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write lm-eval's full results JSON here (default: stdout).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
 ) -> None:
     """Run lm-eval on a Monet checkpoint in memory (masks included) and write lm-eval's results JSON."""
     from resect.evaluate import evaluate, require_extras
@@ -60,11 +71,13 @@ def eval_command(
     names = _csv(tasks)
     if not names:
         raise typer.BadParameter("name at least one task", param_hint="--tasks")
-    lim = int(limit) if limit is not None and limit >= 1 else limit
     from resect.evaluate import check_run_options, resolve_tasks
 
-    check_run_options(lim, batch_size)
+    check_run_options(limit, batch_size)
+    lim = int(limit) if limit is not None and limit >= 1 else limit
     resolve_tasks(names, include_path)  # a typo fails before the model loads
+    if out is not None:
+        _check_json_out(out, [model, *(include_path or []), *names], force)
     results = evaluate(
         load_model(model, dtype=dtype, device=device), load_tokenizer(model), names,
         include_path=include_path, limit=lim, batch_size=batch_size, seed=seed,
@@ -98,8 +111,10 @@ def ppl_tasks(
     max_docs: Annotated[int | None, typer.Option(help="Keep at most this many texts per label.")] = None,
 ) -> None:
     """Generate lm-eval perplexity tasks (loglikelihood_rolling), one per label, from held-out text."""
+    from resect.paths import check_overlap
     from resect.tasks import make_perplexity_tasks
 
+    check_overlap(out_dir, [corpus], option="OUT_DIR")
     names = make_perplexity_tasks(corpus, out_dir, prefix=prefix, max_docs=max_docs)
     typer.echo(",".join(names))
 
@@ -117,6 +132,7 @@ def toxicity_eval(
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the toxicity JSON here (default: stdout).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
 ) -> None:
     """Expected maximum toxicity and toxicity probability of sampled continuations (the paper's protocol)."""
     from resect.loading import load_model, load_tokenizer
@@ -126,6 +142,8 @@ def toxicity_eval(
     check_settings(samples, max_new_tokens, temperature, top_p, limit)
     read_prompts(prompts)  # bad prompts fail before the model loads
     get_scorer(scorer)
+    if out is not None:
+        _check_json_out(out, [model, prompts], force)
     result = measure_toxicity(
         load_model(model, device=device), load_tokenizer(model), prompts, samples=samples, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, seed=seed, scorer=scorer, limit=limit,

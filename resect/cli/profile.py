@@ -11,16 +11,6 @@ import typer
 from . import app
 
 
-def check_output(out: Path, force: bool) -> None:
-    """Refuse to overwrite (unless forced) and to write into a missing folder."""
-    from resect.errors import OutputError
-
-    if out.exists() and not force:
-        raise OutputError(f"'{out}' already exists. Choose another --out or pass --force to overwrite it.")
-    if not out.parent.is_dir():
-        raise OutputError(f"Folder '{out.parent}' does not exist. Create it or choose another --out.")
-
-
 def _init_distributed(device: str) -> str:
     """Join the torchrun process group when launched with WORLD_SIZE > 1; returns this rank's device."""
     import torch
@@ -66,11 +56,12 @@ def profile(
 ) -> None:
     """Stream labelled text through MODEL and record each expert's mean routing score per label and group."""
     from resect.loading import load_model, load_tokenizer
+    from resect.paths import check_output
     from resect.profile import dist_info, partial_path, profile_corpus
 
     device = _init_distributed(device)
     rank, world = dist_info()
-    check_output(out, force)
+    check_output(out, [model, corpus.removeprefix("task:")], force=force)
     checkpoint = out.with_name(out.name + ".partial")
     net, tok = load_model(model, dtype=dtype, device=device), load_tokenizer(model)
     options = dict(

@@ -27,12 +27,11 @@ def select(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Select the experts tied to a label (or to the per-token score) and write them as a mask."""
+    from resect.paths import check_output
     from resect.select import parse_groups, select_experts, strongest
     from resect.stats import RoutingStats
 
-    from .profile import check_output
-
-    check_output(out, force)
+    check_output(out, [stats, model], force=force)
     chosen = parse_groups(groups)
     routing = RoutingStats.load(stats)
     params = {"ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile}
