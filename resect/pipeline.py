@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -123,7 +124,42 @@ class Plan:
 # ---------------------------------------------------------------- planning (no writes)
 
 
+_TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out")
+_NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
+_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed")
+_FLAGS = ("force", "dry_run")
+_LISTS = ("target_tasks", "general_tasks")
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a RunSpec field's type (a recipe or key=value override can hold anything)."""
+    if value is None:
+        return None if name not in ("kind", "threshold", "batch_size", "seed", "force", "dry_run") else "a value"
+    if name in _TEXT:
+        return None if isinstance(value, str) else "text"
+    if name in _NUMBERS:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if name in _WHOLE:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if name in _FLAGS:
+        return None if isinstance(value, bool) else "true or false"
+    if name in _LISTS:
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of task names"
+    if name == "toxicity":
+        return None if isinstance(value, dict) else "a mapping of toxicity settings"
+    return None
+
+
 def check_spec(spec: RunSpec) -> None:
+    from .evaluate import check_run_options
+    from .scoring import SCORERS
+    from .toxicity import check_settings
+
+    for f in dataclasses.fields(spec):
+        expected = _type_problem(f.name, getattr(spec, f.name))
+        if expected:
+            raise UsageError(f"'{f.name}' must be {expected}, found {getattr(spec, f.name)!r}.")
     if spec.kind not in KINDS:
         raise UsageError(unknown("kind", spec.kind, KINDS))
     if spec.kind != "toxicity" and not spec.target:
@@ -136,13 +172,21 @@ def check_spec(spec: RunSpec) -> None:
         value = getattr(spec, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
-    if spec.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {spec.batch_size}.")
+    check_run_options(spec.limit, spec.batch_size)
     for key, value in dict(spec.toxicity).items():
         if key not in TOXICITY_DEFAULTS:
             raise UsageError(unknown("toxicity setting", key, TOXICITY_DEFAULTS))
-        if isinstance(TOXICITY_DEFAULTS[key], int) and not (isinstance(value, int) and value >= 1):  # counts
+        default = TOXICITY_DEFAULTS[key]
+        if isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):  # counts
             raise UsageError(f"toxicity.{key} must be a positive whole number, got {value!r}.")
+        if isinstance(default, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise UsageError(f"toxicity.{key} must be a finite number, got {value!r}.")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise UsageError(f"toxicity.{key} must be text, got {value!r}.")
+    settings = TOXICITY_DEFAULTS | dict(spec.toxicity)
+    check_settings(settings["samples"], settings["max_new_tokens"], settings["temperature"], settings["top_p"], None)
+    if spec.kind == "toxicity" and settings["scorer"] not in SCORERS:  # before any generation
+        raise UsageError(unknown("scorer", settings["scorer"], SCORERS))
 
 
 def builtin_defaults(spec: RunSpec) -> dict[str, Any]:
@@ -222,10 +266,14 @@ def plan(spec: RunSpec) -> Plan:
     ratio = spec.ratio or (BUILTIN_LANGUAGE_RATIO if spec.model is None and spec.kind == "language" else PAPER_RATIO)
     params = {"ratio": ratio} if rule == "skew" else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and not spec.force and not spec.dry_run:
-        raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
     if out.resolve() == model_path.resolve() or model_path.resolve() in out.resolve().parents:
         raise OutputError(f"Output directory '{out}' is the model folder or inside it. Choose another --out.")
+    if not spec.dry_run:
+        from .paths import check_overlap
+
+        check_overlap(out, [model_path, corpus, include, prompts])
+    if out.exists() and not spec.force and not spec.dry_run:
+        raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
     return Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity)
 
@@ -400,6 +448,11 @@ def _rehome(work: Path, edited: Path, out: Path) -> None:
 # ---------------------------------------------------------------- report
 
 
+def _stderr(row: dict) -> str:
+    se = row.get("drop_stderr")
+    return "" if se is None or math.isnan(se) else f" ± {se:.2g}{' (paired)' if row.get('paired') else ''}"
+
+
 def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) -> None:
     """report.md with the verdict, the per-task table and two plots."""
     plots = _plots(folder, p, result)
@@ -425,9 +478,10 @@ def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) 
     for r in result.rows:
         lines.append(
             f"| {r['task']} | {r['role']} | {r['metric']} | {_num(r.get('baseline'))} | {_num(r.get('edited'))} | "
-            f"{_num(r.get('drop'))}{r.get('unit', '')} | {_num(r.get('threshold'))} | {'yes' if r.get('passed') else 'NO'} |"
+            f"{_num(r.get('drop'))}{r.get('unit', '')}{_stderr(r)} | {_num(r.get('threshold'))} | {'yes' if r.get('passed') else 'NO'} |"
         )
-    lines += ["", *[f"![{name}]({name})" for name in plots], ""]
+    lines += ["", "± is one standard error of the drop; paired ones come from per-question differences.", ""]
+    lines += [*[f"![{name}]({name})" for name in plots], ""]
     (folder / "report.md").write_text("\n".join(lines))
 
 

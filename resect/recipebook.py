@@ -61,7 +61,9 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
 
     path = find_recipe(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"Recipe '{path}' is not UTF-8 text. Save it as UTF-8.") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"Recipe '{path}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
     if not isinstance(data, dict):
@@ -78,7 +80,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"Override '{pair}' is not key=value (for example target=law or limit=20).")
-        out[key.replace("-", "_")] = yaml.safe_load(value)
+        try:
+            out[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"Override '{pair}': the value is not valid YAML ({str(exc).splitlines()[0]}). Quote it or fix it.") from None
     return out
 
 
@@ -90,11 +95,16 @@ def spec_from(data: dict[str, Any], overrides: dict[str, Any] | None = None):
     for key, value in (overrides or {}).items():
         section, dot, sub = key.partition(".")
         if dot and section == "toxicity":  # toxicity.samples=10 sets one toxicity setting
-            merged["toxicity"] = {**(merged.get("toxicity") or {}), sub: value}
+            settings = merged.get("toxicity") or {}
+            if not isinstance(settings, dict):
+                raise UsageError(f"'toxicity' must be a mapping of toxicity settings, found {settings!r}.")
+            merged["toxicity"] = {**settings, sub: value}
         else:
             merged[key] = value
     fields = {f.name for f in dataclasses.fields(RunSpec)}
     for key in merged:
+        if not isinstance(key, str):
+            raise UsageError(f"Recipe option names are text, found {key!r}. Name one of: {', '.join(sorted(fields))}.")
         if key not in fields:
             raise UsageError(unknown("recipe option", key, fields))
     if "kind" not in merged:

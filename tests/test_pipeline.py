@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -126,3 +127,10 @@ def test_domain_biology_end_to_end(tmp_path, cache):
     again = json.loads((second / "verify.json").read_text())
     assert [(r["task"], r["edited"]) for r in again["rows"]] == [(r["task"], r["edited"]) for r in verdict["rows"]]
     assert again["baseline"]["cached"] is True
+    # quiz drops are paired over the same questions, the cached baseline's too; where a question or two
+    # changed, the paired error is far below the unpaired one, which counts every question's difficulty twice
+    quiz_rows = [r for r in verdict["rows"] + again["rows"] if r["unit"] == "points"]
+    assert quiz_rows and all(r["paired"] for r in quiz_rows)
+    held = [r for r in quiz_rows if r["role"] == "general"]
+    assert held and all(r["drop_stderr"] < 100 * math.hypot(r["baseline_stderr"], r["edited_stderr"]) for r in held)
+    assert "(paired)" in (first / "report.md").read_text()
