@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import register
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError, unknown
 
 if TYPE_CHECKING:
     import torch
@@ -94,6 +94,8 @@ def read_config(path: Path) -> dict[str, Any]:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"'{config_file}' is not valid JSON ({exc}). Restore the file from the source.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"'{config_file}' holds {type(config).__name__}, not a JSON object. Restore the file from the source.")
     model_type = config.get("model_type")
     if model_type != "monet":
         raise CheckpointError(
@@ -110,6 +112,8 @@ def weight_files(path: Path) -> list[str]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise CheckpointError(f"'{index}' is not a valid safetensors index. Restore it from the source.") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) and s for s in weight_map.values()):
+            raise CheckpointError(f"'{index}' has no weight_map of tensor names to shard files. Restore it from the source.")
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
@@ -225,9 +229,10 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     register()
+    dtype = torch_dtype(dtype)
+    check_device(device)
     path = resolve_model_path(model)
     info = inspect_checkpoint(path)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
         loaded, report = AutoModelForCausalLM.from_pretrained(
             path,
@@ -244,6 +249,32 @@ def load_model(
         raise CheckpointError(f"'{path}' does not fit its config: {kind.replace('_', ' ')} {sorted(keys)[:3]}.")
     loaded.config.name_or_path = str(info.path)
     return loaded.to(device).eval()
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(dtype: str | torch.dtype | None):
+    """A --dtype name as a torch dtype (None stays None)."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UsageError(unknown("dtype", str(dtype), DTYPES))
+    return getattr(torch, dtype)
+
+
+def check_device(device: str) -> None:
+    """A --device that torch knows and this machine has."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device '{device}' is not a torch device. Pass cpu, cuda or cuda:N.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available to this torch. Pass --device cpu, or install a CUDA build of torch.")
 
 
 def load_tokenizer(model: str | os.PathLike | None = None):

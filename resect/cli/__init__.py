@@ -60,7 +60,9 @@ def _silence_tqdm() -> None:
 
 
 def main() -> None:
-    """Console entry point: ResectError -> one line on stderr and its exit code, no traceback."""
+    """Console entry point: one line on stderr, never a traceback (unless --verbose): a ResectError
+    with its exit code; an unreadable path, a non-UTF-8 file or an unexpected error with exit 2,
+    never 1, which means a breached gate."""
     from resect.errors import ResectError
 
     try:
@@ -71,3 +73,28 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # a path that cannot be read or written: the system says why
+        if _verbose():
+            raise
+        where = f": '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}. Check the path and its permissions.", err=True)
+        sys.exit(2)
+    except UnicodeDecodeError as exc:
+        if _verbose():
+            raise
+        typer.echo(f"error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.", err=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - never a traceback, and never the exit code of a breached gate
+        if _verbose():
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        typer.echo(
+            f"error: unexpected {type(exc).__name__} ({detail}). Nothing was verified; check the inputs, "
+            "rerun with --verbose for the traceback, and report it if they are valid.",
+            err=True,
+        )
+        sys.exit(2)
+
+
+def _verbose() -> bool:
+    return any(arg in ("--verbose", "-v") for arg in sys.argv[1:2])
