@@ -245,7 +245,7 @@ def plan(spec: RunSpec) -> Plan:
         from .select import check_groups
 
         spec = dataclasses.replace(spec, groups=check_groups(spec.groups, geometry(config)[1]))
-    custom = spec.corpus is not None or spec.target_tasks is not None
+    custom = any(v is not None for v in (spec.corpus, spec.target_tasks, spec.general_tasks, spec.toxicity_prompts))
     defaults = builtin_defaults(spec) if spec.model is None else ({} if custom else published_defaults(spec))
     corpus = spec.corpus or defaults.get("corpus")
     if spec.kind != "toxicity" and corpus is None:

@@ -323,6 +323,19 @@ def check_run(recipe: dict, out: Path) -> None:
 
     if (out / "model").exists():
         raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
+    from .loading import shape_problem
+
+    at_least = {("world", "entities"): 1, ("tokenizer", "vocab_size"): 1, ("pretrain", "steps"): 0, ("pretrain", "warmup"): 0,
+                ("train", "steps"): 1, ("train", "batch_size"): 1, ("train", "block_size"): 2, ("train", "warmup"): 0,
+                ("train", "threads"): 1, ("train", "log_every"): 1}  # fmt: skip
+    for (section, key), low in at_least.items():
+        if recipe[section][key] < low:
+            raise UsageError(f"{section}.{key} must be at least {low}, found {recipe[section][key]}.")
+    if not recipe["train"]["lr"] > 0:
+        raise UsageError(f"train.lr must be positive, found {recipe['train']['lr']}.")
+    problem = shape_problem(recipe["model"])
+    if problem:
+        raise UsageError(f"The recipe's model is not a valid Monet model ({problem}). Fix its model.* keys.")
     monet_config(model_config(recipe, recipe["tokenizer"]["vocab_size"]))
     groups = geometry(recipe["model"])[1]
     if any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < groups for g in recipe["pretrain"]["frozen_groups"]):

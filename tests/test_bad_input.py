@@ -58,6 +58,12 @@ CASES = {
     "flag as text": (["run", "world-domain", "dry_run=maybe"], "'dry_run' must be true or false"),
     "override not YAML": (["run", "world-domain", "target=[", "dry_run=true"], "not valid YAML"),
     "sampling out of range": (["run", "world-toxicity", "toxicity.top_p=5", "dry_run=true"], "top-p must lie in (0, 1]"),
+    "missing option": (["apply", "{model}"], "Missing option '--mask'. See 'resect apply --help'."),
+    "option value of the wrong type": (["select", "--stats", "{mask}", "--rule", "skew", "--out", "{tmp}/m.json", "--ratio", "abc"],
+                                       "Invalid value for '--ratio'"),
+    "unknown command": (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    "training threads": (["world", "train", "--out", "{tmp}/w", "train.threads=0"], "train.threads must be at least 1"),
+    "training model shape": (["world", "train", "--out", "{tmp}/w", "model.hidden_size=-4"], "hidden_size must be a positive"),
     "unknown scorer before generating": (["run", "world-toxicity", "toxicity.scorer=foo", "dry_run=true"], "Unknown scorer 'foo'"),
 }  # fmt: skip
 

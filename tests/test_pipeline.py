@@ -87,6 +87,15 @@ def test_a_checkpoint_of_its_own_gets_the_mmlu_pro_protocol_or_one_line(tiny_vd,
     assert not out.exists()
 
 
+def test_toxicity_on_a_checkpoint_of_its_own_takes_the_prompts_it_is_given(tiny_vd, tmp_path):
+    from resect.pipeline import RunSpec, plan
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "The sample says", "toxic": False}) + "\n")
+    p = plan(RunSpec("toxicity", model=str(tiny_vd), toxicity_prompts=str(prompts), general_tasks=[], out=str(tmp_path / "run")))
+    assert p.toxicity_prompts == str(prompts) and p.rule == "correlation" and not (tmp_path / "run").exists()
+
+
 def test_dry_run_selects_but_writes_nothing(tmp_path, cache):
     res = resect("run", "world-domain", "target=chemistry", "dry_run=true", f"out={tmp_path / 'run'}", env_cache=cache)
     assert res.returncode == 0, res.stderr

@@ -65,8 +65,9 @@ def main() -> None:
     never 1, which means a breached gate."""
     from resect.errors import ResectError
 
+    _one_line_usage_errors()
     try:
-        app()
+        app(prog_name="resect")
     except ResectError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -94,6 +95,19 @@ def main() -> None:
             err=True,
         )
         sys.exit(2)
+
+
+def _one_line_usage_errors() -> None:
+    """Command-line parse errors (a missing option, a value of the wrong type) as one `error:` line,
+    like every other refusal, instead of typer's boxed panel; the exit code stays click's 2."""
+    from typer import rich_utils
+
+    def one_line(exc) -> None:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" See '{ctx.command_path} --help'." if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message().rstrip('.')}.{hint}", err=True)
+
+    rich_utils.rich_format_error = one_line
 
 
 def _verbose() -> bool:
