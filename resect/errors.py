@@ -46,4 +46,9 @@ def unknown(kind: str, name: str, available: Iterable[str]) -> str:
     choices = sorted(available)
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return f"Unknown {kind} '{name}'.{hint} Available: {', '.join(choices) or '(none)'}."
+    shown = ", ".join(choices[:SHOWN_CHOICES]) or "(none)"
+    more = f" and {len(choices) - SHOWN_CHOICES:,} more" if len(choices) > SHOWN_CHOICES else ""
+    return f"Unknown {kind} '{name}'.{hint} Available: {shown}{more}."
+
+
+SHOWN_CHOICES = 30  # lm-eval knows thousands of tasks: a refusal stays one readable line

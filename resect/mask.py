@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 FORMAT = "resect.mask/v1"
 BINARY_MAGIC = b"RESECTMASK1\n"
 RESERVED_KEYS = {"format", "moe_experts", "num_groups", "experts"}
+MAX_EXPERTS, MAX_GROUPS = 1 << 16, 4096  # far beyond any Monet (E 512, a few dozen groups): a bound against damaged files
 
 
 def geometry(config: Any) -> tuple[int, int]:
@@ -47,11 +48,12 @@ def _as_ids(values: Iterable[int], limit: int, group: int) -> np.ndarray:
     """Sorted unique int64 flat ids, each checked to lie in [0, limit)."""
     try:
         ids = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
-    except TypeError:
-        raise MaskError(f"Group {group}: expert ids must be a list of integers.") from None
+    except (TypeError, ValueError):
+        raise MaskError(f"Group {group}: expert ids must be a flat list of integers.") from None
     if ids.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))):
+    finite_whole = ids.dtype.kind == "f" and bool(np.all(np.isfinite(ids))) and bool(np.all(ids == np.round(ids)))
+    if ids.ndim != 1 or (ids.dtype.kind not in "iu" and not finite_whole):
         raise MaskError(f"Group {group}: expert ids must be integers (flat id i*E + j), found {ids.dtype} values.")
     ids = np.unique(ids.astype(np.int64).ravel())
     if ids[0] < 0 or ids[-1] >= limit:
@@ -70,8 +72,12 @@ class ExpertMask:
         experts: Mapping[int, Iterable[int]] | None = None,
         meta: dict | None = None,
     ):
-        if not (isinstance(moe_experts, int) and moe_experts > 0 and isinstance(num_groups, int) and num_groups > 0):
-            raise MaskError(f"A mask needs positive integer moe_experts and num_groups, found {moe_experts!r}, {num_groups!r}.")
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (moe_experts, num_groups))
+        if not (whole and 0 < moe_experts <= MAX_EXPERTS and 0 < num_groups <= MAX_GROUPS):
+            raise MaskError(
+                f"A mask needs whole numbers moe_experts in 1..{MAX_EXPERTS} and num_groups in 1..{MAX_GROUPS}, "
+                f"found {moe_experts!r}, {num_groups!r}."
+            )
         self.moe_experts, self.num_groups = moe_experts, num_groups
         self.meta: dict = dict(meta or {})
         self._ids: dict[int, np.ndarray] = {}
@@ -273,17 +279,19 @@ class ExpertMask:
             (n,) = struct.unpack_from("<I", raw, off)
             header = json.loads(raw[off + 4 : off + 4 + n])
             off += 4 + n
-            experts_n = int(header["moe_experts"])
+            experts_n, num_groups = int(header["moe_experts"]), header["num_groups"]
             experts = {}
             for g in header["groups"]:
                 (size,) = struct.unpack_from("<Q", raw, off)
                 bits = np.unpackbits(np.frombuffer(zlib.decompress(raw[off + 8 : off + 8 + size]), dtype=np.uint8), bitorder="little")
+                if bits.size < experts_n * experts_n:
+                    raise ValueError("bitmap shorter than E*E")
                 experts[g] = np.flatnonzero(bits[: experts_n * experts_n])
                 off += 8 + size
         except (struct.error, zlib.error, json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise MaskError(f"Mask file '{path}' is a damaged binary mask. Recreate it.") from None
         meta = {k: v for k, v in header.items() if k not in RESERVED_KEYS | {"groups"}}
-        return cls(experts_n, header["num_groups"], experts, meta)
+        return cls(experts_n, num_groups, experts, meta)
 
 
 __all__ = ["ExpertMask", "FORMAT"]

@@ -157,14 +157,25 @@ class RoutingStats:
         if meta.get("format") != FORMAT or "sums" not in tensors:
             raise StatsError(f"'{path}' is not a resect statistics file (format {meta.get('format')!r}, expected {FORMAT!r}).")
         corr = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("corr.")} or None
+        damaged = f"'{path}' is a damaged statistics file"
+        try:
+            labels = json.loads(meta["labels"])
+            counts = {k: int(v) for k, v in json.loads(meta["token_counts"]).items()}
+            extra = json.loads(meta.get("meta", "{}"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StatsError(f"{damaged} (metadata: {type(exc).__name__}). Recreate it with `resect profile`.") from None
+        sums = tensors["sums"]
+        if not isinstance(labels, list) or sums.ndim != 4 or sums.shape[1] != len(labels) or sums.shape[2] != sums.shape[3]:
+            raise StatsError(f"{damaged} (sums of shape {tuple(sums.shape)} for {len(labels)} labels, expected [G, L, E, E]). "
+                             "Recreate it with `resect profile`.")  # fmt: skip
         return cls(
-            labels=json.loads(meta["labels"]),
-            token_counts={k: int(v) for k, v in json.loads(meta["token_counts"]).items()},
-            sums=tensors["sums"],
+            labels=labels,
+            token_counts=counts,
+            sums=sums,
             model_fingerprint=meta.get("model_fingerprint", ""),
             corpus_fingerprint=meta.get("corpus_fingerprint", ""),
             corr=corr,
-            meta=json.loads(meta.get("meta", "{}")),
+            meta=extra,
         )
 
 

@@ -113,3 +113,42 @@ def test_an_unwritable_place_is_one_line(tiny_vd, tmp_path, capsys, monkeypatch)
     blocker.write_text("x")
     code, out, err = run_cli(["apply", str(tiny_vd), "--mask", str(tmp_path / "none.json"), "--out", str(blocker / "sub")], capsys, monkeypatch)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("data, phrase", [
+    ({"moe_experts": 4, "num_groups": 1, "experts": {"0": [[1], [2, 3]]}}, "flat list of integers"),
+    ({"moe_experts": 4, "num_groups": 10**9, "experts": {}}, "num_groups in 1..4096"),
+    ({"moe_experts": True, "num_groups": 1, "experts": {}}, "found True"),
+    ({"moe_experts": 4, "num_groups": 1, "experts": {"0": [float("inf")]}}, "must be integers"),
+])  # fmt: skip
+def test_damaged_masks_are_refused(data, phrase):
+    from resect.errors import MaskError
+
+    with pytest.raises(MaskError, match=phrase):
+        ExpertMask.from_json_dict(data)
+
+
+@pytest.mark.parametrize("labels, counts, shape, phrase", [
+    ("not json", '{"a": 1}', (1, 1, 4, 4), "metadata: JSONDecodeError"),
+    ('["a"]', '{"a": "many"}', (1, 1, 4, 4), "metadata: ValueError"),
+    ('["a", "b"]', '{"a": 1, "b": 1}', (1, 3, 4, 4), "expected \\[G, L, E, E\\]"),
+    ('["a", "b", "c"]', '{"a": 1}', (3,), "expected \\[G, L, E, E\\]"),
+])  # fmt: skip
+def test_damaged_statistics_are_refused(labels, counts, shape, phrase, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from resect.errors import StatsError
+    from resect.stats import FORMAT, RoutingStats
+
+    path = tmp_path / "stats.safetensors"
+    save_file({"sums": torch.zeros(shape, dtype=torch.float64)}, str(path), metadata={"format": FORMAT, "labels": labels, "token_counts": counts})
+    with pytest.raises(StatsError, match=phrase):
+        RoutingStats.load(path)
+
+
+def test_a_long_list_of_choices_stays_one_readable_line():
+    from resect.errors import unknown
+
+    text = unknown("lm-eval task", "tsk_7", [f"task_{i}" for i in range(5000)])
+    assert "and 4,970 more." in text and len(text) < 600 and "\n" not in text
