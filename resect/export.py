@@ -138,8 +138,8 @@ def apply_masks(
     mask.meta = {"source": str(source.resolve()), "resect_version": __version__}
     record = {
         "version": __version__,
-        "source": provenance["source"] if provenance else str(source.resolve()),
-        "source_fingerprint": provenance["source_fingerprint"] if provenance else model_fingerprint(load_model(source)),
+        "source": (provenance or {}).get("source") or str(source.resolve()),
+        "source_fingerprint": (provenance or {}).get("source_fingerprint") or model_fingerprint(load_model(source)),
         "mask": mask_record(mask),
     }
     tmp = out.parent / f".{out.name}.resect-tmp-{os.getpid()}"

@@ -188,13 +188,30 @@ def shape_problem(config: dict[str, Any]) -> str | None:
     return None
 
 
+def provenance_problem(config: dict[str, Any]) -> str | None:
+    """What is wrong with an edited checkpoint's "resect" record (written by `resect apply`); None
+    when it is sound or absent."""
+    record = config.get("resect")
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        return f"its 'resect' record is {type(record).__name__}, not an object"
+    for key in ("source", "source_fingerprint"):
+        if key in record and not isinstance(record[key], str):
+            return f"'resect.{key}' is not text"
+    mask = record.get("mask")
+    if mask is not None and not (isinstance(mask, dict) and (mask.get("total") == 0 or isinstance(mask.get("file"), str))):
+        return "'resect.mask' does not name the mask file"
+    return None
+
+
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     """Validate a checkpoint folder without loading weights: config, shards, tensor names."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Model path '{path}' does not exist. Pass a Monet checkpoint folder.")
     config = read_config(path)
-    problem = shape_problem(config)
+    problem = shape_problem(config) or provenance_problem(config)
     if problem:
         raise CheckpointError(f"'{path}/config.json' describes no Monet model: {problem}. Restore it from the source.")
     info = CheckpointInfo(path=path, config=config, shards=weight_files(path))

@@ -478,7 +478,7 @@ def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) 
     for r in result.rows:
         lines.append(
             f"| {r['task']} | {r['role']} | {r['metric']} | {_num(r.get('baseline'))} | {_num(r.get('edited'))} | "
-            f"{_num(r.get('drop'))}{r.get('unit', '')}{_stderr(r)} | {_num(r.get('threshold'))} | {'yes' if r.get('passed') else 'NO'} |"
+            f"{_num(r.get('drop'))}{' points' if r.get('unit') == 'points' else r.get('unit', '')}{_stderr(r)} | {_num(r.get('threshold'))} | {'yes' if r.get('passed') else 'NO'} |"
         )
     lines += ["", "± is one standard error of the drop; paired ones come from per-question differences.", ""]
     lines += [*[f"![{name}]({name})" for name in plots], ""]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import CorpusError, OutputError
+from .errors import CorpusError, OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,23 @@ def make_perplexity_tasks(
     """Write `<prefix>_<label>.yaml` + `.jsonl` per label into out_dir; returns the task names."""
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
         raise OutputError(f"Task prefix '{prefix}' must be an identifier (letters, digits, underscores).")
+    if max_docs is not None and max_docs < 1:
+        raise UsageError(f"--max-docs must be at least 1, found {max_docs}.")
     texts = read_labelled_texts(corpus, text_field=text_field, label_field=label_field)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise OutputError(f"'{out}' exists and is not a folder. Pass a folder for the generated tasks.")
+    ordered = sorted(texts.items(), key=lambda kv: task_name(prefix, kv[0]))
+    seen: set[str] = set()
+    for label, _ in ordered:  # before anything is written
+        name = task_name(prefix, label)
+        if name in seen:
+            raise CorpusError(f"Labels collide in task name '{name}'. Rename one of the labels in '{corpus}'.")
+        seen.add(name)
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    for label, docs in sorted(texts.items(), key=lambda kv: task_name(prefix, kv[0])):
+    for label, docs in ordered:
         name = task_name(prefix, label)
-        if name in names:
-            raise CorpusError(f"Labels collide in task name '{name}'. Rename one of the labels in '{corpus}'.")
         lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[:max_docs])
         _write_atomic(out / f"{name}.jsonl", lines)
         _write_atomic(out / f"{name}.yaml", yaml.safe_dump(perplexity_task_config(name, out / f"{name}.jsonl"), sort_keys=False))

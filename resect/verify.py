@@ -145,8 +145,9 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def baseline_from_provenance(edited: Path) -> Path:
     """The source checkpoint named in an edited checkpoint's config.json 'resect' key."""
-    config = json.loads((edited / "config.json").read_text())
-    source = (config.get("resect") or {}).get("source")
+    from .loading import inspect_checkpoint
+
+    source = (inspect_checkpoint(edited).config.get("resect") or {}).get("source")
     if not source:
         raise UsageError(f"'{edited}' has no 'resect' provenance naming its source. Pass --baseline BASE.")
     if not Path(source).is_dir():

@@ -64,6 +64,9 @@ CASES = {
     "unknown command": (["nosuchcommand"], "No such command 'nosuchcommand'"),
     "training threads": (["world", "train", "--out", "{tmp}/w", "train.threads=0"], "train.threads must be at least 1"),
     "training model shape": (["world", "train", "--out", "{tmp}/w", "model.hidden_size=-4"], "hidden_size must be a positive"),
+    "ppl-tasks with no documents": (["ppl-tasks", "{corpus}", "{tmp}/t2", "--max-docs", "0"], "--max-docs must be at least 1"),
+    "negative min tokens": (["select", "--stats", "{mask}", "--rule", "skew", "--out", "{tmp}/m.json", "--min-tokens", "-5"],
+                            "must not be negative"),
     "unknown scorer before generating": (["run", "world-toxicity", "toxicity.scorer=foo", "dry_run=true"], "Unknown scorer 'foo'"),
 }  # fmt: skip
 
@@ -147,8 +150,27 @@ def test_damaged_statistics_are_refused(labels, counts, shape, phrase, tmp_path)
         RoutingStats.load(path)
 
 
+def test_colliding_task_names_write_nothing(tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": "some text", "label": label}) for label in ("A b", "a_b")) + "\n")
+    one_line(*run_cli(["ppl-tasks", str(corpus), str(tmp_path / "tasks")], capsys, monkeypatch), "collide")
+    assert not (tmp_path / "tasks").exists()
+
+
 def test_a_long_list_of_choices_stays_one_readable_line():
     from resect.errors import unknown
 
     text = unknown("lm-eval task", "tsk_7", [f"task_{i}" for i in range(5000)])
     assert "and 4,970 more." in text and len(text) < 600 and "\n" not in text
+
+
+@pytest.mark.parametrize("record, phrase", [("x", "'resect' record is str"), ({"mask": "x"}, "does not name the mask file"),
+                                            ({"source": 5}, "'resect.source' is not text")])  # fmt: skip
+def test_a_damaged_provenance_record_is_refused(record, phrase, tiny_vd, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    ckpt = Path(shutil.copytree(tiny_vd, tmp_path / "ckpt"))
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(config | {"resect": record}))
+    one_line(*run_cli(["info", str(ckpt)], capsys, monkeypatch), phrase)
+    one_line(*run_cli(["verify", str(ckpt), "--target-tasks", "x", "--min-target-drop", "1"], capsys, monkeypatch), phrase)

@@ -32,6 +32,10 @@ def select(
     from resect.stats import RoutingStats
 
     check_output(out, [stats, model], force=force)
+    if min_tokens < 0 or top < 0:
+        from resect.errors import UsageError
+
+        raise UsageError(f"--min-tokens and --top must not be negative, found {min_tokens} and {top}.")
     chosen = parse_groups(groups)
     routing = RoutingStats.load(stats)
     params = {"ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile}
