@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CheckpointError, OutputError
+from .errors import CheckpointError, MaskError, OutputError
 from .loading import INDEX_FILE, inspect_checkpoint, load_model, model_fingerprint, resolve_model_path
 from .mask import ExpertMask
 from .modeling_monet import MASK_FILE_NAME as MASK_FILE, mask_record
@@ -51,6 +51,27 @@ def load_masks(masks: list[str | os.PathLike | ExpertMask], config: dict[str, An
         mask.validate_for(config)
         union = union | mask
     return union
+
+
+def _check_masks_fit(masks: list[str | os.PathLike | ExpertMask], source: Path, fingerprint: str) -> None:
+    """A mask selected on another model's statistics is refused, even when its geometry fits.
+
+    Masks record the fingerprint of the model their statistics came from. Fingerprints depend on
+    the dtype the model was loaded in, so a mismatch is confirmed in the other dtypes first."""
+    other: set[str] | None = None
+    for item in masks:
+        mask = item if isinstance(item, ExpertMask) else ExpertMask.load(item)
+        recorded = mask.meta.get("stats_model_fingerprint")
+        if not recorded or recorded == fingerprint:
+            continue
+        if other is None:
+            other = {model_fingerprint(load_model(source, dtype=d)) for d in ("bfloat16", "float16")}
+        if recorded not in other:
+            name = "a mask" if isinstance(item, ExpertMask) else f"Mask '{item}'"
+            raise MaskError(
+                f"{name} was selected on statistics of another model (fingerprint {recorded}; '{source}' is {fingerprint}). "
+                "Select it from this model's statistics."
+            )
 
 
 def _check_output(source: Path, out: Path, masks: list, force: bool) -> None:
@@ -142,6 +163,7 @@ def apply_masks(
         "source_fingerprint": (provenance or {}).get("source_fingerprint") or model_fingerprint(load_model(source)),
         "mask": mask_record(mask),
     }
+    _check_masks_fit(masks, source, record["source_fingerprint"])
     tmp = out.parent / f".{out.name}.resect-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -191,6 +191,7 @@ def test_force_replaces_an_existing_output(tiny_vd, tmp_path, capsys, monkeypatc
         ("big-id", "outside [0, 256)"),
         ("malformed", "nor valid JSON"),
         ("no-mask-file", "does not exist"),
+        ("other-model", "selected on statistics of another model (fingerprint 00000000deadbeef"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tiny_vd, tmp_path, capsys, monkeypatch, case, phrase):
@@ -217,6 +218,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_vd, tmp_path, capsys, mon
         mask_file.write_text('{"moe_experts": 16, "num_groups": 2, "experts": {"0": [1,')
     elif case == "no-mask-file":
         mask_file = tmp_path / "missing.json"
+    elif case == "other-model":  # the geometry fits, the statistics came from other weights
+        ExpertMask(16, 2, {0: [1]}, {"stats_model_fingerprint": "00000000deadbeef"}).save(mask_file)
     before = folder_digest(source)
     listing = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run_cli(["apply", str(source), "--mask", str(mask_file), "--out", str(out)], capsys, monkeypatch)

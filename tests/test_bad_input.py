@@ -174,3 +174,14 @@ def test_a_damaged_provenance_record_is_refused(record, phrase, tiny_vd, tmp_pat
     (ckpt / "config.json").write_text(json.dumps(config | {"resect": record}))
     one_line(*run_cli(["info", str(ckpt)], capsys, monkeypatch), phrase)
     one_line(*run_cli(["verify", str(ckpt), "--target-tasks", "x", "--min-target-drop", "1"], capsys, monkeypatch), phrase)
+
+
+def test_masks_of_two_models_are_not_united(tmp_path, capsys, monkeypatch):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    ExpertMask(16, 2, {0: [1]}, {"stats_model_fingerprint": "aaaa"}).save(a)
+    ExpertMask(16, 2, {1: [2]}, {"stats_model_fingerprint": "bbbb"}).save(b)
+    one_line(*run_cli(["mask", "union", str(a), str(b), "--out", str(tmp_path / "u.json")], capsys, monkeypatch), "2 different models")
+    assert not (tmp_path / "u.json").exists()
+    ExpertMask(16, 2, {1: [2]}, {"stats_model_fingerprint": "aaaa"}).save(b)
+    code, _, _ = run_cli(["mask", "union", str(a), str(b), "--out", str(tmp_path / "u.json")], capsys, monkeypatch)
+    assert code == 0 and ExpertMask.load(tmp_path / "u.json").meta["stats_model_fingerprint"] == "aaaa"

@@ -85,6 +85,11 @@ def mask_union(
     union = masks[0]
     for m in masks[1:]:
         union = union | m
-    union.meta = {"union_of": [str(p) for p in paths]}
+    models = {m.meta["stats_model_fingerprint"] for m in masks if m.meta.get("stats_model_fingerprint")}
+    if len(models) > 1:
+        from resect.errors import MaskError
+
+        raise MaskError(f"These masks were selected on statistics of {len(models)} different models ({', '.join(sorted(models))}). Unite masks of one model.")
+    union.meta = {"union_of": [str(p) for p in paths], **({"stats_model_fingerprint": models.pop()} if models else {})}
     union.save(out)
     _summary(Console(), union, title=f"{out}: union of {len(paths)} masks, fingerprint {union.fingerprint()}")
