@@ -83,7 +83,8 @@ def jsonl_rows(path: str | os.PathLike, *, what: str = "corpus file") -> Iterato
     naming the file (and line) and what was expected. `what` names the file in the message."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"{what[0].upper() + what[1:]} '{path}' does not exist. Pass a JSONL file, one JSON object per line.")
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise CorpusError(f"{what[0].upper() + what[1:]} '{path}' {state}. Pass a JSONL file, one JSON object per line.")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -195,7 +196,7 @@ def parse_recipe(path: Path) -> dict:
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise CorpusError(f"Cannot read corpus recipe '{path}' ({exc}).") from None
+        raise CorpusError(f"Cannot read corpus recipe '{path}' ({str(exc).splitlines()[0]}).") from None
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sources"), list) or not recipe["sources"]:
         raise CorpusError(f"'{path}': a corpus recipe needs a non-empty 'sources' list (each with path, builtin or task).")
     for k, source in enumerate(recipe["sources"]):

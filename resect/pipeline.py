@@ -272,6 +272,8 @@ def plan(spec: RunSpec) -> Plan:
         from .paths import check_overlap
 
         check_overlap(out, [model_path, corpus, include, prompts])
+    if out.exists() and not out.is_dir() and not spec.dry_run:
+        raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
     if out.exists() and not spec.force and not spec.dry_run:
         raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)

@@ -147,7 +147,8 @@ class RoutingStats:
 
         path = Path(path)
         if not path.is_file():
-            raise StatsError(f"Statistics file '{path}' does not exist. Create it with `resect profile`.")
+            state = "is a folder" if path.is_dir() else "does not exist"
+            raise StatsError(f"Statistics file '{path}' {state}. Pass the file `resect profile` wrote.")
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}

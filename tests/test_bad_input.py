@@ -67,6 +67,9 @@ CASES = {
     "ppl-tasks with no documents": (["ppl-tasks", "{corpus}", "{tmp}/t2", "--max-docs", "0"], "--max-docs must be at least 1"),
     "negative min tokens": (["select", "--stats", "{mask}", "--rule", "skew", "--out", "{tmp}/m.json", "--min-tokens", "-5"],
                             "must not be negative"),
+    "run folder that is a file": (["domain", "--model", "{model}", "--remove", "bio", "--corpus", "{corpus}", "--target-tasks",
+                                   "ppl_bio", "--include-path", "{tmp}/tasks", "--out", "{mask}", "--force"], "exists and is a file"),
+    "a folder given as statistics": (["select", "--stats", "{tmp}/data", "--rule", "skew", "--out", "{tmp}/m.json"], "is a folder"),
     "unknown scorer before generating": (["run", "world-toxicity", "toxicity.scorer=foo", "dry_run=true"], "Unknown scorer 'foo'"),
 }  # fmt: skip
 
