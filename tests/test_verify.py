@@ -82,6 +82,10 @@ def test_cli_fails_and_names_the_breached_target(edited_copy, tiny_vd, tasks_dir
     report = json.loads((out / "verify.json").read_text())
     assert report["verdict"] == "fail" and report["breached"] == ["resect_quiz"]
     assert "**BREACHED**" in (out / "verify.md").read_text()
+    # the report is not replaced by accident: a second run needs --force
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "already holds a verify report" in err and json.loads((out / "verify.json").read_text()) == report
+    assert run_cli([*args, "--force"], capsys, monkeypatch)[0] == 1
 
 
 def test_baseline_cache_hit_and_identical_numbers(edited_copy, tasks_dir):

@@ -37,14 +37,20 @@ def verify(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate the baseline even when cached results exist.")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for verify.json, verify.md and verify.png.")] = Path("resect-verify"),
     step_summary: Annotated[bool, typer.Option("--step-summary", help="Append verify.md to $GITHUB_STEP_SUMMARY.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the report already in --out.")] = False,
 ) -> None:
     """Evaluate EDITED against its baseline and gate on thresholds: targets must fall, the rest must hold."""
+    from resect.errors import OutputError
+    from resect.evaluate import check_run_options
     from resect.toxicity import check_settings
     from resect.verify import verify as run_verify
 
     from .eval import quiet_lm_eval
 
     quiet_lm_eval()
+    check_run_options(limit, batch_size)
+    if (out / "verify.json").exists() and not force:
+        raise OutputError(f"'{out}' already holds a verify report. Pass --force to replace it, or choose another --out.")
 
     if toxicity_limit is not None or target_toxicity:
         check_settings(toxicity_samples, toxicity_max_new_tokens, 1.0, 0.9, toxicity_limit)
