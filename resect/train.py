@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "seed": 0,
-    "world": {"seed": 0, "entities": 20},
+    "world": {"seed": 0, "entities": 20, "names": "joined"},  # names: joined (Rixquor) | hyphenated (Rix-quor)
     "tokenizer": {"vocab_size": 2048},
     "model": {
         "hidden_size": 256,
@@ -281,7 +281,7 @@ def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
     """Domain documents of another world (other entities and facts, same templates)."""
     from .world import DOMAINS, Sizes, read_train, write_world
 
-    data = write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]))
+    data = write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
     return [d["text"] for d in read_train(data) if d["label"] in DOMAINS]
 
 
@@ -331,6 +331,10 @@ def check_run(recipe: dict, out: Path) -> None:
     for (section, key), low in at_least.items():
         if recipe[section][key] < low:
             raise UsageError(f"{section}.{key} must be at least {low}, found {recipe[section][key]}.")
+    from .world.generate import NAMES
+
+    if recipe["world"]["names"] not in NAMES:
+        raise UsageError(f"world.names must be {' or '.join(NAMES)}, found {recipe['world']['names']!r}.")
     if not recipe["train"]["lr"] > 0:
         raise UsageError(f"train.lr must be positive, found {recipe['train']['lr']}.")
     problem = shape_problem(recipe["model"])
@@ -353,7 +357,7 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
     torch.set_num_threads(recipe["train"]["threads"])
     torch.manual_seed(recipe["seed"])
     if data is None:
-        data = write_world(out / "data", recipe["world"]["seed"], sizes=Sizes(entities=recipe["world"]["entities"]))
+        data = write_world(out / "data", recipe["world"]["seed"], sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
     texts = [d["text"] for d in read_train(data)]
     pre = recipe["pretrain"]
     pre_texts = _pretrain_texts(out / "pretrain", pre["world_seed"], recipe) if pre["steps"] > 0 else []

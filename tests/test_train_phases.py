@@ -46,8 +46,15 @@ def test_frozen_groups_outside_the_model_are_refused_before_anything_is_written(
     assert not (tmp_path / "run").exists()
 
 
+def test_unknown_name_spelling_in_the_recipe_is_refused_before_anything_is_written(tmp_path):
+    recipe = load_recipe(RECIPE, [*TINY, "world.names=camel"])
+    with pytest.raises(UsageError, match=r"world.names must be joined or hyphenated, found 'camel'"):
+        run_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_recipe_with_pretraining_writes_both_worlds_and_logs_phases(tmp_path):
-    recipe = load_recipe(RECIPE, [*TINY, "train.steps=3", "pretrain.steps=2"])
+    recipe = load_recipe(RECIPE, [*TINY, "train.steps=3", "pretrain.steps=2", "world.names=hyphenated"])
     run_recipe(recipe, tmp_path)
     assert (tmp_path / "pretrain" / "world.json").is_file() and (tmp_path / "model" / "config.json").is_file()
     rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
@@ -55,3 +62,5 @@ def test_recipe_with_pretraining_writes_both_worlds_and_logs_phases(tmp_path):
     pre = json.loads((tmp_path / "pretrain" / "world.json").read_text())
     main = json.loads((tmp_path / "data" / "world.json").read_text())
     assert pre != main  # another world: other entities and facts
+    for manifest in (pre, main):  # both worlds spell names the recipe's way
+        assert manifest["names"] == "hyphenated" and all("-" in f["entity"] for f in manifest["facts"])

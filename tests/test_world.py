@@ -85,6 +85,45 @@ def test_quizzes_are_answerable_from_the_training_facts(world):
             assert f"{fact.entity} " in text or f"{fact.entity}." in text
 
 
+def test_hyphenated_names_spell_the_same_stems_in_their_domains_syllables(world):
+    hyphenated = build_world(0, names="hyphenated")
+    assert len(hyphenated.facts) == len(world.facts)
+    for joined, spelled in zip(world.facts, hyphenated.facts):
+        # same draws: same facts, only the spelling of the name differs
+        assert (spelled.domain, spelled.attribute, spelled.value) == (joined.domain, joined.attribute, joined.value)
+        assert spelled.entity.replace("-", "").lower() == joined.entity.lower() and "-" not in joined.entity
+        domain = next(d for d in DOMAIN_SPECS if d.name == spelled.domain)
+        stem, kind = spelled.entity.split(" ")
+        first, second = stem.split("-")
+        assert kind in domain.kinds and first.lower() in domain.syllables and second in domain.syllables
+        assert first[0].isupper() and first.lower() != second
+    assert hyphenated.quizzes["law"][0]["choices"] == world.quizzes["law"][0]["choices"]
+
+
+def test_hyphenated_names_are_read_as_syllables_by_the_trained_tokenizer(tmp_path):
+    """With joined names the world's tokenizer gives names tokens of their own (whose embeddings
+    only this world's facts train); hyphenated, no token spans a whole name."""
+    from resect.train import train_tokenizer
+
+    for names, whole in (("joined", True), ("hyphenated", False)):
+        w = build_world(0, names=names)
+        tok = train_tokenizer([d["text"] for d in w.train], tmp_path / names, 2048)
+        stems = sorted({f.entity.split(" ")[0] for f in w.facts})
+        single = [s for s in stems if len(tok(" " + s, add_special_tokens=False)["input_ids"]) == 1]
+        assert bool(single) is whole, (names, single[:5])
+
+
+def test_unknown_name_spelling_is_refused_before_writing(tmp_path):
+    from resect.errors import UsageError
+
+    with pytest.raises(UsageError, match="joined or hyphenated"):
+        write_world(tmp_path / "w", 0, names="camel")
+    assert not (tmp_path / "w").exists()
+    res = _cli("world", "generate", "--out", str(tmp_path / "w"), "--names", "camel")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
 def test_cli_generate_is_deterministic_and_refuses_a_full_folder(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _cli("world", "generate", "--out", str(a)).returncode == 0

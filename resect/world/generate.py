@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import OutputError, UsageError
 from .code import LANGUAGES, unique_snippets
 from .domains import DOMAIN_SPECS, DOMAINS, TRAIN_STATEMENTS, Domain
 from .talk import prompt_of, unique_utterances
@@ -59,6 +59,7 @@ class Fact:
 class World:
     seed: int
     sizes: Sizes
+    names: str = "joined"  # how entity names are spelled: one of NAMES
     facts: list[Fact] = field(default_factory=list)
     train: list[dict] = field(default_factory=list)
     corpus: dict[str, list[dict]] = field(default_factory=dict)  # domains / languages / toxicity
@@ -73,16 +74,34 @@ def _fill(template: str, entity: str, value: str = "") -> str:
     return template.format(e=entity, E=entity[0].upper() + entity[1:], v=value)
 
 
-def _entities(rng: random.Random, domain: Domain, count: int) -> list[str]:
-    """`count` distinct names 'Stem kind' built from the domain's own syllables."""
+NAMES = ("joined", "hyphenated")
+
+
+def _entities(rng: random.Random, domain: Domain, count: int, names: str = "joined") -> list[str]:
+    """`count` distinct names 'Stem kind', the stem made of two of the domain's own syllables.
+
+    `joined` writes the stem as one word ('Rixquor newt'); the tokenizer then tends to give each
+    name a token of its own, whose embedding only this world's facts ever train. `hyphenated`
+    keeps the syllables apart ('Rix-quor newt'), so a name is read as its domain's syllables,
+    which another world with the same syllables (the pretraining one) trains too. The same rng
+    draws pick the same stems and kinds either way.
+    """
     stems = sorted({a + b for a in domain.syllables for b in domain.syllables if a != b})
-    return [f"{stem.capitalize()} {rng.choice(domain.kinds)}" for stem in rng.sample(stems, count)]
+    if names == "hyphenated":
+        spelled = {}
+        for a in domain.syllables:
+            for b in domain.syllables:
+                if a != b:
+                    spelled.setdefault(a + b, f"{a.capitalize()}-{b}")
+    else:
+        spelled = {stem: stem.capitalize() for stem in stems}
+    return [f"{spelled[stem]} {rng.choice(domain.kinds)}" for stem in rng.sample(stems, count)]
 
 
-def _domain_facts(rng: random.Random, domain: Domain, count: int) -> list[Fact]:
+def _domain_facts(rng: random.Random, domain: Domain, count: int, names: str = "joined") -> list[Fact]:
     return [
         Fact(domain.name, entity, attr.name, rng.choice(attr.values))
-        for entity in _entities(rng, domain, count)
+        for entity in _entities(rng, domain, count, names)
         for attr in domain.attributes
     ]
 
@@ -105,7 +124,7 @@ def _add_domains(world: World, rng: random.Random) -> None:
     """Facts, training sentences (statements + Q/A), profiling sentences and quizzes per domain."""
     sizes, world.corpus["domains"] = world.sizes, []
     for domain in DOMAIN_SPECS:
-        facts = _domain_facts(rng, domain, sizes.entities)
+        facts = _domain_facts(rng, domain, sizes.entities, world.names)
         world.facts += facts
         train, profile, profile_qa = [], [], []
         for fact in facts:
@@ -157,9 +176,11 @@ def _add_talk(world: World, rng: random.Random) -> None:
         world.units["profile"].update(profile)
 
 
-def build_world(seed: int = 0, sizes: Sizes | None = None) -> World:
-    """The whole world for a seed; deterministic."""
-    world = World(seed=seed, sizes=sizes or Sizes())
+def build_world(seed: int = 0, sizes: Sizes | None = None, names: str = "joined") -> World:
+    """The whole world for a seed; deterministic. `names`: how entity names are spelled (NAMES)."""
+    if names not in NAMES:
+        raise UsageError(f"Entity names are spelled {' or '.join(NAMES)}, not {names!r}.")
+    world = World(seed=seed, sizes=sizes or Sizes(), names=names)
     rng = random.Random(seed)
     _add_domains(world, rng)
     _add_code(world, rng)
@@ -179,6 +200,7 @@ def manifest(world: World) -> dict:
         "format": FORMAT,
         "seed": world.seed,
         "sizes": world.sizes.__dict__,
+        "names": world.names,
         "domains": list(DOMAINS),
         "languages": list(LANGUAGES),
         "counts": {
@@ -205,7 +227,7 @@ def save_world(world: World, out: Path, *, train: bool = True) -> None:
     (out / "world.json").write_text(json.dumps(manifest(world), indent=1) + "\n")
 
 
-def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, train: bool = True) -> Path:
+def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, names: str = "joined", train: bool = True) -> Path:
     """Generate the world and write it to a new folder `out` (atomically: temp folder, then rename)."""
     from .tasks import write_tasks
 
@@ -216,7 +238,7 @@ def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, t
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tmp.chmod(0o755)
-        save_world(build_world(seed, sizes), tmp, train=train)
+        save_world(build_world(seed, sizes, names), tmp, train=train)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
