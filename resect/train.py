@@ -277,11 +277,18 @@ def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> Non
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def _write_world(folder: Path, seed: int, recipe: dict) -> Path:
+    """The world of `seed`, sized and spelled as the recipe's `world` section says."""
+    from .world import Sizes, write_world
+
+    return write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
+
+
 def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
     """Domain documents of another world (other entities and facts, same templates)."""
-    from .world import DOMAINS, Sizes, read_train, write_world
+    from .world import DOMAINS, read_train
 
-    data = write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
+    data = _write_world(folder, seed, recipe)
     return [d["text"] for d in read_train(data) if d["label"] in DOMAINS]
 
 
@@ -331,10 +338,9 @@ def check_run(recipe: dict, out: Path) -> None:
     for (section, key), low in at_least.items():
         if recipe[section][key] < low:
             raise UsageError(f"{section}.{key} must be at least {low}, found {recipe[section][key]}.")
-    from .world.generate import NAMES
+    from .world.generate import check_names
 
-    if recipe["world"]["names"] not in NAMES:
-        raise UsageError(f"world.names must be {' or '.join(NAMES)}, found {recipe['world']['names']!r}.")
+    check_names(recipe["world"]["names"], "world.names")
     if not recipe["train"]["lr"] > 0:
         raise UsageError(f"train.lr must be positive, found {recipe['train']['lr']}.")
     problem = shape_problem(recipe["model"])
@@ -350,14 +356,14 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
     """Generate (or reuse `data`), train, save under `out`; returns the model folder."""
     import torch
 
-    from .world import Sizes, read_train, write_world
+    from .world import read_train
 
     out = Path(out)
     check_run(recipe, out)
     torch.set_num_threads(recipe["train"]["threads"])
     torch.manual_seed(recipe["seed"])
     if data is None:
-        data = write_world(out / "data", recipe["world"]["seed"], sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
+        data = _write_world(out / "data", recipe["world"]["seed"], recipe)
     texts = [d["text"] for d in read_train(data)]
     pre = recipe["pretrain"]
     pre_texts = _pretrain_texts(out / "pretrain", pre["world_seed"], recipe) if pre["steps"] > 0 else []

@@ -77,6 +77,12 @@ def _fill(template: str, entity: str, value: str = "") -> str:
 NAMES = ("joined", "hyphenated")
 
 
+def check_names(names: object, what: str = "Entity names") -> None:
+    """Refuse a spelling of entity names that is not one of NAMES; `what` names the setting."""
+    if names not in NAMES:
+        raise UsageError(f"{what} must be {' or '.join(NAMES)}, found {names!r}.")
+
+
 def _entities(rng: random.Random, domain: Domain, count: int, names: str = "joined") -> list[str]:
     """`count` distinct names 'Stem kind', the stem made of two of the domain's own syllables.
 
@@ -86,15 +92,12 @@ def _entities(rng: random.Random, domain: Domain, count: int, names: str = "join
     which another world with the same syllables (the pretraining one) trains too. The same rng
     draws pick the same stems and kinds either way.
     """
-    stems = sorted({a + b for a in domain.syllables for b in domain.syllables if a != b})
-    if names == "hyphenated":
-        spelled = {}
-        for a in domain.syllables:
-            for b in domain.syllables:
-                if a != b:
-                    spelled.setdefault(a + b, f"{a.capitalize()}-{b}")
-    else:
-        spelled = {stem: stem.capitalize() for stem in stems}
+    spelled: dict[str, str] = {}  # stem -> name; a stem two pairs can make keeps the first pair's hyphen
+    for a in domain.syllables:
+        for b in domain.syllables:
+            if a != b:
+                spelled.setdefault(a + b, f"{a.capitalize()}-{b}" if names == "hyphenated" else (a + b).capitalize())
+    stems = sorted(spelled)
     return [f"{spelled[stem]} {rng.choice(domain.kinds)}" for stem in rng.sample(stems, count)]
 
 
@@ -178,8 +181,7 @@ def _add_talk(world: World, rng: random.Random) -> None:
 
 def build_world(seed: int = 0, sizes: Sizes | None = None, names: str = "joined") -> World:
     """The whole world for a seed; deterministic. `names`: how entity names are spelled (NAMES)."""
-    if names not in NAMES:
-        raise UsageError(f"Entity names are spelled {' or '.join(NAMES)}, not {names!r}.")
+    check_names(names)
     world = World(seed=seed, sizes=sizes or Sizes(), names=names)
     rng = random.Random(seed)
     _add_domains(world, rng)
