@@ -9,7 +9,7 @@ import torch
 from test_train import RECIPE, TINY
 
 from resect.errors import UsageError
-from resect.train import build_model, freeze_all_but_experts, load_recipe, model_config, run_recipe, train_model
+from resect.train import _pretrain_texts, build_model, freeze_all_but_experts, load_recipe, model_config, run_recipe, train_model
 
 
 def test_frozen_phase_changes_only_experts_and_routers():
@@ -51,6 +51,26 @@ def test_unknown_name_spelling_in_the_recipe_is_refused_before_anything_is_writt
     with pytest.raises(UsageError, match=r"world.names must be joined or hyphenated, found 'camel'"):
         run_recipe(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_pretraining_text_reads_the_listed_groups_of_the_other_world(tmp_path):
+    domains = _pretrain_texts(tmp_path / "a", 1, load_recipe(RECIPE, TINY))
+    talk = _pretrain_texts(tmp_path / "b", 1, load_recipe(RECIPE, [*TINY, "pretrain.text=[domains,neutral,toxic]"]))
+    code = _pretrain_texts(tmp_path / "c", 1, load_recipe(RECIPE, [*TINY, "pretrain.text=[languages]"]))
+    assert set(domains) < set(talk)  # the same world: its domain documents and more
+    extra = set(talk) - set(domains)
+    assert any("you" in t and "Thanks" not in t for t in extra) and all("def " not in t and "function " not in t for t in extra)
+    assert code and all(("def " in t or "function " in t or "local " in t) for t in code) and not set(code) & set(talk)
+
+
+@pytest.mark.parametrize("value", ["[]", "[domains,poetry]", "[domains,3]"])
+def test_unknown_pretraining_text_is_refused_before_anything_is_written(tmp_path, value):
+    recipe = load_recipe(RECIPE, [*TINY, f"pretrain.text={value}"])
+    with pytest.raises(UsageError, match=r"pretrain.text must list one or more of domains, languages, neutral, toxic"):
+        run_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UsageError, match=r"Recipe key 'pretrain.text' expects a list, found 'domains'"):
+        load_recipe(RECIPE, [*TINY, "pretrain.text=domains"])
 
 
 def test_recipe_with_pretraining_writes_both_worlds_and_logs_phases(tmp_path):
