@@ -1,7 +1,7 @@
 """The built-in model and its world, shipped inside the package.
 
 `builtin_model_path()` is what `--model` means when omitted: a small VD Monet (6 layers, d 256,
-E 64, H 4, 3 routing groups) trained by `recipes/world.yaml` on the generated world of
+E 256, m 4, H 4, 3 routing groups) trained by `recipes/world.yaml` on the generated world of
 `resect.world`. `builtin_data_path()` holds that world's profiling corpora, toxicity prompts and
 evaluation sets; `task_dir()` materialises the lm-eval tasks over them (`world_<domain>`,
 `world_ppl_<language>`).
