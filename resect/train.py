@@ -45,7 +45,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # Phase 1 (when steps > 0): the whole model learns the templates of ANOTHER world's domain text.
     # Phase 2 (train): attention, embeddings and norms are frozen and only the experts and routers
     # learn this world, so its facts, code and registers live in experts: what expert ablation cuts.
-    # text: which of the other world's training documents phase 1 reads (PRETRAIN_TEXT's groups).
+    # text: which of the other world's training documents phase 1 reads (the groups of pretrain_groups()).
     "pretrain": {"steps": 250, "world_seed": 1, "warmup": 50, "frozen_groups": [], "text": ["domains"]},
     "train": {
         "steps": 500,
@@ -63,8 +63,6 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "save_dtype": "bfloat16",
     },
 }
-
-PRETRAIN_TEXT = ("domains", "languages", "neutral", "toxic")  # the groups `pretrain.text` may list
 
 StepCallback = Callable[[int, int, dict[str, float]], None]  # (step, total, metrics)
 
@@ -287,12 +285,11 @@ def _write_world(folder: Path, seed: int, recipe: dict) -> Path:
     return write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
 
 
-def _pretrain_labels(groups: Iterable[str]) -> set[str]:
-    """The training-document labels of the `pretrain.text` groups."""
+def pretrain_groups() -> dict[str, tuple[str, ...]]:
+    """The groups `pretrain.text` may list, each with its training-document labels."""
     from .world import DOMAINS, LANGUAGES
 
-    members = {"domains": DOMAINS, "languages": LANGUAGES, "neutral": ("neutral",), "toxic": ("toxic",)}
-    return {label for group in groups for label in members[group]}
+    return {"domains": tuple(DOMAINS), "languages": tuple(LANGUAGES), "neutral": ("neutral",), "toxic": ("toxic",)}
 
 
 def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
@@ -300,7 +297,8 @@ def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
     the same templates, code idioms and registers)."""
     from .world import read_train
 
-    labels = _pretrain_labels(recipe["pretrain"]["text"])
+    groups = pretrain_groups()
+    labels = {label for group in recipe["pretrain"]["text"] for label in groups[group]}
     return [d["text"] for d in read_train(_write_world(folder, seed, recipe)) if d["label"] in labels]
 
 
@@ -359,9 +357,9 @@ def check_run(recipe: dict, out: Path) -> None:
     if problem:
         raise UsageError(f"The recipe's model is not a valid Monet model ({problem}). Fix its model.* keys.")
     monet_config(model_config(recipe, recipe["tokenizer"]["vocab_size"]))
-    text = recipe["pretrain"]["text"]
-    if not isinstance(text, list) or not text or any(not isinstance(g, str) or g not in PRETRAIN_TEXT for g in text):
-        raise UsageError(f"pretrain.text must list one or more of {', '.join(PRETRAIN_TEXT)}, found {text!r}.")
+    text, known = recipe["pretrain"]["text"], pretrain_groups()
+    if not isinstance(text, list) or not text or any(not isinstance(g, str) or g not in known for g in text):
+        raise UsageError(f"pretrain.text must list one or more of {', '.join(known)}, found {text!r}.")
     groups = geometry(recipe["model"])[1]
     if any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < groups for g in recipe["pretrain"]["frozen_groups"]):
         raise UsageError(f"pretrain.frozen_groups must list routing groups in 0..{groups - 1}, found {recipe['pretrain']['frozen_groups']}.")

@@ -69,6 +69,9 @@ def test_unknown_pretraining_text_is_refused_before_anything_is_written(tmp_path
     with pytest.raises(UsageError, match=r"pretrain.text must list one or more of domains, languages, neutral, toxic"):
         run_recipe(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_pretraining_text_that_is_not_a_list_is_refused_when_the_recipe_loads():
     with pytest.raises(UsageError, match=r"Recipe key 'pretrain.text' expects a list, found 'domains'"):
         load_recipe(RECIPE, [*TINY, "pretrain.text=domains"])
 
