@@ -143,8 +143,12 @@ def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequen
             names.append(task)
     if not names:
         return [], list(dict.fromkeys(includes))
-    if any(n.startswith(BUILTIN_PREFIX) for n in names) and (builtin := _builtin_task_dir()):
-        includes.append(builtin)  # the built-in world's tasks need no --include-path
+    defined = {t for p in includes for t in _tasks_in(Path(p))}
+    if any(n.startswith(BUILTIN_PREFIX) and n not in defined for n in names) and (builtin := _builtin_task_dir()):
+        # The built-in world's tasks need no --include-path. First in the list: lm-eval lets a later
+        # path redefine a task, so another world's tasks of the same names (RUN/data of
+        # 'resect world train') are the ones evaluated.
+        includes.insert(0, builtin)
     includes = list(dict.fromkeys(includes))
     if includes:  # a typo of a local task is answered from the local index, without indexing lm-eval's tasks
         local = set(_task_manager(tuple(includes), defaults=False).all_tasks)

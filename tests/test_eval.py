@@ -73,6 +73,30 @@ def test_task_folder_and_yaml_file_need_no_include_path(model_vd, tasks_dir):
     assert set(names) == {"resect_quiz", "heldout_english", "heldout_python_code"}
 
 
+def test_a_world_task_in_the_include_path_wins_over_the_built_in_one(model_vd, tmp_path):
+    """Another world's `world_biology` (what `resect world train` writes) is evaluated on its own
+    questions, not on the built-in world's of the same task name."""
+    from resect.builtin import builtin_data_path
+    from resect.world.tasks import write_tasks
+
+    data = tmp_path / "data"
+    (data / "eval").mkdir(parents=True)
+    shipped = builtin_data_path() / "eval"
+    for quiz in shipped.glob("quiz_*.jsonl"):
+        (data / "eval" / quiz.name).write_text("".join(quiz.read_text().splitlines(keepends=True)[:3]))
+    folder = write_tasks(data, tmp_path / "tasks")
+    names, includes = resolve_tasks(["world_biology"], include_path=folder)
+    assert includes == [str(folder.resolve())]  # every task is defined there: no built-in folder
+    model, tok = model_vd
+    own = evaluate(model, tok, ["world_biology", "world_law"], include_path=folder)
+    assert own["n-samples"]["world_biology"]["effective"] == 3 and own["n-samples"]["world_law"]["effective"] == 3
+    (folder / "world_law.yaml").unlink()  # world_law now comes from the built-in world, world_biology still from here
+    _, includes = resolve_tasks(["world_biology", "world_law"], include_path=folder)
+    assert includes[-1] == str(folder.resolve()) and len(includes) == 2
+    mixed = evaluate(model, tok, ["world_biology", "world_law"], include_path=folder)
+    assert mixed["n-samples"]["world_biology"]["effective"] == 3 and mixed["n-samples"]["world_law"]["effective"] == 60
+
+
 def test_unknown_task_suggests_close_names(tasks_dir):
     with pytest.raises(EvalError, match="Did you mean: resect_quiz"):
         resolve_tasks(["resect_quizz"], include_path=tasks_dir)
