@@ -62,7 +62,7 @@ class RunSpec:
     target: str | None = None
     model: str | None = None
     rule: str | None = None
-    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 4.5 for languages of the built-in world
+    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 4.5 for languages of a generated world
     threshold: float = 0.1
     groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
     corpus: str | None = None
@@ -189,11 +189,12 @@ def check_spec(spec: RunSpec) -> None:
         raise UsageError(unknown("scorer", settings["scorer"], SCORERS))
 
 
-def builtin_defaults(spec: RunSpec) -> dict[str, Any]:
-    """Corpus, tasks and prompts of the built-in world for this kind of edit."""
+def builtin_defaults(spec: RunSpec, data: Path | None = None) -> dict[str, Any]:
+    """Corpus, tasks and prompts of a generated world for this kind of edit: the built-in one's,
+    or `data`, the world a model trained by `resect world train` brings beside it."""
     from . import builtin
 
-    data = builtin.builtin_data_path()
+    data = builtin.builtin_data_path() if data is None else data
     domains, languages = list(builtin.DOMAINS), list(builtin.LANGUAGES)
     quizzes = [f"world_{d}" for d in domains]
     if spec.kind == "domain":
@@ -207,7 +208,7 @@ def builtin_defaults(spec: RunSpec) -> dict[str, Any]:
     return {
         "corpus": str(data / "corpus" / CORPUS_FILES[spec.kind]),
         "labels": labels,
-        "include_path": str(builtin.task_dir()),
+        "include_path": str(builtin.task_dir(data)),
         "target_tasks": target_tasks,
         "general_tasks": general,
         "toxicity_prompts": str(data / "prompts" / "toxicity.jsonl"),
@@ -235,6 +236,7 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
 
 def plan(spec: RunSpec) -> Plan:
     """Resolve defaults and check every input; raises before anything is computed or written."""
+    from . import builtin
     from .loading import inspect_checkpoint, resolve_model_path
 
     check_spec(spec)
@@ -246,7 +248,8 @@ def plan(spec: RunSpec) -> Plan:
 
         spec = dataclasses.replace(spec, groups=check_groups(spec.groups, geometry(config)[1]))
     custom = any(v is not None for v in (spec.corpus, spec.target_tasks, spec.general_tasks, spec.toxicity_prompts))
-    defaults = builtin_defaults(spec) if spec.model is None else ({} if custom else published_defaults(spec))
+    world = builtin.builtin_data_path() if spec.model is None else builtin.world_data_of(model_path)
+    defaults = builtin_defaults(spec, world) if world is not None else {} if custom else published_defaults(spec)
     corpus = spec.corpus or defaults.get("corpus")
     if spec.kind != "toxicity" and corpus is None:
         raise UsageError(f"No corpus for 'resect {spec.kind}' on this model: pass --corpus (JSONL with text and label).")
@@ -263,7 +266,7 @@ def plan(spec: RunSpec) -> Plan:
     include = spec.include_path or defaults.get("include_path")
     _check_tasks(target_tasks + general, include)
     rule = spec.rule or DEFAULT_RULE[spec.kind]
-    ratio = spec.ratio or (BUILTIN_LANGUAGE_RATIO if spec.model is None and spec.kind == "language" else PAPER_RATIO)
+    ratio = spec.ratio or (BUILTIN_LANGUAGE_RATIO if world is not None and spec.kind == "language" else PAPER_RATIO)
     params = {"ratio": ratio} if rule == "skew" else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.resolve() == model_path.resolve() or model_path.resolve() in out.resolve().parents:

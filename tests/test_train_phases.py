@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,29 @@ def test_recipe_with_pretraining_writes_both_worlds_and_logs_phases(tmp_path):
     assert pre != main  # another world: other entities and facts
     for manifest in (pre, main):  # both worlds spell names the recipe's way
         assert manifest["names"] == "hyphenated" and all("-" in f["entity"] for f in manifest["facts"])
+
+
+def test_a_trained_world_model_brings_its_world_to_the_edit_commands(tmp_path):
+    """`resect domain --model RUN/model` on a model from `resect world train --out RUN` profiles
+    RUN/data's corpus and verifies on RUN/data's quizzes; the model copied away from its world gets
+    the protocol of any other checkpoint."""
+    import shutil
+
+    import yaml
+
+    from resect.pipeline import RunSpec, plan
+
+    run = tmp_path / "run"
+    run_recipe(load_recipe(RECIPE, [*TINY, "train.steps=2", "pretrain.steps=0", "world.names=hyphenated"]), run)
+    domain = plan(RunSpec("domain", "law", model=str(run / "model"), out=str(tmp_path / "edit")))
+    assert domain.corpus == str((run / "data" / "corpus" / "domains.jsonl").resolve())
+    assert domain.target_tasks == ["world_law"] and "world_biology" in domain.general_tasks
+    task = yaml.safe_load((Path(domain.include_path) / "world_law.yaml").read_text())
+    assert task["dataset_kwargs"]["data_files"]["test"] == str((run / "data" / "eval" / "quiz_law.jsonl").resolve())
+    language = plan(RunSpec("language", "lua", model=str(run / "model"), out=str(tmp_path / "edit")))
+    assert language.rule_params == {"ratio": 4.5} and language.target_tasks == ["world_ppl_lua"]
+    alone = tmp_path / "alone"
+    shutil.copytree(run / "model", alone)
+    with pytest.raises(UsageError, match="Pass --corpus"):
+        plan(RunSpec("language", "lua", model=str(alone), out=str(tmp_path / "edit")))
+    assert not (tmp_path / "edit").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..world import DOMAINS, LANGUAGES
 
-__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "ship", "task_dir"]
+__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "ship", "task_dir", "world_data_of"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -37,8 +37,21 @@ def builtin_data_path() -> Path:
     return path
 
 
-def task_dir() -> Path:
-    """An lm-eval include_path with the world's tasks, their data_files absolute.
+def world_data_of(model_path: str | os.PathLike) -> Path | None:
+    """The world a checkpoint folder was trained on, or None.
+
+    `resect world train --out RUN` writes RUN/model (with recipe.json) beside RUN/data (with
+    world.json): such a model brings its world's corpora, prompts and quizzes, as the built-in one does.
+    """
+    model = Path(model_path)
+    data = model.parent / "data"
+    if (model / "recipe.json").is_file() and (data / "world.json").is_file():
+        return data.resolve()
+    return None
+
+
+def task_dir(data: str | os.PathLike | None = None) -> Path:
+    """An lm-eval include_path with a world's tasks (the built-in one's by default), their data_files absolute.
 
     Written on first use into the cache (resect.cache.cache_root()), one folder per
     data location, so an installed package never needs to write inside itself.
@@ -46,7 +59,7 @@ def task_dir() -> Path:
     from ..cache import cache_root
     from ..world.tasks import write_tasks
 
-    data = builtin_data_path()
+    data = builtin_data_path() if data is None else Path(data).resolve()
     key = hashlib.sha256(str(data).encode()).hexdigest()[:12]
     return write_tasks(data, cache_root() / "tasks" / key)
 

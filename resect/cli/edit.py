@@ -8,7 +8,7 @@ import typer
 
 from . import app
 
-Model = Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model).")]
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model). A model from 'resect world train --out RUN' (RUN/model) brings its world's corpora and quizzes from RUN/data.")]
 Out = Annotated[str | None, typer.Option("--out", "-o", help="Run directory to create (default: resect-runs/KIND-TARGET-TIME).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Profile and select, print the counts, write nothing.")]
@@ -83,7 +83,7 @@ def domain(
 def language(
     remove: Annotated[str, typer.Option("--remove", help="Language to cut (e.g. python).")],
     model: Model = None,
-    ratio: Annotated[float | None, typer.Option(help="Skew rule: score on the language over the runner-up (default 2.0; 4.5 on the built-in world).")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Skew rule: score on the language over the runner-up (default 2.0; 4.5 on a generated world).")] = None,
     rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
