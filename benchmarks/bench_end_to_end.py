@@ -1,6 +1,7 @@
 """The mission's numbers on the built-in model: every domain, every language, toxicity, and timings.
 
     python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1] [--groups 1,2]
+                                          [--model RUN/model]
 
 Runs the real commands (`resect domain --remove D`, `resect language --remove L`,
 `resect toxicity --threshold R`) in subprocesses with a fresh cache, so the first run pays for
@@ -14,6 +15,9 @@ profiling and the baseline evaluation exactly as a new user does, and prints:
   others (target: < 5%);
 - toxicity at the threshold: toxicity probability before and after (target: falls by at least a
   third) and the largest quiz change (target: within 2 points).
+
+`--model RUN/model` measures a model trained by `resect world train --out RUN` on its own world
+(RUN/data) instead of the built-in one.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ import time
 from pathlib import Path
 
 RESECT = str(Path(sys.executable).parent / "resect")
+MODEL: list[str] = []  # ["--model", RUN/model] with --model; the built-in model otherwise
 CHANCE = 25.0
 
 
 def resect(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    res = subprocess.run([RESECT, *args], capture_output=True, text=True, env=env)
+    edit = args[:1] + MODEL + args[1:] if args and args[0] in ("domain", "language", "toxicity") else args
+    res = subprocess.run([RESECT, *edit], capture_output=True, text=True, env=env)
     return time.perf_counter() - start, res
 
 
@@ -94,14 +100,17 @@ def main() -> None:
     parser.add_argument("--only", choices=["domain", "language", "toxicity"])
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--groups", help="also the domain table with selection in these routing groups only, e.g. 1,2")
+    parser.add_argument("--model", help="a model trained by 'resect world train --out RUN' (RUN/model), measured on its world")
     args = parser.parse_args()
+    if args.model:
+        MODEL.extend(["--model", str(Path(args.model).resolve())])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = os.environ | {"RESECT_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         seconds, _ = resect(["--help"], env)
         print(f"resect --help: {seconds:.2f} s (target < 1 s)")
         seconds, res = resect(["domain", "--remove", "biology", "--out", str(work / "first")], env)
-        print(f"resect domain --remove biology, cold caches: {seconds:.1f} s, exit {res.returncode} (target <= 60 s)")
+        print(f"resect domain --remove biology{' (' + args.model + ')' if args.model else ''}, cold caches: {seconds:.1f} s, exit {res.returncode} (target <= 60 s)")
         if args.only in (None, "domain"):
             domains(work, env)
             if args.groups:
