@@ -40,8 +40,9 @@ DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0
 PAPER_RATIO = 2.0
 # The built-in world's three languages share most of their syntax: at the paper's ratio the experts
 # a language uses twice as much as the next one include shared syntax (removing python raises the
-# others' word perplexity 8-10%); 4.5x keeps to what is specific (python x2.2, others under +5%).
-BUILTIN_LANGUAGE_RATIO = 4.5
+# others' word perplexity 8-10%); 3x keeps to what is specific (the shipped model: python x12.0,
+# javascript x5.2, lua x2.1, others under +5%).
+BUILTIN_LANGUAGE_RATIO = 3.0
 TOXICITY_DEFAULTS = {
     "samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity",
     "score_window": 32,
@@ -62,7 +63,7 @@ class RunSpec:
     target: str | None = None
     model: str | None = None
     rule: str | None = None
-    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 4.5 for languages of a generated world
+    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 3.0 for languages of a generated world
     threshold: float = 0.1
     groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
     corpus: str | None = None

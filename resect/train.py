@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECIPE: dict[str, Any] = {
     "seed": 0,
-    "world": {"seed": 0, "entities": 20, "names": "joined"},  # names: joined (Rixquor) | hyphenated (Rix-quor)
+    "world": {"seed": 0, "entities": 20, "names": "hyphenated"},  # names: joined (Rixquor) | hyphenated (Rix-quor)
     "tokenizer": {"vocab_size": 2048},
     "model": {
         "hidden_size": 256,
@@ -46,7 +46,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     # Phase 2 (train): attention, embeddings and norms are frozen and only the experts and routers
     # learn this world, so its facts, code and registers live in experts: what expert ablation cuts.
     # text: which of the other world's training documents phase 1 reads (the groups of pretrain_groups()).
-    "pretrain": {"steps": 250, "world_seed": 1, "warmup": 50, "frozen_groups": [], "text": ["domains"]},
+    "pretrain": {"steps": 250, "world_seed": 1, "warmup": 50, "frozen_groups": [], "text": ["domains", "neutral"]},
     "train": {
         "steps": 500,
         "batch_size": 32,

@@ -179,7 +179,9 @@ def test_builtin_paths_and_contract():
 def test_builtin_data_is_the_seed_0_world():
     from resect.builtin import builtin_data_path
 
-    world = build_world(json.loads((builtin_data_path() / "world.json").read_text())["seed"])
+    manifest = json.loads((builtin_data_path() / "world.json").read_text())
+    assert manifest["names"] == "hyphenated"  # what recipes/world.yaml and `resect world generate` default to
+    world = build_world(manifest["seed"], names=manifest["names"])
     shipped = [json.loads(x) for x in (builtin_data_path() / "eval" / "quiz_biology.jsonl").read_text().splitlines()]
     assert shipped == world.quizzes["biology"]
 

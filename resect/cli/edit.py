@@ -83,7 +83,7 @@ def domain(
 def language(
     remove: Annotated[str, typer.Option("--remove", help="Language to cut (e.g. python).")],
     model: Model = None,
-    ratio: Annotated[float | None, typer.Option(help="Skew rule: score on the language over the runner-up (default 2.0; 4.5 on a generated world).")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Skew rule: score on the language over the runner-up (default 2.0; 3.0 on a generated world).")] = None,
     rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,

@@ -17,7 +17,7 @@ app.add_typer(world_app, name="world")
 def generate(
     out: Annotated[Path, typer.Option("--out", help="New folder for the generated world.")],
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same world.")] = 0,
-    names: Annotated[str, typer.Option("--names", help="Entity names: joined (Rixquor) or hyphenated (Rix-quor).")] = "joined",
+    names: Annotated[str, typer.Option("--names", help="Entity names: hyphenated (Rix-quor, the built-in world's) or joined (Rixquor).")] = "hyphenated",
 ) -> None:
     """Write the world's splits: training text, profiling corpora, quizzes, held-out code, prompts, lm-eval tasks."""
     from resect.world import write_world
