@@ -143,8 +143,8 @@ def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequen
             names.append(task)
     if not names:
         return [], list(dict.fromkeys(includes))
-    defined = {t for p in includes for t in _tasks_in(Path(p))}
-    if any(n.startswith(BUILTIN_PREFIX) and n not in defined for n in names) and (builtin := _builtin_task_dir()):
+    world = [n for n in names if n.startswith(BUILTIN_PREFIX)]
+    if world and not set(world) <= {t for p in includes for t in _tasks_in(Path(p))} and (builtin := _builtin_task_dir()):
         # The built-in world's tasks need no --include-path. First in the list: lm-eval lets a later
         # path redefine a task, so another world's tasks of the same names (RUN/data of
         # 'resect world train') are the ones evaluated.

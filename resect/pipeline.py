@@ -190,12 +190,11 @@ def check_spec(spec: RunSpec) -> None:
         raise UsageError(unknown("scorer", settings["scorer"], SCORERS))
 
 
-def builtin_defaults(spec: RunSpec, data: Path | None = None) -> dict[str, Any]:
-    """Corpus, tasks and prompts of a generated world for this kind of edit: the built-in one's,
-    or `data`, the world a model trained by `resect world train` brings beside it."""
+def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
+    """Corpus, tasks and prompts of a generated world (`data`: the built-in one's, or the world a
+    model trained by `resect world train` brings beside it) for this kind of edit."""
     from . import builtin
 
-    data = builtin.builtin_data_path() if data is None else data
     domains, languages = list(builtin.DOMAINS), list(builtin.LANGUAGES)
     quizzes = [f"world_{d}" for d in domains]
     if spec.kind == "domain":
@@ -250,7 +249,7 @@ def plan(spec: RunSpec) -> Plan:
         spec = dataclasses.replace(spec, groups=check_groups(spec.groups, geometry(config)[1]))
     custom = any(v is not None for v in (spec.corpus, spec.target_tasks, spec.general_tasks, spec.toxicity_prompts))
     world = builtin.builtin_data_path() if spec.model is None else builtin.world_data_of(model_path)
-    defaults = builtin_defaults(spec, world) if world is not None else {} if custom else published_defaults(spec)
+    defaults = world_defaults(spec, world) if world is not None else {} if custom else published_defaults(spec)
     corpus = spec.corpus or defaults.get("corpus")
     if spec.kind != "toxicity" and corpus is None:
         raise UsageError(f"No corpus for 'resect {spec.kind}' on this model: pass --corpus (JSONL with text and label).")

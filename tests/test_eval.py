@@ -85,7 +85,7 @@ def test_a_world_task_in_the_include_path_wins_over_the_built_in_one(model_vd, t
     for quiz in shipped.glob("quiz_*.jsonl"):
         (data / "eval" / quiz.name).write_text("".join(quiz.read_text().splitlines(keepends=True)[:3]))
     folder = write_tasks(data, tmp_path / "tasks")
-    names, includes = resolve_tasks(["world_biology"], include_path=folder)
+    _, includes = resolve_tasks(["world_biology"], include_path=folder)
     assert includes == [str(folder.resolve())]  # every task is defined there: no built-in folder
     model, tok = model_vd
     own = evaluate(model, tok, ["world_biology", "world_law"], include_path=folder)
