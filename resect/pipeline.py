@@ -38,6 +38,11 @@ DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
 # Gates for the built-in world: quiz points for domains; relative perplexity (%) for languages.
 DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0.0, 2.0)}
 PAPER_RATIO = 2.0
+# Domains of a generated world: the paper's rule (2x the runner-up domain) leaves 52-77% of the
+# removed quiz standing on the shipped model, because most of a domain's routing goes through experts
+# that one other domain also uses. Against the mean of the other domains, 1.25x takes four of the six
+# quizzes to within 10 points of chance with every other quiz within 2 points (bench_end_to_end.py).
+WORLD_DOMAIN_RULE, SKEW_MEAN_RATIO = "skew-mean", 1.25
 # The built-in world's three languages share most of their syntax: at the paper's ratio the experts
 # a language uses twice as much as the next one include shared syntax (removing python raises the
 # others' word perplexity 8-10%); 3x keeps to what is specific (the shipped model: python x12.0,
@@ -63,7 +68,7 @@ class RunSpec:
     target: str | None = None
     model: str | None = None
     rule: str | None = None
-    ratio: float | None = None  # skew rule; None: 2.0 (the paper's), 3.0 for languages of a generated world
+    ratio: float | None = None  # skew rules; None: skew 2.0 (the paper's; 3.0 for languages of a generated world), skew-mean 1.25
     threshold: float = 0.1
     groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
     corpus: str | None = None
@@ -166,7 +171,7 @@ def check_spec(spec: RunSpec) -> None:
     if spec.kind != "toxicity" and not spec.target:
         raise UsageError(f"Say what to remove: --remove NAME (resect {spec.kind} --remove ...).")
     if spec.ratio is not None and spec.ratio <= 1:
-        raise UsageError(f"--ratio must be greater than 1 (an expert's score on the target over the runner-up), got {spec.ratio}.")
+        raise UsageError(f"--ratio must be greater than 1 (an expert's score on the target over the runner-up's, or the others' mean), got {spec.ratio}.")
     if not -1 <= spec.threshold <= 1:
         raise UsageError(f"--threshold is a Pearson correlation and must lie in [-1, 1], got {spec.threshold}.")
     for name in ("min_target_drop", "max_general_drop"):
@@ -265,9 +270,8 @@ def plan(spec: RunSpec) -> Plan:
         raise UsageError("No target tasks to verify the edit: pass --target-tasks.")
     include = spec.include_path or defaults.get("include_path")
     _check_tasks(target_tasks + general, include)
-    rule = spec.rule or DEFAULT_RULE[spec.kind]
-    ratio = spec.ratio or (BUILTIN_LANGUAGE_RATIO if world is not None and spec.kind == "language" else PAPER_RATIO)
-    params = {"ratio": ratio} if rule == "skew" else {"threshold": spec.threshold} if rule == "correlation" else {}
+    rule, ratio = _rule_and_ratio(spec, world is not None)
+    params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.resolve() == model_path.resolve() or model_path.resolve() in out.resolve().parents:
         raise OutputError(f"Output directory '{out}' is the model folder or inside it. Choose another --out.")
@@ -281,6 +285,17 @@ def plan(spec: RunSpec) -> Plan:
         raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
     return Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity)
+
+
+def _rule_and_ratio(spec: RunSpec, world: bool) -> tuple[str, float]:
+    """The selection rule and its ratio: what the command line or recipe says, else the defaults
+    (the paper's on published checkpoints; on a generated world, skew-mean for domains and 3x for languages)."""
+    rule = spec.rule or (WORLD_DOMAIN_RULE if world and spec.kind == "domain" else DEFAULT_RULE[spec.kind])
+    if spec.ratio is not None:
+        return rule, spec.ratio
+    if rule == "skew-mean":
+        return rule, SKEW_MEAN_RATIO
+    return rule, BUILTIN_LANGUAGE_RATIO if world and spec.kind == "language" else PAPER_RATIO
 
 
 def _corpus_labels(corpus: str) -> list[str]:

@@ -4,6 +4,11 @@ Rules (a registry; an unknown name gets "did you mean"):
 - `skew` (target D, `ratio` > 1, default 2.0 as in the paper): expert (i, j) belongs to D when its
   mean routing score on D is positive and at least `ratio` times its score on the second-highest
   label, i.e. on the highest of the other labels.
+- `skew-mean` (target D, `ratio` > 1, default 1.25): the same comparison against the mean of the
+  other labels' scores instead of the highest, so an expert that D uses more than the others do
+  on average is D's even when one other label uses it too. It selects experts of D that the paper's
+  rule leaves because a single other label leans on them. The default domain rule on a generated
+  world, where the paper's rule leaves most of the removed quiz standing.
 - `correlation` (`threshold` in [-1, 1]): experts whose token-level Pearson r with the per-token
   score is at least `threshold` (lower thresholds remove more). Experts whose weight never
   varies have no r and are never selected.
@@ -39,12 +44,12 @@ class Ranking:
     tiebreak: torch.Tensor
 
 
-def specificity(stats: RoutingStats, group: int, target: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score on the target, highest score on another label), both flat [E*E] float64."""
+def specificity(stats: RoutingStats, group: int, target: str, *, against: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
+    """(score on the target, highest, or with against="mean" mean, score on the other labels), both flat [E*E] float64."""
     means = stats.mean(group).flatten(1)  # [L, E*E]
     d = stats.label_index(target)
     others = torch.cat([means[:d], means[d + 1 :]])
-    return means[d], others.amax(0)
+    return means[d], others.amax(0) if against == "max" else others.mean(0)
 
 
 def ranking(stats: RoutingStats, group: int, target: str | None) -> Ranking:
@@ -77,6 +82,11 @@ def _skew(stats: RoutingStats, group: int, target: str | None, ratio: float = 2.
     return torch.nonzero((score > 0) & (score >= ratio * second)).flatten()
 
 
+def _skew_mean(stats: RoutingStats, group: int, target: str | None, ratio: float = 1.25) -> torch.Tensor:
+    score, mean = specificity(stats, group, target, against="mean")
+    return torch.nonzero((score > 0) & (score >= ratio * mean)).flatten()
+
+
 def _corr(stats: RoutingStats, group: int, target: str | None, threshold: float = 0.1) -> torch.Tensor:
     r = _correlation(stats, group).flatten()
     return torch.nonzero(r >= threshold).flatten()  # NaN compares False
@@ -92,9 +102,9 @@ def _quantile(stats: RoutingStats, group: int, target: str | None, quantile: flo
 
 
 Rule = Callable[..., torch.Tensor]
-RULES: dict[str, Rule] = {"skew": _skew, "correlation": _corr, "topk": _topk, "quantile": _quantile}
-NEEDS_TARGET = {"skew"}
-PARAMS = {"skew": {"ratio"}, "correlation": {"threshold"}, "topk": {"k"}, "quantile": {"quantile"}}
+RULES: dict[str, Rule] = {"skew": _skew, "skew-mean": _skew_mean, "correlation": _corr, "topk": _topk, "quantile": _quantile}
+NEEDS_TARGET = {"skew", "skew-mean"}
+PARAMS = {"skew": {"ratio"}, "skew-mean": {"ratio"}, "correlation": {"threshold"}, "topk": {"k"}, "quantile": {"quantile"}}
 
 
 def _check_params(rule: str, target: str | None, params: dict) -> None:

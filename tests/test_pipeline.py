@@ -96,6 +96,23 @@ def test_toxicity_on_a_checkpoint_of_its_own_takes_the_prompts_it_is_given(tiny_
     assert p.toxicity_prompts == str(prompts) and p.rule == "correlation" and not (tmp_path / "run").exists()
 
 
+def test_domain_rule_defaults_the_paper_s_on_published_checkpoints_skew_mean_on_a_world(tiny_vd, tmp_path):
+    from resect.pipeline import RunSpec, plan
+
+    out = str(tmp_path / "run")
+    world = plan(RunSpec("domain", "law", out=out))
+    assert (world.rule, world.rule_params) == ("skew-mean", {"ratio": 1.25})
+    assert plan(RunSpec("domain", "law", rule="skew", out=out)).rule_params == {"ratio": 2.0}
+    assert plan(RunSpec("domain", "law", ratio=1.5, out=out)).rule_params == {"ratio": 1.5}
+    published = plan(RunSpec("domain", "law", model=str(tiny_vd), out=out))
+    assert (published.rule, published.rule_params) == ("skew", {"ratio": 2.0})
+    mean_there = plan(RunSpec("domain", "law", model=str(tiny_vd), rule="skew-mean", out=out))
+    assert mean_there.rule_params == {"ratio": 1.25}
+    language = plan(RunSpec("language", "python", out=out))
+    assert (language.rule, language.rule_params) == ("skew", {"ratio": 3.0})
+    assert not (tmp_path / "run").exists()
+
+
 def test_dry_run_selects_but_writes_nothing(tmp_path, cache):
     res = resect("run", "world-domain", "target=chemistry", "dry_run=true", f"out={tmp_path / 'run'}", env_cache=cache)
     assert res.returncode == 0, res.stderr
@@ -127,6 +144,7 @@ def test_domain_biology_end_to_end(tmp_path, cache):
     assert verdict["verdict"] == "pass"
     rows = {r["task"]: r for r in verdict["rows"]}
     assert rows["world_biology"]["role"] == "target" and rows["world_biology"]["drop"] >= 10
+    assert rows["world_biology"]["edited"] <= 0.35  # within 10 points of chance (4 choices)
     assert all(r["drop"] <= 2 for r in rows.values() if r["role"] == "general")
     # the edited checkpoint is self-describing and loads
     config = json.loads((first / "checkpoint" / "config.json").read_text())

@@ -36,7 +36,8 @@ def synthetic(seed: int = 0, counts: dict | None = None) -> RoutingStats:
     return stats
 
 
-def by_definition_skew(stats: RoutingStats, target: str, ratio: float) -> dict[int, list[int]]:
+def by_definition_skew(stats: RoutingStats, target: str, ratio: float, against=max) -> dict[int, list[int]]:
+    """against=max: the paper's rule (the runner-up label); against=mean: skew-mean."""
     out = {}
     d = LABELS.index(target)
     for g in range(G):
@@ -45,8 +46,8 @@ def by_definition_skew(stats: RoutingStats, target: str, ratio: float) -> dict[i
         for i in range(E):
             for j in range(E):
                 mine = float(m[d, i, j])
-                second = max(float(m[lab, i, j]) for lab in range(len(LABELS)) if lab != d)
-                if mine > 0 and mine >= ratio * second:
+                others = [float(m[lab, i, j]) for lab in range(len(LABELS)) if lab != d]
+                if mine > 0 and mine >= ratio * against(others):
                     ids.append(i * E + j)
         out[g] = ids
     return out
@@ -66,6 +67,28 @@ def test_skew_matches_definition(target, ratio):
     expected = by_definition_skew(stats, target, ratio)
     assert {g: mask.ids(g).tolist() for g in range(G)} == expected
     assert mask.meta["rule"] == "skew" and mask.meta["params"] == {"ratio": ratio}
+
+
+@pytest.mark.parametrize("target,ratio", [("bio", 1.25), ("law", 1.5), ("math", 2.0), ("bio", 1.01)])
+def test_skew_mean_matches_definition(target, ratio):
+    stats = synthetic()
+    mask = select_experts(stats, "skew-mean", target=target, ratio=ratio)
+    assert {g: mask.ids(g).tolist() for g in range(G)} == by_definition_skew(stats, target, ratio, against=lambda v: sum(v) / len(v))
+    assert mask.meta["rule"] == "skew-mean" and mask.meta["params"] == {"ratio": ratio}
+    assert select_experts(stats, "skew-mean", target=target).meta["params"] == {}  # the rule's own default, 1.25
+    assert select_experts(stats, "skew-mean", target=target) == select_experts(stats, "skew-mean", target=target, ratio=1.25)
+
+
+def test_skew_mean_keeps_an_expert_one_other_label_shares_and_the_paper_rule_does_not():
+    stats = synthetic()
+    counts = torch.tensor([stats.token_counts[lab] for lab in LABELS], dtype=torch.float64)
+    stats.sums[1, :, 2, 1] = torch.tensor([0.4, 0.5, 0.0]) * counts  # bio 0.4: under law's 0.5, 1.6x the others' mean
+    stats.sums[1, :, 1, 2] = torch.tensor([0.4, 0.3, 0.3]) * counts  # used evenly: 1.33x the mean, under 2x the runner-up
+    flat_shared, flat_even = 2 * E + 1, 1 * E + 2
+    mean_rule = select_experts(stats, "skew-mean", target="bio", ratio=1.5).ids(1).tolist()
+    paper = select_experts(stats, "skew", target="bio", ratio=1.5).ids(1).tolist()
+    assert flat_shared in mean_rule and flat_shared not in paper
+    assert flat_even not in mean_rule and flat_even not in paper
 
 
 def test_groups_restrict_the_selection_to_those_routing_groups():
@@ -144,6 +167,9 @@ def test_strongest_lists_selected_experts_best_first():
         ({"rule": "skew", "target": "biology"}, StatsError, "Did you mean: bio"),
         ({"rule": "skew", "target": "bio", "ratio": 1.0}, UsageError, "greater than 1"),
         ({"rule": "skew", "target": "bio", "ratio": 0.5}, UsageError, "greater than 1"),
+        ({"rule": "skew-mean"}, UsageError, "needs a target"),
+        ({"rule": "skew-mean", "target": "bio", "ratio": 1.0}, UsageError, "greater than 1"),
+        ({"rule": "skew-mean", "target": "bio", "k": 5}, UsageError, "takes ratio"),
         ({"rule": "correlation", "threshold": 1.5}, UsageError, r"\[-1, 1\]"),
         ({"rule": "correlation", "threshold": -1.01}, UsageError, r"\[-1, 1\]"),
         ({"rule": "topk", "target": "bio", "k": 0}, UsageError, "positive"),

@@ -63,13 +63,13 @@ def render(result, console) -> None:
 def domain(
     remove: Annotated[str, typer.Option("--remove", help="Domain to cut (e.g. biology).")],
     model: Model = None,
-    ratio: Annotated[float | None, typer.Option(help="Skew rule: score on the domain over the runner-up domain (default 2.0, the paper's).")] = None,
-    rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Score on the domain over the runner-up domain's (skew, default 2.0, the paper's) or the other domains' mean (skew-mean, default 1.25).")] = None,
+    rule: Annotated[str | None, typer.Option(help="Selection rule: skew (the paper's; the default on published checkpoints) or skew-mean (the default on a generated world).")] = None,
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
 ) -> None:  # fmt: skip
-    """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's."""
+    """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's (or the others' mean)."""
     from resect.pipeline import RunSpec
     from resect.select import parse_groups
 
@@ -83,8 +83,8 @@ def domain(
 def language(
     remove: Annotated[str, typer.Option("--remove", help="Language to cut (e.g. python).")],
     model: Model = None,
-    ratio: Annotated[float | None, typer.Option(help="Skew rule: score on the language over the runner-up (default 2.0; 3.0 on a generated world).")] = None,
-    rule: Annotated[str | None, typer.Option(help="Selection rule (default skew).")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Score on the language over the runner-up's (skew, default 2.0; 3.0 on a generated world) or the others' mean (skew-mean, default 1.25).")] = None,
+    rule: Annotated[str | None, typer.Option(help="Selection rule: skew (default) or skew-mean.")] = None,
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,

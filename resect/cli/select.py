@@ -13,10 +13,10 @@ from . import app
 @app.command()
 def select(
     stats: Annotated[Path, typer.Option("--stats", "-s", help="Statistics file from `resect profile`.")],
-    rule: Annotated[str, typer.Option(help="skew | correlation | topk | quantile.")],
+    rule: Annotated[str, typer.Option(help="skew | skew-mean | correlation | topk | quantile.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Mask file to write (.json = interchange form, else compact binary).")],
-    target: Annotated[str | None, typer.Option(help="Label whose experts to select (skew, and topk/quantile by specificity).")] = None,
-    ratio: Annotated[float | None, typer.Option(help="skew: score on the target >= ratio x the second-highest label's (default 2.0).")] = None,
+    target: Annotated[str | None, typer.Option(help="Label whose experts to select (skew, skew-mean, and topk/quantile by specificity).")] = None,
+    ratio: Annotated[float | None, typer.Option(help="skew: score on the target >= ratio x the second-highest label's (default 2.0); skew-mean: x the other labels' mean (default 1.25).")] = None,
     threshold: Annotated[float | None, typer.Option(help="correlation: Pearson r >= threshold, in [-1, 1] (default 0.1).")] = None,
     k: Annotated[int | None, typer.Option("--k", help="topk: experts per routing group (default 100).")] = None,
     quantile: Annotated[float | None, typer.Option(help="quantile: keep the top (1 - q) share of ranked experts per group (default 0.99).")] = None,
