@@ -1,7 +1,7 @@
 """The mission's numbers on the built-in model: every domain, every language, toxicity, and timings.
 
-    python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1] [--groups 1,2]
-                                          [--model RUN/model]
+    python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1]
+                                          [--rule skew] [--groups 1,2] [--model RUN/model]
 
 Runs the real commands (`resect domain --remove D`, `resect language --remove L`,
 `resect toxicity --threshold R`) in subprocesses with a fresh cache, so the first run pays for
@@ -9,8 +9,10 @@ profiling and the baseline evaluation exactly as a new user does, and prints:
 - the wall time of the first `resect domain --remove biology` (target: <= 60 s on 2 cores) and of
   `resect --help` (target: < 1 s);
 - per domain: the removed domain's quiz accuracy before and after, its distance to chance (target:
-  within 10 points) and the largest change of any other domain (target: within 2 points); with
-  `--groups 1,2` the same table again, selecting in those routing groups only;
+  within 10 points) and the largest change of any other domain (target: within 2 points), with the
+  default rule (skew-mean on a generated world); with `--rule skew` the same table again under that
+  rule at its default ratio (skew: the paper's, 2x the runner-up), with `--groups 1,2` again
+  selecting in those routing groups only;
 - per language: the removed language's perplexity ratio (target: >= 2x) and the largest rise of the
   others (target: < 5%);
 - toxicity at the threshold: toxicity probability before and after (target: falls by at least a
@@ -40,6 +42,8 @@ def resect(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.Comp
     start = time.perf_counter()
     edit = args[:1] + MODEL + args[1:] if args and args[0] in ("domain", "language", "toxicity") else args
     res = subprocess.run([RESECT, *edit], capture_output=True, text=True, env=env)
+    if res.returncode == 2:  # bad input: resect's one line says what to change
+        sys.exit(f"resect {' '.join(edit)}: {res.stderr.strip()}")
     return time.perf_counter() - start, res
 
 
@@ -47,15 +51,17 @@ def verdict(run: Path) -> dict:
     return json.loads((run / "verify.json").read_text())
 
 
-def domains(work: Path, env: dict[str, str], groups: str | None = None) -> None:
+def domains(work: Path, env: dict[str, str], option: tuple[str, str] | None = None) -> None:
+    """The domain table with the default selection, or with one more option (--rule R, --groups G)."""
     from resect.builtin import DOMAINS
 
-    where = "" if groups is None else f", groups {groups}"
-    print(f"\n| removed domain{where} | before | after | above chance | largest other change | masked | pass |")
-    print("|---|---|---|---|---|---|---|")
+    where = "" if option is None else f", {option[0]} {option[1]}"
+    extra = [] if option is None else list(option)
+    print(f"\n| removed domain{where} | before | after | above chance | largest other change | masked | gate | within 10 of chance, others within 2 |")
+    print("|---|---|---|---|---|---|---|---|")
     for domain in DOMAINS:
-        run = work / f"domain-{domain}" if groups is None else work / f"domain-{domain}-groups-{groups.replace(',', '-')}"
-        resect(["domain", "--remove", domain, "--out", str(run), *([] if groups is None else ["--groups", groups])], env)
+        run = work / ("-".join(["domain", domain, *extra]).replace(",", "-").replace("--", ""))
+        resect(["domain", "--remove", domain, "--out", str(run), *extra], env)
         report = verdict(run)
         rows = {r["task"]: r for r in report["rows"]}
         target = rows[f"world_{domain}"]
@@ -63,8 +69,9 @@ def domains(work: Path, env: dict[str, str], groups: str | None = None) -> None:
         mask = json.loads((run / "mask.json").read_text())
         masked = sum(len(v) for v in mask["experts"].values())
         after = 100 * target["edited"]
+        bar = "yes" if after - CHANCE <= 10 and others <= 2 else "no"
         print(f"| {domain} | {100 * target['baseline']:.1f} | {after:.1f} | {after - CHANCE:+.1f} | "
-              f"{others:.1f} | {masked:,} | {report['verdict']} |")
+              f"{others:.1f} | {masked:,} | {report['verdict']} | {bar} |")
 
 
 def languages(work: Path, env: dict[str, str]) -> None:
@@ -99,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["domain", "language", "toxicity"])
     parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--rule", help="also the domain table with this selection rule at its default ratio, e.g. skew (the paper's)")
     parser.add_argument("--groups", help="also the domain table with selection in these routing groups only, e.g. 1,2")
     parser.add_argument("--model", help="a model trained by 'resect world train --out RUN' (RUN/model), measured on its world")
     args = parser.parse_args()
@@ -113,8 +121,10 @@ def main() -> None:
         print(f"resect domain --remove biology{' (' + args.model + ')' if args.model else ''}, cold caches: {seconds:.1f} s, exit {res.returncode} (target <= 60 s)")
         if args.only in (None, "domain"):
             domains(work, env)
+            if args.rule:
+                domains(work, env, ("--rule", args.rule))
             if args.groups:
-                domains(work, env, args.groups)
+                domains(work, env, ("--groups", args.groups))
         if args.only in (None, "language"):
             languages(work, env)
         if args.only in (None, "toxicity"):
