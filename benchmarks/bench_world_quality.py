@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_world_quality.py [--model DIR] [--data DIR] [--samples 5] [--json out.json]
 
-1. Domain quizzes (lm-eval, 4 options, chance 25%): accuracy per domain; bar >= 80%.
+1. Domain quizzes (lm-eval, 4 options, chance 25%): accuracy per domain; bar >= 80%. Beside them,
+   what a taker who knows only how common each of the domain's values is would score.
 2. Held-out code per language (lm-eval loglikelihood_rolling): bits per byte and word perplexity,
    beside a unigram baseline (token frequencies of the profiling code of the same language).
 3. Toxicity (generation protocol, profanity scorer): toxic vs neutral prompts.
@@ -31,6 +32,25 @@ def quiz_accuracy(model, tok, tasks_dir: Path, domains, limit=None) -> dict[str,
 
     res = evaluate(model, tok, [f"world_{d}" for d in domains], include_path=tasks_dir, limit=limit, batch_size=32)
     return {d: res["results"][f"world_{d}"]["acc,none"] for d in domains}
+
+
+def frequency_guess(data: Path, domains) -> dict[str, float]:
+    """Expected quiz accuracy of a taker who never reads the entity: among the choices it takes the
+    value that most of the domain's entities hold (world.json's facts), ties broken at random. What
+    a model that kept only how common each value is, and no fact, would score instead of chance."""
+    facts = json.loads((data / "world.json").read_text())["facts"]
+    out = {}
+    for domain in domains:
+        held = Counter((f["attribute"], f["value"]) for f in facts if f["domain"] == domain)
+        asked = [f["attribute"] for f in facts if f["domain"] == domain]  # the quiz asks the facts in order
+        items = [json.loads(x) for x in (data / "eval" / f"quiz_{domain}.jsonl").read_text().splitlines()]
+        score = 0.0
+        for item, attribute in zip(items, asked, strict=True):
+            counts = [held[attribute, v] for v in item["choices"]]
+            best = [i for i, c in enumerate(counts) if c == max(counts)]
+            score += (item["answer"] in best) / len(best)
+        out[domain] = score / len(items)
+    return out
 
 
 def code_perplexity(model, tok, tasks_dir: Path, data: Path, languages) -> dict[str, dict]:
@@ -107,6 +127,8 @@ def main() -> None:
     report, t0 = {}, time.time()
     report["quiz_accuracy"] = quiz_accuracy(model, tok, tasks_dir, DOMAINS)
     print("quiz accuracy:", json.dumps(report["quiz_accuracy"]), flush=True)
+    report["frequency_guess"] = {d: round(a, 3) for d, a in frequency_guess(data, DOMAINS).items()}
+    print("a taker who knows only how common each value is (chance 0.25):", json.dumps(report["frequency_guess"]), flush=True)
     report["code"] = code_perplexity(model, tok, tasks_dir, data, LANGUAGES)
     print("held-out code:", json.dumps(report["code"]), flush=True)
     report["toxicity"] = toxicity(model, tok, data, args.samples)
