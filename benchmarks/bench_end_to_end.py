@@ -57,7 +57,7 @@ def domains(work: Path, env: dict[str, str], option: tuple[str, str] | None = No
 
     where = "" if option is None else f", {option[0]} {option[1]}"
     extra = [] if option is None else list(option)
-    print(f"\n| removed domain{where} | before | after | above chance | largest other change | masked | gate | within 10 of chance, others within 2 |")
+    print(f"\n| removed domain{where} | before | after (± s.e.) | above chance | largest other change | masked | gate | within 10 of chance, others within 2 |")
     print("|---|---|---|---|---|---|---|---|")
     for domain in DOMAINS:
         run = work / ("-".join(["domain", domain, *extra]).replace(",", "-").replace("--", ""))
@@ -70,7 +70,7 @@ def domains(work: Path, env: dict[str, str], option: tuple[str, str] | None = No
         masked = sum(len(v) for v in mask["experts"].values())
         after = 100 * target["edited"]
         bar = "yes" if after - CHANCE <= 10 and others <= 2 else "no"
-        print(f"| {domain} | {100 * target['baseline']:.1f} | {after:.1f} | {after - CHANCE:+.1f} | "
+        print(f"| {domain} | {100 * target['baseline']:.1f} | {after:.1f} ± {100 * target['edited_stderr']:.1f} | {after - CHANCE:+.1f} | "
               f"{others:.1f} | {masked:,} | {report['verdict']} | {bar} |")
 
 
