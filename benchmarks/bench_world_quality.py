@@ -41,11 +41,11 @@ def frequency_guess(data: Path, domains) -> dict[str, float]:
     facts = json.loads((data / "world.json").read_text())["facts"]
     out = {}
     for domain in domains:
-        held = Counter((f["attribute"], f["value"]) for f in facts if f["domain"] == domain)
-        asked = [f["attribute"] for f in facts if f["domain"] == domain]  # the quiz asks the facts in order
+        asked = [(f["attribute"], f["value"]) for f in facts if f["domain"] == domain]  # the quiz asks them in order
+        held = Counter(asked)
         items = [json.loads(x) for x in (data / "eval" / f"quiz_{domain}.jsonl").read_text().splitlines()]
         score = 0.0
-        for item, attribute in zip(items, asked, strict=True):
+        for item, (attribute, _) in zip(items, asked, strict=True):
             counts = [held[attribute, v] for v in item["choices"]]
             best = [i for i, c in enumerate(counts) if c == max(counts)]
             score += (item["answer"] in best) / len(best)
