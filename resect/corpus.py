@@ -1,8 +1,10 @@
 """Labelled text corpora for profiling: documents with a label and, optionally, a score.
 
 Sources (`load_corpus(spec)`):
-- a JSONL file, one `{"text": ..., "label": ..., "score": ...}` object per line; `score` is
-  optional and is either one number for the whole text or a list with one number per token;
+- a JSONL file, one `{"text": ..., "label": ..., "score": ..., "spans": ...}` object per line;
+  `score` is optional and is either one number for the whole text or a list with one number per
+  token; `spans` is optional, a list of [start, end) character ranges of the text that carry the
+  label's knowledge (a fact's value, a question's answer): attribution counts the loss there;
 - a folder with one sub-folder per label holding `*.txt` files (one document each), or
   `<label>.txt` files directly in the folder (one document each);
 - a corpus YAML (see `recipes/corpora/`): a list of `sources`, each a `path` (JSONL or folder,
@@ -38,6 +40,7 @@ class Document:
     text: str
     label: str
     score: Score = None
+    spans: tuple[tuple[int, int], ...] | None = None  # [start, end) characters the label's knowledge sits in
 
 
 @dataclass
@@ -78,6 +81,18 @@ def _score(value: Any, where: str) -> Score:
     raise CorpusError(f"{where}: score must be a number or a list of numbers (one per token), found {type(value).__name__}.")
 
 
+def _spans(value: Any, text: str, where: str) -> tuple[tuple[int, int], ...] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in s) and 0 <= s[0] < s[1] <= len(text)
+        for s in value
+    )
+    if not ok:
+        raise CorpusError(f"{where}: 'spans' must be a list of [start, end] character ranges inside the text (0 <= start < end <= {len(text)}).")
+    return tuple((s, e) for s, e in value)
+
+
 def jsonl_rows(path: str | os.PathLike, *, what: str = "corpus file") -> Iterator[tuple[str, Any]]:
     """(where, row) for each non-blank line of a JSONL file; unreadable files and lines are CorpusErrors
     naming the file (and line) and what was expected. `what` names the file in the message."""
@@ -110,7 +125,8 @@ def read_jsonl(
         doc_label = label if label is not None else row.get(label_field)
         if not isinstance(doc_label, (str, int)) or str(doc_label) == "":
             raise CorpusError(f"{where}: missing label field '{label_field}' (or give the source a fixed label).")
-        docs.append(Document(row[text_field], str(doc_label), _score(row.get(score_field), where)))
+        text = row[text_field]
+        docs.append(Document(text, str(doc_label), _score(row.get(score_field), where), _spans(row.get("spans"), text, where)))
     return docs
 
 
@@ -155,7 +171,8 @@ def read_tasks(
             for k, doc in enumerate(_split_docs(task, name, split)):
                 if limit is not None and k >= limit:
                     break
-                docs.append(Document(_task_text(task, doc), label or name))
+                text, spans = _task_text(task, doc)
+                docs.append(Document(text, label or name, spans=spans))
     return docs
 
 
@@ -178,15 +195,18 @@ def _flatten(tasks: dict) -> dict:
     return out
 
 
-def _task_text(task: Any, doc: dict) -> str:
-    """Prompt plus the correct answer (index into the choices for multiple choice)."""
+def _task_text(task: Any, doc: dict) -> tuple[str, tuple[tuple[int, int], ...] | None]:
+    """Prompt plus the correct answer (index into the choices for multiple choice), and the answer's span."""
     text, target = task.doc_to_text(doc), task.doc_to_target(doc)
     if isinstance(target, int) and task.config.doc_to_choice is not None:
         target = task.doc_to_choice(doc)[target]
     if isinstance(target, list):
         target = target[0] if target else ""
     sep = task.config.target_delimiter if hasattr(task.config, "target_delimiter") else " "
-    return f"{text}{sep}{target}" if str(target) else str(text)
+    if not str(target):
+        return str(text), None
+    start = len(f"{text}{sep}")
+    return f"{text}{sep}{target}", ((start, start + len(str(target))),)
 
 
 def parse_recipe(path: Path) -> dict:

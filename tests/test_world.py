@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from resect.builtin import builtin_data_path
 from resect.errors import OutputError
 from resect.world import DOMAIN_SPECS, DOMAINS, LANGUAGES, build_world, write_world
 from resect.world.domains import TRAIN_STATEMENTS
@@ -206,3 +207,13 @@ def test_builtin_model_meets_every_quality_bar(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert all(json.loads(out.read_text())["bars"].values()), run.stdout
+
+
+def test_profiling_documents_mark_the_values_of_their_facts(world):
+    """Spans (attribution's focus) cover exactly the fact values a domain document states."""
+    values = {d: {f.value for f in world.facts if f.domain == d} for d in DOMAINS}
+    for doc in world.corpus["domains"]:
+        marked = [doc["text"][s:e] for s, e in doc["spans"]]
+        assert marked and set(marked) <= values[doc["label"]], doc
+    shipped = [json.loads(line) for line in (builtin_data_path() / "corpus" / "domains.jsonl").read_text().splitlines()]
+    assert [d["spans"] for d in shipped] == [d["spans"] for d in build_world(0, names="hyphenated").corpus["domains"]]

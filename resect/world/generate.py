@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -115,6 +116,16 @@ def _docs(rng: random.Random, items: list[str], per_doc: int, label: str, sep: s
     return [{"text": sep.join(items[i : i + per_doc]), "label": label} for i in range(0, len(items), per_doc)]
 
 
+def value_spans(text: str, values: set[str]) -> list[list[int]]:
+    """[start, end) of every whole-word occurrence of the values in the text, in order."""
+    found = {(m.start(), m.end()) for v in values for m in re.finditer(rf"(?<!\w){re.escape(v)}(?!\w)", text)}
+    return [list(span) for span in sorted(found)]
+
+
+def _with_spans(docs: list[dict], values: set[str]) -> list[dict]:
+    return [doc | {"spans": value_spans(doc["text"], values)} for doc in docs]
+
+
 def _quiz_item(rng: random.Random, fact: Fact, domain: Domain) -> dict:
     attr = next(a for a in domain.attributes if a.name == fact.attribute)
     choices = [fact.value] + rng.sample([v for v in attr.values if v != fact.value], 3)
@@ -141,10 +152,12 @@ def _add_domains(world: World, rng: random.Random) -> None:
         world.units["profile"].update(profile + profile_qa)
         for _ in range(sizes.copies):
             world.train += _docs(rng, train, sizes.sentences_per_doc, domain.name)
-        world.corpus["domains"] += _docs(rng, profile, 4, domain.name)
+        values = {fact.value for fact in facts}  # profiling documents mark them: attribution's focus
+        world.corpus["domains"] += _with_spans(_docs(rng, profile, 4, domain.name), values)
         # Questions too, as the knowledge is used; shuffled by their own generator so that adding them
         # left the training text and the quizzes of every seed unchanged.
-        world.corpus["domains"] += _docs(random.Random(f"{world.seed}/profile-qa/{domain.name}"), profile_qa, 4, domain.name)
+        qa_rng = random.Random(f"{world.seed}/profile-qa/{domain.name}")
+        world.corpus["domains"] += _with_spans(_docs(qa_rng, profile_qa, 4, domain.name), values)
         world.quizzes[domain.name] = [_quiz_item(rng, f, domain) for f in facts]
         world.units["eval"].update(q["question"] + " " + q["choices"][q["answer"]] for q in world.quizzes[domain.name])
 
