@@ -1,7 +1,7 @@
 """The mission's numbers on the built-in model: every domain, every language, toxicity, and timings.
 
     python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1]
-                                          [--rule skew] [--groups 1,2] [--model RUN/model]
+                                          [--rule skew] [--groups 1,2] [--refine 100] [--model RUN/model]
 
 Runs the real commands (`resect domain --remove D`, `resect language --remove L`,
 `resect toxicity --threshold R`) in subprocesses with a fresh cache, so the first run pays for
@@ -12,7 +12,8 @@ profiling and the baseline evaluation exactly as a new user does, and prints:
   within 10 points) and the largest change of any other domain (target: within 2 points), with the
   default rule (skew-mean on a generated world); with `--rule skew` the same table again under that
   rule at its default ratio (skew: the paper's, 2x the runner-up), with `--groups 1,2` again
-  selecting in those routing groups only;
+  selecting in those routing groups only, with `--refine N` again with attribution refinement
+  (up to N more experts per group; resect.attribute), each with its mean seconds per edit;
 - per language: the removed language's perplexity ratio (target: >= 2x) and the largest rise of the
   others (target: < 5%);
 - toxicity at the threshold: toxicity probability before and after (target: falls by at least a
@@ -52,16 +53,18 @@ def verdict(run: Path) -> dict:
 
 
 def domains(work: Path, env: dict[str, str], option: tuple[str, str] | None = None) -> None:
-    """The domain table with the default selection, or with one more option (--rule R, --groups G)."""
+    """The domain table with the default selection, or with one more option (--rule R, --groups G, --refine N)."""
     from resect.builtin import DOMAINS
 
     where = "" if option is None else f", {option[0]} {option[1]}"
     extra = [] if option is None else list(option)
     print(f"\n| removed domain{where} | before | after (± s.e.) | above chance | largest other change | masked | gate | within 10 of chance, others within 2 |")
     print("|---|---|---|---|---|---|---|---|")
+    took = []
     for domain in DOMAINS:
         run = work / ("-".join(["domain", domain, *extra]).replace(",", "-").replace("--", ""))
-        resect(["domain", "--remove", domain, "--out", str(run), *extra], env)
+        seconds, _ = resect(["domain", "--remove", domain, "--out", str(run), *extra], env)
+        took.append(seconds)
         report = verdict(run)
         rows = {r["task"]: r for r in report["rows"]}
         target = rows[f"world_{domain}"]
@@ -72,6 +75,7 @@ def domains(work: Path, env: dict[str, str], option: tuple[str, str] | None = No
         bar = "yes" if after - CHANCE <= 10 and others <= 2 else "no"
         print(f"| {domain} | {100 * target['baseline']:.1f} | {after:.1f} ± {100 * target['edited_stderr']:.1f} | {after - CHANCE:+.1f} | "
               f"{others:.1f} | {masked:,} | {report['verdict']} | {bar} |")
+    print(f"\n{where.strip(', ') or 'default selection'}: {sum(took) / len(took):.1f} s per edit on average (statistics cached after the first)")
 
 
 def languages(work: Path, env: dict[str, str]) -> None:
@@ -108,6 +112,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--rule", help="also the domain table with this selection rule at its default ratio, e.g. skew (the paper's)")
     parser.add_argument("--groups", help="also the domain table with selection in these routing groups only, e.g. 1,2")
+    parser.add_argument("--refine", type=int, help="also the domain table with attribution refinement adding up to N experts per group")
     parser.add_argument("--model", help="a model trained by 'resect world train --out RUN' (RUN/model), measured on its world")
     args = parser.parse_args()
     if args.model:
@@ -125,6 +130,8 @@ def main() -> None:
                 domains(work, env, ("--rule", args.rule))
             if args.groups:
                 domains(work, env, ("--groups", args.groups))
+            if args.refine is not None:
+                domains(work, env, ("--refine", str(args.refine)))
         if args.only in (None, "language"):
             languages(work, env)
         if args.only in (None, "toxicity"):

@@ -71,6 +71,7 @@ class RunSpec:
     ratio: float | None = None  # skew rules; None: skew 2.0 (the paper's; 3.0 for languages of a generated world), skew-mean 1.25
     threshold: float = 0.1
     groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
+    refine: int | None = None  # experts per group added by attribution after the rule (resect.attribute); None/0: none
     corpus: str | None = None
     include_path: str | None = None
     target_tasks: list[str] | None = None
@@ -132,7 +133,7 @@ class Plan:
 
 _TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
-_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed")
+_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine")
 _FLAGS = ("force", "dry_run")
 _LISTS = ("target_tasks", "general_tasks")
 
@@ -172,6 +173,10 @@ def check_spec(spec: RunSpec) -> None:
         raise UsageError(f"Say what to remove: --remove NAME (resect {spec.kind} --remove ...).")
     if spec.ratio is not None and spec.ratio <= 1:
         raise UsageError(f"--ratio must be greater than 1 (an expert's score on the target over the runner-up's, or the others' mean), got {spec.ratio}.")
+    if spec.refine is not None and spec.refine < 0:
+        raise UsageError(f"--refine is a number of experts per routing group and must be 0 or more, got {spec.refine}.")
+    if spec.refine and spec.kind == "toxicity":
+        raise UsageError("--refine protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --refine.")
     if not -1 <= spec.threshold <= 1:
         raise UsageError(f"--threshold is a Pearson correlation and must lie in [-1, 1], got {spec.threshold}.")
     for name in ("min_target_drop", "max_general_drop"):
@@ -430,6 +435,12 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
     floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
     mask = select_experts(stats, p.rule, target=spec.target, model=model, groups=spec.groups, **floor, **p.rule_params)
     lap("select")
+    if spec.refine:
+        from .attribute import attribution, refine
+
+        say(f"attributing the loss of each label's text to the {mask.total:,} selected experts' neighbours")
+        mask = refine(mask, attribution(model, tok, p.corpus, mask=mask), spec.target, add=spec.refine)
+        lap("refine")
     experts_total = stats.num_groups * stats.moe_experts**2
     say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
     if spec.dry_run:

@@ -65,6 +65,8 @@ def test_existing_output_is_refused_and_untouched(tmp_path, cache):
     (["run", "world-domain", "groups=[0,9]", "out={out}"], "0 to 2 (e.g. --groups 1,2), found 9"),
     (["run", "world-toxicity", "toxicity.profile_sample=4", "out={out}"], "Did you mean: profile_samples?"),
     (["run", "world-toxicity", "toxicity.samples=0", "out={out}"], "positive whole number"),
+    (["domain", "--remove", "biology", "--refine", "-1", "--out", "{out}"], "0 or more"),
+    (["run", "world-toxicity", "refine=5", "out={out}"], "Drop --refine"),
 ])  # fmt: skip
 def test_out_of_range_options_exit_2(args, phrase, tmp_path, cache):
     out = tmp_path / "run"
@@ -125,6 +127,18 @@ def test_groups_limit_the_selection_to_those_routing_groups(tmp_path, cache):
     assert res.returncode == 0, res.stderr
     counts = {int(g): int(n.replace(",", "")) for g, n in re.findall(r"group (\d+):\s+([\d,]+)", res.stdout)}
     assert counts[0] == 0 and counts[1] > 0 and counts[2] > 0, res.stdout
+
+
+def test_refine_adds_at_most_n_experts_per_group_to_the_rule_s(tmp_path, cache):
+    def counts(*extra: str) -> dict[int, int]:
+        res = resect("domain", "--remove", "chemistry", "--dry-run", *extra, "--out", str(tmp_path / "run"), env_cache=cache)
+        assert res.returncode == 0, res.stderr
+        return {int(g): int(n.replace(",", "")) for g, n in re.findall(r"group (\d+):\s+([\d,]+)", res.stdout)}
+
+    rule, refined = counts(), counts("--refine", "40")
+    added = {g: refined[g] - rule[g] for g in rule}
+    assert all(0 <= n <= 40 for n in added.values()) and sum(added.values()) > 0, (rule, refined)
+    assert not (tmp_path / "run").exists()
 
 
 def test_domain_biology_end_to_end(tmp_path, cache):
