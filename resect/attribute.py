@@ -20,7 +20,6 @@ the first when a document has none. Gradients flow through the masked layers of 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -32,9 +31,8 @@ import torch
 
 from .corpus import Corpus, Document, load_corpus
 from .errors import UsageError
+from .evaluate import scoped_env
 from .mask import ExpertMask
-
-log = logging.getLogger(__name__)
 
 
 def focus_positions(doc: Document, tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:
@@ -107,20 +105,6 @@ def _recording(model):
             handle.remove()
 
 
-@contextmanager
-def _torch_kernel():
-    """Masked layers on the pure-torch path (the accelerated kernels have no backward)."""
-    old = os.environ.get("RESECT_MASK_KERNEL")
-    os.environ["RESECT_MASK_KERNEL"] = "torch"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("RESECT_MASK_KERNEL", None)
-        else:
-            os.environ["RESECT_MASK_KERNEL"] = old
-
-
 @dataclass
 class Attribution:
     """Per label, [G, E*E] float64: the estimated rise of the label's loss per focus token when each
@@ -139,8 +123,7 @@ def label_attribution(
     Documents go in right-padded batches: with causal attention a padding token only follows the
     real ones, so it changes none of their outputs and its gradient stays zero."""
     config = model.config
-    groups = -(-config.num_hidden_layers // config.moe_groups)
-    total = torch.zeros(groups, config.moe_experts**2, dtype=torch.float64)
+    total = torch.zeros(config.num_routing_groups, config.experts_per_group, dtype=torch.float64)
     lowest = torch.full_like(total, math.inf)
     pieces = [p for p in (focus_positions(d, tokenizer, max_length) for d in docs) if p[1]]
     device = next(model.parameters()).device
@@ -190,7 +173,7 @@ def attribution(
         p.requires_grad_(False)  # gradients reach the layers' outputs through the activations alone
     try:
         mean, worst = {}, {}
-        with _torch_kernel():
+        with scoped_env("RESECT_MASK_KERNEL", "torch"):  # the accelerated kernels have no backward
             for label in wanted:
                 docs = [d for d in corpus.documents if d.label == label]
                 total, lowest, counted = label_attribution(model, tokenizer, docs, max_length=max_length)
@@ -221,10 +204,9 @@ def refine(mask: ExpertMask, attr: Attribution, target: str, *, add: int) -> Exp
     score = attr.mean[target] - harm
     dense = {g: mask.dense(g) for g in range(score.shape[0])}
     for g in mask.meta.get("groups") or range(score.shape[0]):  # only where the rule selected
-        kept = ~mask.dense(g).flatten()
-        ids = torch.nonzero(kept & (score[g] > 0)).flatten()
-        best = ids[torch.sort(score[g][ids], descending=True, stable=True).indices][:add]
         chosen = dense[g].flatten().clone()
+        ids = torch.nonzero(~chosen & (score[g] > 0)).flatten()
+        best = ids[torch.sort(score[g][ids], descending=True, stable=True).indices][:add]
         chosen[best] = True
         dense[g] = chosen.view(dense[g].shape)
     meta = dict(mask.meta) | {"refine": {"add": add, "score": "mean[target] - max worst[other]"}}

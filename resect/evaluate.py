@@ -49,18 +49,23 @@ def lm_eval_version() -> str:
 
 
 @contextlib.contextmanager
-def _single_process_bootstrap() -> Iterator[None]:
-    """lm-eval bootstraps perplexity stderrs in a process pool unless DISABLE_MULTIPROC is set;
-    forking a process that holds a model wastes memory, and one process gives the same numbers."""
-    saved = os.environ.get("DISABLE_MULTIPROC")
-    os.environ["DISABLE_MULTIPROC"] = "1"
+def scoped_env(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of the block, then restore it (or its absence)."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop("DISABLE_MULTIPROC", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["DISABLE_MULTIPROC"] = saved
+            os.environ[name] = saved
+
+
+def _single_process_bootstrap() -> contextlib.AbstractContextManager:
+    """lm-eval bootstraps perplexity stderrs in a process pool unless DISABLE_MULTIPROC is set;
+    forking a process that holds a model wastes memory, and one process gives the same numbers."""
+    return scoped_env("DISABLE_MULTIPROC", "1")
 
 
 @contextlib.contextmanager

@@ -430,7 +430,10 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
         corpus = toxicity_corpus(model, tok, p)
         stats, cached = profile_cached(model, tok, corpus, p=p, scorer=p.toxicity["scorer"], score_window=p.toxicity["score_window"])
     else:
-        stats, cached = profile_cached(model, tok, p.corpus, p=p)
+        from .corpus import load_corpus
+
+        corpus = load_corpus(p.corpus)  # read once: profiling and attribution both use it
+        stats, cached = profile_cached(model, tok, corpus, p=p)
     lap("profile")
     floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
     mask = select_experts(stats, p.rule, target=spec.target, model=model, groups=spec.groups, **floor, **p.rule_params)
@@ -438,8 +441,8 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
     if spec.refine:
         from .attribute import attribution, refine
 
-        say(f"attributing the loss of each label's text to the {mask.total:,} selected experts' neighbours")
-        mask = refine(mask, attribution(model, tok, p.corpus, mask=mask), spec.target, add=spec.refine)
+        say(f"attributing each label's loss to the experts left after removing {mask.total:,}")
+        mask = refine(mask, attribution(model, tok, corpus, mask=mask), spec.target, add=spec.refine)
         lap("refine")
     experts_total = stats.num_groups * stats.moe_experts**2
     say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")

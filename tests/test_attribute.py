@@ -48,7 +48,7 @@ def scaled_forward(scale):
 def reference(model, tok, documents, mask: ExpertMask | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """-(d loss / d scale) per focus token: over all documents, and per document."""
     config, e = model.config, model.config.moe_experts
-    groups = -(-config.num_hidden_layers // config.moe_groups)
+    groups = config.num_routing_groups
     per_doc, total, count = [], 0, 0
     for doc in documents:
         scale = [(~mask.dense(g) if mask else torch.ones(e, e, dtype=torch.bool)).float().requires_grad_(True) for g in range(groups)]
@@ -81,7 +81,7 @@ def setup(request, tiny_vd, tiny_hd):
 def test_attribution_equals_autograd_of_a_per_expert_scale(setup, masked):
     model, tok = setup
     e = model.config.moe_experts
-    groups = -(-model.config.num_hidden_layers // model.config.moe_groups)
+    groups = model.config.num_routing_groups
     mask = ExpertMask(e, groups, {0: range(0, e * e, 3), groups - 1: range(5, 40)}) if masked else None
     corpus = Corpus(docs())
     got = attribution(model, tok, corpus, mask=mask)
@@ -101,7 +101,7 @@ def test_masked_experts_can_still_be_attributed(setup):
     """At the edited point a removed expert's attribution is what restoring it would change."""
     model, tok = setup
     e = model.config.moe_experts
-    groups = -(-model.config.num_hidden_layers // model.config.moe_groups)
+    groups = model.config.num_routing_groups
     mask = ExpertMask(e, groups, {0: range(e * e)})  # a whole group removed
     got = attribution(model, tok, Corpus(docs()), mask=mask, labels=["alpha"])
     assert set(got.mean) == {"alpha"}
