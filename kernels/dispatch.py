@@ -64,5 +64,8 @@ def choose(x: torch.Tensor, kernel: str | None = None) -> Callable:
 
 
 def masked_moe_forward(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked expert layer: x [B, T, D], g1, g2 [B, T, H, E], mask [E, E] bool (True = removed)."""
+    """Masked expert layer: x [B, T, D], g1, g2 [B, T, H, E], mask [E, E] bool (True = removed),
+    or floating point (removed fractions: pure torch, the one implementation that takes them)."""
+    if mask.is_floating_point():
+        return masked_torch.masked_moe_forward(experts, x, g1, g2, mask)
     return choose(x)(experts, x, g1, g2, mask)

@@ -3,7 +3,8 @@
 Depends on torch only: edited checkpoints carry a verbatim copy of this file
 (`monet_masking.py`) so that they load through `trust_remote_code=True` without resect.
 
-With the mask M of a routing group ([E, E], True = removed) and w'[i,j] = w[i,j] (1 - M[i,j]),
+With the mask M of a routing group ([E, E], True = removed; or a removed fraction in [0, 1]) and
+w'[i,j] = w[i,j] (1 - M[i,j]),
 the layer needs the row and column sums R, C and the mixed activations P, Q of w' (see
 `MonetMoVDE.project_top / project_bottom`). Each is its unmasked value minus a correction over
 the removed pairs:
@@ -130,10 +131,15 @@ class Halves:
 
 def paired_halves(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> tuple[Halves, Halves]:
     """Halves of g1 and g2 [N, H, E], rows ordered by active pairs K1 * K2 (ascending); only halves
-    with a removed partner in mask [E, E] (row i for g1, column j for g2) are kept."""
+    with a removed partner in mask [E, E] (row i for g1, column j for g2) are kept (every half of
+    a floating-point mask, whose gradient reaches every routed pair)."""
     n, heads, experts = g1.shape
-    h1 = Halves(g1.reshape(n * heads, experts), mask.any(1), heads)
-    h2 = Halves(g2.reshape(n * heads, experts), mask.any(0), heads)
+    if mask.is_floating_point():  # every routed pair: d out / d F[i,j] is nonzero even where F[i,j] = 0
+        rows = cols = torch.ones(experts, dtype=torch.bool, device=mask.device)
+    else:
+        rows, cols = mask.any(1), mask.any(0)
+    h1 = Halves(g1.reshape(n * heads, experts), rows, heads)
+    h2 = Halves(g2.reshape(n * heads, experts), cols, heads)
     order = torch.argsort(h1.counts * h2.counts)
     h1.sort_by(order)
     h2.sort_by(order)
@@ -166,15 +172,22 @@ def masked_moe_forward(
 ) -> torch.Tensor:
     """Masked MonetMoVDE / MonetMoHDE forward. x [B, T, D]; g1, g2 [B, T, H, E]; mask [E, E] bool.
 
+    A floating-point mask holds the removed fraction F of each expert instead (the layer weighs
+    expert (i, j) by w[i,j] (1 - F[i,j])): the corrections are linear in the mask, so the same
+    code computes it, and autograd differentiates it with respect to F (mask tuning).
+
     `compute` evaluates a chunk of corrections (`side_corrections`, or the Triton kernel);
     `corrections` (g1, g2 [N, H, E], mask) -> an object like `SparseCorrections` replaces the
     whole correction step (the numba kernel).
     """
-    mask = mask.to(device=x.device, dtype=torch.bool).contiguous()
-    if bool(mask.all()):  # the whole group removed: exactly zero, not a rounding residue
-        return x.new_zeros(x.shape)
-    if not bool(mask.any()):
-        return experts.dense_forward(x, g1, g2)
+    if mask.is_floating_point():  # removed fractions in [0, 1]: the same corrections, weighted (differentiable)
+        mask = mask.to(device=x.device, dtype=x.dtype).contiguous()
+    else:
+        mask = mask.to(device=x.device, dtype=torch.bool).contiguous()
+        if bool(mask.all()):  # the whole group removed: exactly zero, not a rounding residue
+            return x.new_zeros(x.shape)
+        if not bool(mask.any()):
+            return experts.dense_forward(x, g1, g2)
     make = corrections or (lambda a, b, m: SparseCorrections(a, b, m, compute=compute))
     fix = make(g1.flatten(0, 1), g2.flatten(0, 1), mask)
     if hasattr(experts, "v11"):

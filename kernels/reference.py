@@ -13,8 +13,12 @@ import torch
 
 
 def pair_weights(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """w'[n, i, j] = sum_h g1[n,h,i] g2[n,h,j] (1 - M[i,j]). g1, g2 [N, H, E] -> [N, E, E]."""
+    """w'[n, i, j] = sum_h g1[n,h,i] g2[n,h,j] (1 - M[i,j]). g1, g2 [N, H, E] -> [N, E, E].
+
+    M is bool (True = removed) or floating point (the removed fraction of each expert)."""
     w = torch.einsum("nhi,nhj->nij", g1, g2)
+    if mask.is_floating_point():
+        return w * (1 - mask.to(device=w.device, dtype=w.dtype))
     return w.masked_fill_(mask.to(device=w.device, dtype=torch.bool), 0)
 
 

@@ -127,6 +127,36 @@ def test_empty_and_full_masks(models, decompose, impl):
         assert max_err(naive_moe_forward(moe, x, g1, g2, torch.ones(e, e, dtype=torch.bool)), full) < TOL
 
 
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+def test_fractional_mask_weighs_each_expert_and_is_differentiable(models, decompose):
+    """A floating-point mask removes that fraction of each expert: 0/1 fractions equal the bool
+    mask, fractions in between equal the naive layer with w (1 - F), and the gradient with respect
+    to F is the naive layer's (what mask tuning descends)."""
+    moe, x, g1, g2 = layer_inputs(models[decompose], 31, seed=3)
+    e = g1.shape[-1]
+    hard = random_mask(e, 0.3, 4)
+    with torch.no_grad():
+        assert max_err(masked_torch.masked_moe_forward(moe, x, g1, g2, hard.float()), masked_torch.masked_moe_forward(moe, x, g1, g2, hard)) < TOL
+        assert max_err(dispatch.masked_moe_forward(moe, x, g1, g2, hard.float()), naive_moe_forward(moe, x, g1, g2, hard)) < TOL
+    frac = torch.rand(e, e, generator=torch.Generator().manual_seed(5))
+    frac[: e // 2] = 0  # rows with nothing removed still get their gradient
+    frac[:, 0] = 0
+    probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+    grads = []
+    for forward in (masked_torch.masked_moe_forward, naive_moe_forward):
+        f = frac.clone().requires_grad_(True)
+        out = forward(moe, x, g1, g2, f)
+        (out * probe).sum().backward()
+        grads.append((out.detach(), f.grad))
+    (fast, d_fast), (naive, d_naive) = grads
+    assert max_err(fast, naive) < TOL
+    assert max_err(d_fast, d_naive) < 1e-4 and float(d_naive.abs().max()) > 1e-3
+    with torch.no_grad():  # in between the dense and the fully masked layer, linearly
+        half = masked_torch.masked_moe_forward(moe, x, g1, g2, torch.full((e, e), 0.5))
+        assert max_err(half, 0.5 * moe.dense_forward(x, g1, g2)) < TOL
+        assert max_err(masked_torch.masked_moe_forward(moe, x, g1, g2, torch.zeros(e, e)), moe.dense_forward(x, g1, g2)) < TOL
+
+
 def test_chunking_does_not_change_the_result(models, monkeypatch):
     moe, x, g1, g2 = layer_inputs(models["vertical"], 63)
     mask = random_mask(g1.shape[-1], 0.3, 3)
