@@ -1,7 +1,8 @@
 """The mission's numbers on the built-in model: every domain, every language, toxicity, and timings.
 
     python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1]
-                                          [--rule skew] [--groups 1,2] [--refine 100] [--model RUN/model]
+                                          [--rule skew] [--groups 1,2] [--refine 100] [--tune 40]
+                                          [--model RUN/model]
 
 Runs the real commands (`resect domain --remove D`, `resect language --remove L`,
 `resect toxicity --threshold R`) in subprocesses with a fresh cache, so the first run pays for
@@ -13,7 +14,8 @@ profiling and the baseline evaluation exactly as a new user does, and prints:
   default rule (skew-mean on a generated world); with `--rule skew` the same table again under that
   rule at its default ratio (skew: the paper's, 2x the runner-up), with `--groups 1,2` again
   selecting in those routing groups only, with `--refine N` again with attribution refinement
-  (up to N more experts per group; resect.attribute), each with its mean seconds per edit;
+  (up to N more experts per group; resect.attribute), with `--tune N` again with N steps of mask
+  tuning (resect.tune), each with its mean seconds per edit;
 - per language: the removed language's perplexity ratio (target: >= 2x) and the largest rise of the
   others (target: < 5%);
 - toxicity at the threshold: toxicity probability before and after (target: falls by at least a
@@ -53,7 +55,7 @@ def verdict(run: Path) -> dict:
 
 
 def domains(work: Path, env: dict[str, str], option: tuple[str, str] | None = None) -> None:
-    """The domain table with the default selection, or with one more option (--rule R, --groups G, --refine N)."""
+    """The domain table with the default selection, or with one more option (--rule R, --groups G, --refine N, --tune N)."""
     from resect.builtin import DOMAINS
 
     where = "" if option is None else f", {option[0]} {option[1]}"
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--rule", help="also the domain table with this selection rule at its default ratio, e.g. skew (the paper's)")
     parser.add_argument("--groups", help="also the domain table with selection in these routing groups only, e.g. 1,2")
     parser.add_argument("--refine", type=int, help="also the domain table with attribution refinement adding up to N experts per group")
+    parser.add_argument("--tune", type=int, help="also the domain table with N steps of mask tuning after the rule")
     parser.add_argument("--model", help="a model trained by 'resect world train --out RUN' (RUN/model), measured on its world")
     args = parser.parse_args()
     if args.model:
@@ -132,6 +135,8 @@ def main() -> None:
                 domains(work, env, ("--groups", args.groups))
             if args.refine is not None:
                 domains(work, env, ("--refine", str(args.refine)))
+            if args.tune is not None:
+                domains(work, env, ("--tune", str(args.tune)))
         if args.only in (None, "language"):
             languages(work, env)
         if args.only in (None, "toxicity"):

@@ -72,6 +72,7 @@ class RunSpec:
     threshold: float = 0.1
     groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
     refine: int | None = None  # experts per group added by attribution after the rule (resect.attribute); None/0: none
+    tune: int | None = None  # steps of mask tuning after the rule (and refine) (resect.tune); None/0: none
     corpus: str | None = None
     include_path: str | None = None
     target_tasks: list[str] | None = None
@@ -133,7 +134,7 @@ class Plan:
 
 _TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
-_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine")
+_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune")
 _FLAGS = ("force", "dry_run")
 _LISTS = ("target_tasks", "general_tasks")
 
@@ -177,6 +178,10 @@ def check_spec(spec: RunSpec) -> None:
         raise UsageError(f"--refine is a number of experts per routing group and must be 0 or more, got {spec.refine}.")
     if spec.refine and spec.kind == "toxicity":
         raise UsageError("--refine protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --refine.")
+    if spec.tune is not None and spec.tune < 0:
+        raise UsageError(f"--tune is a number of steps and must be 0 or more, got {spec.tune}.")
+    if spec.tune and spec.kind == "toxicity":
+        raise UsageError("--tune protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --tune.")
     if not -1 <= spec.threshold <= 1:
         raise UsageError(f"--threshold is a Pearson correlation and must lie in [-1, 1], got {spec.threshold}.")
     for name in ("min_target_drop", "max_general_drop"):
@@ -444,6 +449,15 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
         say(f"attributing each label's loss to the experts left after removing {mask.total:,}")
         mask = refine(mask, attribution(model, tok, corpus, mask=mask), spec.target, add=spec.refine)
         lap("refine")
+    if spec.tune:
+        from .tune import tune
+
+        def step(k: int, info: dict) -> None:
+            say(f"tuning the mask: step {k + 1}/{spec.tune}, {info['removed']:,} experts removed, "
+                f"target {info['target']:.3f}, others {info['others']:.3f}")  # fmt: skip
+
+        mask = tune(model, tok, corpus, mask, spec.target, steps=spec.tune, seed=spec.seed, progress=step)
+        lap("tune")
     experts_total = stats.num_groups * stats.moe_experts**2
     say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
     if spec.dry_run:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from resect.recipebook import recipe_files, validate_recipe
 
@@ -67,6 +68,8 @@ def test_existing_output_is_refused_and_untouched(tmp_path, cache):
     (["run", "world-toxicity", "toxicity.samples=0", "out={out}"], "positive whole number"),
     (["domain", "--remove", "biology", "--refine", "-1", "--out", "{out}"], "0 or more"),
     (["run", "world-toxicity", "refine=5", "out={out}"], "Drop --refine"),
+    (["language", "--remove", "python", "--tune", "-2", "--out", "{out}"], "0 or more"),
+    (["run", "world-toxicity", "tune=5", "out={out}"], "Drop --tune"),
 ])  # fmt: skip
 def test_out_of_range_options_exit_2(args, phrase, tmp_path, cache):
     out = tmp_path / "run"
@@ -139,6 +142,15 @@ def test_refine_adds_at_most_n_experts_per_group_to_the_rule_s(tmp_path, cache):
     added = {g: refined[g] - rule[g] for g in rule}
     assert all(0 <= n <= 40 for n in added.values()) and sum(added.values()) > 0, (rule, refined)
     assert not (tmp_path / "run").exists()
+
+
+def test_tune_runs_after_the_rule_and_is_recorded(tmp_path, cache):
+    out = tmp_path / "run"
+    res = resect("domain", "--remove", "law", "--tune", "1", "--limit", "4", "--out", str(out), env_cache=cache)
+    assert res.returncode in (0, 1), res.stderr  # a verdict either way: 4 questions a quiz decide nothing
+    mask = json.loads((out / "mask.json").read_text())
+    assert mask["tune"]["steps"] == 1 and mask["rule"] == "skew-mean", {k: v for k, v in mask.items() if k != "experts"}
+    assert yaml.safe_load((out / "run.yaml").read_text())["tune"] == 1
 
 
 def test_domain_biology_end_to_end(tmp_path, cache):

@@ -22,6 +22,7 @@ Seed = Annotated[int, typer.Option("--seed")]
 Batch = Annotated[int, typer.Option("--batch-size")]
 Groups = Annotated[str | None, typer.Option("--groups", help="Select only in these routing groups, e.g. 1,2 (default: every group).")]
 Refine = Annotated[int | None, typer.Option("--refine", help="After the rule, add up to N experts per routing group whose removal (to first order, on the edited model) raises the target's loss on its documents' marked spans more than it raises any other label's document's.")]
+Tune = Annotated[int | None, typer.Option("--tune", help="After the rule (and --refine), tune the mask for N gradient steps: the target's marked tokens pushed below the model's next choice, no other label's made less likely than before.")]
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -69,7 +70,7 @@ def domain(
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None,
+    refine: Refine = None, tune: Tune = None,
 ) -> None:  # fmt: skip
     """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's (or the others' mean)."""
     from resect.pipeline import RunSpec
@@ -78,7 +79,7 @@ def domain(
     execute(RunSpec("domain", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune))  # fmt: skip
 
 
 @app.command()
@@ -90,7 +91,7 @@ def language(
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None,
+    refine: Refine = None, tune: Tune = None,
 ) -> None:  # fmt: skip
     """Remove a programming (or natural) language; verified by perplexity (relative %) and quizzes."""
     from resect.pipeline import RunSpec
@@ -99,7 +100,7 @@ def language(
     execute(RunSpec("language", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune))  # fmt: skip
 
 
 @app.command()
