@@ -1,7 +1,7 @@
 """The mission's numbers on the built-in model: every domain, every language, toxicity, and timings.
 
     python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1]
-                                          [--rule skew] [--groups 1,2] [--refine 100] [--tune 40]
+                                          [--rule skew] [--groups 1,2] [--refine 100] [--tune 40 [--tune-rule skew]]
                                           [--model RUN/model]
 
 Runs the real commands (`resect domain --remove D`, `resect language --remove L`,
@@ -15,7 +15,7 @@ profiling and the baseline evaluation exactly as a new user does, and prints:
   rule at its default ratio (skew: the paper's, 2x the runner-up), with `--groups 1,2` again
   selecting in those routing groups only, with `--refine N` again with attribution refinement
   (up to N more experts per group; resect.attribute), with `--tune N` again with N steps of mask
-  tuning (resect.tune), each with its mean seconds per edit;
+  tuning (resect.tune) after the default rule or `--tune-rule R`, each with its mean seconds per edit;
 - per language: the removed language's perplexity ratio (target: >= 2x) and the largest rise of the
   others (target: < 5%);
 - toxicity at the threshold: toxicity probability before and after (target: falls by at least a
@@ -54,11 +54,11 @@ def verdict(run: Path) -> dict:
     return json.loads((run / "verify.json").read_text())
 
 
-def domains(work: Path, env: dict[str, str], option: tuple[str, str] | None = None) -> None:
-    """The domain table with the default selection, or with one more option (--rule R, --groups G, --refine N, --tune N)."""
+def domains(work: Path, env: dict[str, str], option: tuple[str, ...] | None = None) -> None:
+    """The domain table with the default selection, or with more options (--rule R, --groups G, --refine N, --tune N)."""
     from resect.builtin import DOMAINS
 
-    where = "" if option is None else f", {option[0]} {option[1]}"
+    where = "" if option is None else ", " + " ".join(option)
     extra = [] if option is None else list(option)
     print(f"\n| removed domain{where} | before | after (± s.e.) | above chance | largest other change | masked | gate | within 10 of chance, others within 2 |")
     print("|---|---|---|---|---|---|---|---|")
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--groups", help="also the domain table with selection in these routing groups only, e.g. 1,2")
     parser.add_argument("--refine", type=int, help="also the domain table with attribution refinement adding up to N experts per group")
     parser.add_argument("--tune", type=int, help="also the domain table with N steps of mask tuning after the rule")
+    parser.add_argument("--tune-rule", help="the rule --tune starts from (default: the command's default rule), e.g. skew")
     parser.add_argument("--model", help="a model trained by 'resect world train --out RUN' (RUN/model), measured on its world")
     args = parser.parse_args()
     if args.model:
@@ -136,7 +137,7 @@ def main() -> None:
             if args.refine is not None:
                 domains(work, env, ("--refine", str(args.refine)))
             if args.tune is not None:
-                domains(work, env, ("--tune", str(args.tune)))
+                domains(work, env, (*(("--rule", args.tune_rule) if args.tune_rule else ()), "--tune", str(args.tune)))
         if args.only in (None, "language"):
             languages(work, env)
         if args.only in (None, "toxicity"):
