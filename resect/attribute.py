@@ -105,6 +105,27 @@ def _recording(model):
             handle.remove()
 
 
+@contextmanager
+def frozen(model):
+    """The model in eval mode with every parameter frozen, its masked layers on the pure-torch path
+    (the accelerated kernels have no backward); its mask, mode and parameters' requires_grad
+    restored on the way out."""
+    previous, was_training = model.expert_mask_state(), model.training
+    params = list(model.parameters())
+    grads = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with scoped_env("RESECT_MASK_KERNEL", "torch"):
+            yield model
+    finally:
+        for p, g in zip(params, grads):
+            p.requires_grad_(g)
+        model.set_expert_mask(previous)
+        model.train(was_training)
+
+
 @dataclass
 class Attribution:
     """Per label, [G, E*E] float64: the estimated rise of the label's loss per focus token when each
@@ -164,28 +185,16 @@ def attribution(
     missing = [lab for lab in wanted if lab not in corpus.labels]
     if missing:
         raise UsageError(f"Labels {', '.join(missing)} have no documents in the corpus. Available: {', '.join(corpus.labels)}.")
-    previous, was_training = model.expert_mask_state(), model.training
-    params = list(model.parameters())
-    grads = [p.requires_grad for p in params]
-    model.eval()
-    model.set_expert_mask(mask)
-    for p in params:
-        p.requires_grad_(False)  # gradients reach the layers' outputs through the activations alone
-    try:
-        mean, worst = {}, {}
-        with scoped_env("RESECT_MASK_KERNEL", "torch"):  # the accelerated kernels have no backward
-            for label in wanted:
-                docs = [d for d in corpus.documents if d.label == label]
-                total, lowest, counted = label_attribution(model, tokenizer, docs, max_length=max_length)
-                if not counted:
-                    raise UsageError(f"Label '{label}' has no tokens to attribute (its spans cover no token).")
-                mean[label], worst[label] = -total / counted, -lowest
-        return Attribution(mean, worst)
-    finally:
-        for p, g in zip(params, grads):
-            p.requires_grad_(g)
-        model.set_expert_mask(previous)
-        model.train(was_training)
+    mean, worst = {}, {}
+    with frozen(model):  # gradients reach the layers' outputs through the activations alone
+        model.set_expert_mask(mask)
+        for label in wanted:
+            docs = [d for d in corpus.documents if d.label == label]
+            total, lowest, counted = label_attribution(model, tokenizer, docs, max_length=max_length)
+            if not counted:
+                raise UsageError(f"Label '{label}' has no tokens to attribute (its spans cover no token).")
+            mean[label], worst[label] = -total / counted, -lowest
+    return Attribution(mean, worst)
 
 
 def refine(mask: ExpertMask, attr: Attribution, target: str, *, add: int) -> ExpertMask:

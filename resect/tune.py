@@ -27,10 +27,9 @@ from typing import Any
 
 import torch
 
-from .attribute import focus_positions
+from .attribute import focus_positions, frozen
 from .corpus import Corpus, load_corpus
 from .errors import UsageError
-from .evaluate import scoped_env
 from .mask import ExpertMask
 
 Piece = tuple[str, list[int], list[int]]  # label, token ids, focus positions
@@ -99,60 +98,47 @@ def tune(
         raise UsageError(f"Label '{target}' has no tokens to tune on (its spans cover no token).")
     if not rest:
         raise UsageError(f"Tuning needs labels other than '{target}' to protect: profile other labels too.")
-    config = model.config
-    num_groups, experts = config.num_routing_groups, config.moe_experts
+    num_groups = model.config.num_routing_groups
     tuned = sorted(mask.meta.get("groups") or range(num_groups))  # only where the rule selected
     device = next(model.parameters()).device
-    previous, was_training = model.expert_mask_state(), model.training
-    params = list(model.parameters())
-    grads = [p.requires_grad for p in params]
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        with scoped_env("RESECT_MASK_KERNEL", "torch"):
-            model.set_expert_mask(None)
-            before: list[torch.Tensor] = []  # log p of each other document's focus tokens, unedited
+    with frozen(model):
+        model.set_expert_mask(None)
+        before: list[torch.Tensor] = []  # log p of each other document's focus tokens, unedited
+        with torch.no_grad():
+            for start in range(0, len(rest), batch_size):
+                before += [chosen for chosen, _ in _focus_logp(model, rest[start : start + batch_size], device)]
+        frac = torch.stack([mask.dense(g).float() for g in range(num_groups)]).to(device).requires_grad_(True)
+        untuned = torch.ones(num_groups, 1, 1, device=device)
+        untuned[tuned] = 0
+        layered = [g in tuned or mask.counts()[g] > 0 for g in range(num_groups)]  # groups that run masked
+        n_mine = sum(len(p[2]) for p in mine)
+        optimiser = torch.optim.Adam([frac], lr=lr)
+        draw = random.Random(seed)
+        for step in range(steps):
+            drawn = sorted(draw.sample(range(len(rest)), min(others, len(rest))))
+            sample = [(p, None) for p in mine] + [(rest[i], before[i]) for i in drawn]
+            n_rest = sum(len(rest[i][2]) for i in drawn)
+            optimiser.zero_grad()
+            totals = {"target": 0.0, "others": 0.0}
+            for start in range(0, len(sample), batch_size):
+                batch = sample[start : start + batch_size]
+                _set_layer_masks(model, [frac[g] if layered[g] else None for g in range(num_groups)])
+                loss = frac.new_zeros(())
+                for (_, was), (chosen, other) in zip(batch, _focus_logp(model, [p for p, _ in batch], device)):
+                    if was is None:  # the target's
+                        part = torch.relu(chosen - other + margin).sum() / n_mine
+                        totals["target"] += float(part)
+                    else:
+                        part = weight * torch.relu(was - chosen).sum() / max(n_rest, 1)
+                        totals["others"] += float(part)
+                    loss = loss + part
+                loss.backward()
+            frac.grad.mul_(1 - untuned)
+            optimiser.step()
             with torch.no_grad():
-                for start in range(0, len(rest), batch_size):
-                    before += [chosen for chosen, _ in _focus_logp(model, rest[start : start + batch_size], device)]
-            frac = torch.stack([mask.dense(g).float() for g in range(num_groups)]).to(device).requires_grad_(True)
-            frozen = torch.ones(num_groups, 1, 1, device=device)
-            frozen[tuned] = 0
-            layered = [g in tuned or mask.counts()[g] > 0 for g in range(num_groups)]  # groups that run masked
-            n_mine = sum(len(p[2]) for p in mine)
-            optimiser = torch.optim.Adam([frac], lr=lr)
-            draw = random.Random(seed)
-            for step in range(steps):
-                drawn = sorted(draw.sample(range(len(rest)), min(others, len(rest))))
-                sample = [(p, None) for p in mine] + [(rest[i], before[i]) for i in drawn]
-                n_rest = sum(len(rest[i][2]) for i in drawn)
-                optimiser.zero_grad()
-                totals = {"target": 0.0, "others": 0.0}
-                for start in range(0, len(sample), batch_size):
-                    batch = sample[start : start + batch_size]
-                    _set_layer_masks(model, [frac[g] if layered[g] else None for g in range(num_groups)])
-                    loss = frac.new_zeros(())
-                    for (_, was), (chosen, other) in zip(batch, _focus_logp(model, [p for p, _ in batch], device)):
-                        if was is None:  # the target's
-                            part = torch.relu(chosen - other + margin).sum() / n_mine
-                            totals["target"] += float(part)
-                        else:
-                            part = weight * torch.relu(was - chosen).sum() / max(n_rest, 1)
-                            totals["others"] += float(part)
-                        loss = loss + part
-                    loss.backward()
-                frac.grad.mul_(1 - frozen)
-                optimiser.step()
-                with torch.no_grad():
-                    frac.clamp_(0, 1)
-                if progress:
-                    progress(step, totals | {"removed": int((frac > 0.5).sum())})
-        final = frac.detach().cpu() > 0.5
-        meta = dict(mask.meta) | {"tune": {"steps": steps, "lr": lr, "margin": margin, "weight": weight, "others": others, "seed": seed}}
-        return ExpertMask.from_dense({g: final[g] for g in range(num_groups)}, num_groups=num_groups, meta=meta)
-    finally:
-        for p, g in zip(params, grads):
-            p.requires_grad_(g)
-        model.set_expert_mask(previous)
-        model.train(was_training)
+                frac.clamp_(0, 1)
+            if progress:
+                progress(step, totals | {"removed": int((frac > 0.5).sum())})
+    final = frac.detach().cpu() > 0.5
+    meta = dict(mask.meta) | {"tune": {"steps": steps, "lr": lr, "margin": margin, "weight": weight, "others": others, "seed": seed}}
+    return ExpertMask.from_dense({g: final[g] for g in range(num_groups)}, num_groups=num_groups, meta=meta)
