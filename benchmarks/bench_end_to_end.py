@@ -2,6 +2,7 @@
 
     python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1]
                                           [--rule skew] [--groups 1,2] [--refine 100] [--tune 40 [--tune-rule skew]]
+                                          [--domains physics,economics]
                                           [--model RUN/model]
 
 Runs the real commands (`resect domain --remove D`, `resect language --remove L`,
@@ -39,6 +40,7 @@ from pathlib import Path
 RESECT = str(Path(sys.executable).parent / "resect")
 MODEL: list[str] = []  # ["--model", RUN/model] with --model; the built-in model otherwise
 CHANCE = 25.0
+ONLY_DOMAINS: list[str] = []  # the domains the tables cover (all six unless --domains)
 
 
 def resect(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -56,14 +58,12 @@ def verdict(run: Path) -> dict:
 
 def domains(work: Path, env: dict[str, str], option: tuple[str, ...] | None = None) -> None:
     """The domain table with the default selection, or with more options (--rule R, --groups G, --refine N, --tune N)."""
-    from resect.builtin import DOMAINS
-
     where = "" if option is None else ", " + " ".join(option)
     extra = [] if option is None else list(option)
     print(f"\n| removed domain{where} | before | after (± s.e.) | above chance | largest other change | masked | gate | within 10 of chance, others within 2 |")
     print("|---|---|---|---|---|---|---|---|")
     took = []
-    for domain in DOMAINS:
+    for domain in ONLY_DOMAINS:
         run = work / ("-".join(["domain", domain, *extra]).replace(",", "-").replace("--", ""))
         seconds, _ = resect(["domain", "--remove", domain, "--out", str(run), *extra], env)
         took.append(seconds)
@@ -117,8 +117,17 @@ def main() -> None:
     parser.add_argument("--refine", type=int, help="also the domain table with attribution refinement adding up to N experts per group")
     parser.add_argument("--tune", type=int, help="also the domain table with N steps of mask tuning after the rule")
     parser.add_argument("--tune-rule", help="the rule --tune starts from (default: the command's default rule), e.g. skew")
+    parser.add_argument("--domains", help="only these domains in the domain tables, e.g. physics,economics (default: all six)")
     parser.add_argument("--model", help="a model trained by 'resect world train --out RUN' (RUN/model), measured on its world")
     args = parser.parse_args()
+    from resect.builtin import DOMAINS
+
+    ONLY_DOMAINS.extend(DOMAINS)
+    if args.domains:
+        unknown = sorted(set(args.domains.split(",")) - set(ONLY_DOMAINS))
+        if unknown:
+            parser.error(f"unknown domain(s) {', '.join(unknown)}; the built-in ones: {', '.join(ONLY_DOMAINS)}")
+        ONLY_DOMAINS[:] = [d for d in ONLY_DOMAINS if d in args.domains.split(",")]
     if args.model:
         MODEL.extend(["--model", str(Path(args.model).resolve())])
     with tempfile.TemporaryDirectory() as tmp:
