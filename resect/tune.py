@@ -127,10 +127,10 @@ def tune(
                 for (_, was), (chosen, other) in zip(batch, _focus_logp(model, [p for p, _ in batch], device)):
                     if was is None:  # the target's
                         part = torch.relu(chosen - other + margin).sum() / n_mine
-                        totals["target"] += float(part)
+                        totals["target"] += float(part.detach())
                     else:
                         part = weight * torch.relu(was - chosen).sum() / max(n_rest, 1)
-                        totals["others"] += float(part)
+                        totals["others"] += float(part.detach())
                     loss = loss + part
                 loss.backward()
             frac.grad.mul_(1 - untuned)
