@@ -49,6 +49,13 @@ def focus_positions(doc: Document, tokenizer: Any, max_length: int) -> tuple[lis
     return ids, keep
 
 
+def padded(sequences: Sequence[list[int]], device) -> torch.Tensor:
+    """Token id lists as one right-padded [B, T] batch: with causal attention a padding token only
+    follows the real ones, so it changes none of their outputs (and gets no gradient)."""
+    width = max(len(ids) for ids in sequences)
+    return torch.tensor([ids + [0] * (width - len(ids)) for ids in sequences], device=device)
+
+
 def _contribution_vd(mod, x: torch.Tensor, delta: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
     """sum_n w[n,i,j] <delta_n, E_ij(x_n)> for MonetMoVDE. x, delta [N, D]; g1, g2 [N, H, E] -> [E, E]."""
     n, e = x.shape[0], mod.experts
@@ -141,8 +148,7 @@ def label_attribution(
     """d loss / d s over docs' focus tokens: (sum [G, E*E] float64, the smallest per-token value of
     one document [G, E*E], number of focus tokens).
 
-    Documents go in right-padded batches: with causal attention a padding token only follows the
-    real ones, so it changes none of their outputs and its gradient stays zero."""
+    Documents go in right-padded batches (`padded`)."""
     config = model.config
     total = torch.zeros(config.num_routing_groups, config.experts_per_group, dtype=torch.float64)
     lowest = torch.full_like(total, math.inf)
@@ -150,8 +156,7 @@ def label_attribution(
     device = next(model.parameters()).device
     for start in range(0, len(pieces), batch_size):
         batch = pieces[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in batch], device=device)  # [B, T]
+        ids = padded([ids for ids, _ in batch], device)  # [B, T]
         rows = torch.tensor([b for b, (_, keep) in enumerate(batch) for _ in keep], device=device)
         cols = torch.tensor([k for _, keep in batch for k in keep], device=device)
         with _recording(model) as records:

@@ -4,7 +4,8 @@ Sources (`load_corpus(spec)`):
 - a JSONL file, one `{"text": ..., "label": ..., "score": ..., "spans": ...}` object per line;
   `score` is optional and is either one number for the whole text or a list with one number per
   token; `spans` is optional, a list of [start, end) character ranges of the text that carry the
-  label's knowledge (a fact's value, a question's answer): attribution counts the loss there;
+  label's knowledge (a fact's value, a question's answer): attribution and mask tuning count the
+  loss there;
 - a folder with one sub-folder per label holding `*.txt` files (one document each), or
   `<label>.txt` files directly in the folder (one document each);
 - a corpus YAML (see `recipes/corpora/`): a list of `sources`, each a `path` (JSONL or folder,

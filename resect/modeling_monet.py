@@ -397,10 +397,15 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
         if mask is not None:
             _check_mask_geometry(mask, self.config)
             dense = {g: mask.dense(g) for g, n in mask.counts().items() if n}  # [E, E] bool per group
-        for index, layer in enumerate(self.model.layers):
-            found = dense.get(index // self.config.moe_groups)
-            layer.moe.expert_mask = None if found is None else found.to(next(layer.moe.parameters()).device)
+        self.set_group_masks(dense)
         self._expert_mask = mask
+
+    def set_group_masks(self, masks) -> None:
+        """Give every layer its routing group's [E, E] mask from {group: tensor} (bool, or the
+        removed fraction of each expert); a group not in `masks` runs unmasked."""
+        for index, layer in enumerate(self.model.layers):
+            found = masks.get(index // self.config.moe_groups)
+            layer.moe.expert_mask = None if found is None else found.to(next(layer.moe.parameters()).device)
 
     def expert_mask_state(self):
         """The mask set on this model (an ExpertMask), or None when every expert is kept."""

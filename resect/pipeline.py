@@ -174,14 +174,12 @@ def check_spec(spec: RunSpec) -> None:
         raise UsageError(f"Say what to remove: --remove NAME (resect {spec.kind} --remove ...).")
     if spec.ratio is not None and spec.ratio <= 1:
         raise UsageError(f"--ratio must be greater than 1 (an expert's score on the target over the runner-up's, or the others' mean), got {spec.ratio}.")
-    if spec.refine is not None and spec.refine < 0:
-        raise UsageError(f"--refine is a number of experts per routing group and must be 0 or more, got {spec.refine}.")
-    if spec.refine and spec.kind == "toxicity":
-        raise UsageError("--refine protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --refine.")
-    if spec.tune is not None and spec.tune < 0:
-        raise UsageError(f"--tune is a number of steps and must be 0 or more, got {spec.tune}.")
-    if spec.tune and spec.kind == "toxicity":
-        raise UsageError("--tune protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --tune.")
+    for name, what in (("refine", "a number of experts per routing group"), ("tune", "a number of steps")):
+        value = getattr(spec, name)
+        if value is not None and value < 0:
+            raise UsageError(f"--{name} is {what} and must be 0 or more, got {value}.")
+        if value and spec.kind == "toxicity":
+            raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
     if not -1 <= spec.threshold <= 1:
         raise UsageError(f"--threshold is a Pearson correlation and must lie in [-1, 1], got {spec.threshold}.")
     for name in ("min_target_drop", "max_general_drop"):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .attribute import focus_positions, frozen
+from .attribute import focus_positions, frozen, padded
 from .corpus import Corpus, load_corpus
 from .errors import UsageError
 from .mask import ExpertMask
@@ -46,9 +46,7 @@ def _pieces(corpus: Corpus, tokenizer: Any, max_length: int) -> list[Piece]:
 
 def _focus_logp(model, batch: Sequence[Piece], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per document: (log p of each focus token, the largest log p of any other token there)."""
-    width = max(len(ids) for _, ids, _ in batch)
-    ids = torch.tensor([ids + [0] * (width - len(ids)) for _, ids, _ in batch], device=device)  # right-padded
-    logp = model(ids, use_cache=False).logits.float().log_softmax(-1)
+    logp = model(padded([ids for _, ids, _ in batch], device), use_cache=False).logits.float().log_softmax(-1)
     out = []
     for b, (_, doc_ids, keep) in enumerate(batch):
         pos = torch.tensor(keep, device=device)
@@ -58,12 +56,6 @@ def _focus_logp(model, batch: Sequence[Piece], device) -> list[tuple[torch.Tenso
         other = rows.scatter(1, right[:, None], float("-inf")).amax(1)
         out.append((chosen, other))
     return out
-
-
-def _set_layer_masks(model, masks: Sequence[torch.Tensor | None]) -> None:
-    groups = model.config.moe_groups
-    for index, layer in enumerate(model.model.layers):
-        layer.moe.expert_mask = masks[index // groups]
 
 
 def tune(
@@ -108,9 +100,10 @@ def tune(
             for start in range(0, len(rest), batch_size):
                 before += [chosen for chosen, _ in _focus_logp(model, rest[start : start + batch_size], device)]
         frac = torch.stack([mask.dense(g).float() for g in range(num_groups)]).to(device).requires_grad_(True)
-        untuned = torch.ones(num_groups, 1, 1, device=device)
-        untuned[tuned] = 0
-        layered = [g in tuned or mask.counts()[g] > 0 for g in range(num_groups)]  # groups that run masked
+        movable = torch.zeros(num_groups, 1, 1, device=device)
+        movable[tuned] = 1
+        counts = mask.counts()
+        layered = [g for g in range(num_groups) if g in tuned or counts[g]]  # groups that run masked
         n_mine = sum(len(p[2]) for p in mine)
         optimiser = torch.optim.Adam([frac], lr=lr)
         draw = random.Random(seed)
@@ -122,7 +115,7 @@ def tune(
             totals = {"target": 0.0, "others": 0.0}
             for start in range(0, len(sample), batch_size):
                 batch = sample[start : start + batch_size]
-                _set_layer_masks(model, [frac[g] if layered[g] else None for g in range(num_groups)])
+                model.set_group_masks({g: frac[g] for g in layered})
                 loss = frac.new_zeros(())
                 for (_, was), (chosen, other) in zip(batch, _focus_logp(model, [p for p, _ in batch], device)):
                     if was is None:  # the target's
@@ -133,7 +126,7 @@ def tune(
                         totals["others"] += float(part.detach())
                     loss = loss + part
                 loss.backward()
-            frac.grad.mul_(1 - untuned)
+            frac.grad.mul_(movable)
             optimiser.step()
             with torch.no_grad():
                 frac.clamp_(0, 1)
