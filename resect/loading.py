@@ -299,13 +299,47 @@ def load_tokenizer(model: str | os.PathLike | None = None):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(model)
+    problem = tokenizer_problem(path)
+    if problem:
+        raise CheckpointError(f"'{path}' {problem}")
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         raise CheckpointError(f"'{path}' has no usable tokenizer ({str(exc).splitlines()[0]}). Add the tokenizer files.") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
+
+
+SENTENCEPIECE_PACKAGES = {"sentencepiece": "sentencepiece", "protobuf": "google.protobuf"}  # distribution -> module
+
+
+def tokenizer_problem(path: Path) -> str | None:
+    """What keeps the tokenizer beside a checkpoint from loading, said before transformers tries
+    (whose own message names an unrelated package); None when nothing does."""
+    if (path / "tokenizer.json").is_file():
+        return None
+    if not (path / "tokenizer.model").is_file():
+        return (
+            "has no tokenizer files (tokenizer.json, or a SentencePiece tokenizer.model with tokenizer_config.json). "
+            "Copy them from the checkpoint it came from."
+        )
+    missing = [dist for dist, module in SENTENCEPIECE_PACKAGES.items() if not _importable(module)]
+    if missing:
+        return (
+            f"has a SentencePiece tokenizer.model and no tokenizer.json; reading it needs the package(s) {' and '.join(missing)}: "
+            f"pip install {' '.join(missing)}."
+        )
+    return None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

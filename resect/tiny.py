@@ -3,6 +3,9 @@
 The folder looks like a published one: a LLaMA-style config.json (`rope_theta`, `rope_scaling`,
 `intermediate_size: null`, `mlp_bias: null`, `auto_map`), weights split over safetensors shards
 with an index, BatchNorm statistics with `num_batches_tracked`, and a byte-level BPE tokenizer.
+`hub_like=True` writes what the published checkpoints hold instead: one bf16 `model.safetensors`
+and a LLaMA-2-style SentencePiece tokenizer (`tokenizer.model`, `tokenizer_config.json` naming
+`LlamaTokenizer`, `special_tokens_map.json`, no `tokenizer.json`).
 """
 
 from __future__ import annotations
@@ -92,9 +95,17 @@ def random_state_dict(config: dict[str, Any], *, seed: int = 0) -> dict:
     return state
 
 
-def save_shards(state: dict, out: Path, *, shards: int = 2, metadata: dict[str, str] | None = None) -> list[str]:
-    """Write tensors as HF-named safetensors shards (+ index when more than one)."""
+def save_shards(
+    state: dict, out: Path, *, shards: int = 2, metadata: dict[str, str] | None = None, dtype: str | None = None
+) -> list[str]:
+    """Write tensors as HF-named safetensors shards (+ index when more than one); `dtype` casts the
+    floating-point ones (the router statistics included, as the published bf16 files hold them)."""
+    import torch
     from safetensors.torch import save_file
+
+    if dtype is not None:
+        cast = getattr(torch, dtype)
+        state = {n: t.to(cast) if t.is_floating_point() else t for n, t in state.items()}
 
     names = sorted(state)
     per = -(-len(names) // shards)
@@ -134,6 +145,31 @@ def train_tokenizer(out: Path, *, vocab_size: int, texts: list[str] | None = Non
     fast.save_pretrained(out)
 
 
+def train_sentencepiece_tokenizer(out: Path, *, vocab_size: int, texts: list[str] | None = None) -> None:
+    """A LLaMA-2-style SentencePiece tokenizer as the published Monet checkpoints ship it: BPE with
+    byte fallback, <unk> 0, <s> 1, </s> 2, no pad token; `tokenizer.model`, `tokenizer_config.json`
+    naming `LlamaTokenizer` and `special_tokens_map.json`, no `tokenizer.json`."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter((texts or [SAMPLE_TEXT]) * 20), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
+        split_digits=True, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, hard_vocab_limit=False, minloglevel=2,
+    )  # fmt: skip
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    config = {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": None, "clean_up_tokenization_spaces": False, "legacy": False, "sp_model_kwargs": {},
+        "model_max_length": 1000000000000000019884624838656, "tokenizer_class": "LlamaTokenizer",
+    }  # fmt: skip
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2))
+
+
 def build_tiny_checkpoint(
     out: str | Path,
     *,
@@ -143,14 +179,19 @@ def build_tiny_checkpoint(
     shards: int = 2,
     seed: int = 0,
     tokenizer: bool = True,
+    hub_like: bool = False,
     **overrides: Any,
 ) -> Path:
-    """Write a tiny random Monet checkpoint folder and return its path."""
+    """Write a tiny random Monet checkpoint folder and return its path (`hub_like`: one bf16 file
+    and a SentencePiece tokenizer, as the published checkpoints are)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if hub_like:
+        overrides = {"torch_dtype": "bfloat16", **overrides}
     config = tiny_config(decompose=decompose, layers=layers, groups=groups, **overrides)
-    save_shards(random_state_dict(config, seed=seed), out, shards=shards)
+    state = random_state_dict(config, seed=seed)
+    save_shards(state, out, shards=1 if hub_like else shards, dtype="bfloat16" if hub_like else None)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     if tokenizer:
-        train_tokenizer(out, vocab_size=config["vocab_size"])
+        (train_sentencepiece_tokenizer if hub_like else train_tokenizer)(out, vocab_size=config["vocab_size"])
     return out

@@ -397,10 +397,10 @@ TRITON_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (pip install 'resect[triton]')")
-def test_triton_kernel_matches_naive_under_interpreter(tiny_vd, tiny_hd):
+def test_triton_kernel_matches_naive_under_interpreter(tiny_vd, tiny_hd, tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"}
     paths = json.dumps({"vertical": str(tiny_vd), "horizontal": str(tiny_hd)})
-    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, paths], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, paths], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report.pop("buffers_finite") and report.pop("skipped_row_is_nan")

@@ -198,7 +198,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_vd, jsonl, tmp_path, mon
         model, tok = load_model({str(tiny_vd)!r}), load_tokenizer({str(tiny_vd)!r})
         profile_corpus(model, tok, {str(jsonl)!r}, batch_size=1, checkpoint={str(out) + ".partial"!r}, checkpoint_every=3, progress=progress)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=out.parent)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert RoutingStats.load(str(out) + ".partial").meta["done"] == 3 and not out.exists()
     code, _, err = run_cli(["profile", tiny_vd, "--corpus", jsonl, "--out", out, "--batch-size", 1, "--checkpoint-every", 3, "--resume"], monkeypatch, capsys)

@@ -204,7 +204,7 @@ def test_builtin_model_meets_every_quality_bar(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_world_quality.py"
     out = tmp_path / "bars.json"
     run = subprocess.run([sys.executable, str(script), "--mask", "none", "--json", str(out)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert all(json.loads(out.read_text())["bars"].values()), run.stdout
 

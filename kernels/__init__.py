@@ -1,1 +1,0 @@
-"""Masked-expert and statistics kernels (installed as `resect.kernels`)."""
