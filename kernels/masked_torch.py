@@ -28,11 +28,32 @@ m the activation width (m/2 for VD), R rows (token, head) in a chunk.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 # Chunk budgets, as fractions of one activation tensor: VD corrections run while the layer holds
 # one activation tensor less than at its peak, HD corrections run at the peak.
 HEADROOM_VD, HEADROOM_HD = 2, 16
+
+
+_PREPARED: dict[int, tuple] = {}  # id(tensor) -> (weak reference, version, {key: value})
+
+
+def prepared(tensor: torch.Tensor, key, make):
+    """`make(tensor)`, computed once per tensor object (and again after it is modified in place):
+    a layer's mask is the same tensor at every forward, and the layers of a routing group share
+    their gates, while decoding runs thousands of forwards. (Inference tensors, whose changes are
+    not counted, are router outputs that nothing modifies.)"""
+    version = 0 if tensor.is_inference() else tensor._version
+    entry = _PREPARED.get(id(tensor))
+    if entry is None or entry[0]() is not tensor or entry[1] != version:
+        entry = (weakref.ref(tensor), version, {})
+        _PREPARED[id(tensor)] = entry
+        weakref.finalize(tensor, _PREPARED.pop, id(tensor), None)
+    if key not in entry[2]:
+        entry[2][key] = make(tensor)
+    return entry[2][key]
 
 
 def active_halves(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,20 +197,26 @@ def masked_moe_forward(
     expert (i, j) by w[i,j] (1 - F[i,j])): the corrections are linear in the mask, so the same
     code computes it, and autograd differentiates it with respect to F (mask tuning).
 
+    The gates may come in the router's float32; the sums use them in x's dtype.
     `compute` evaluates a chunk of corrections (`side_corrections`, or the Triton kernel);
-    `corrections` (g1, g2 [N, H, E], mask) -> an object like `SparseCorrections` replaces the
-    whole correction step (the numba kernel).
+    `corrections` (g1, g2 [B, T, H, E] as given, mask) -> an object like `SparseCorrections`
+    replaces the whole correction step (the numba kernel).
     """
+    given = g1, g2
+    g1, g2 = g1.to(x.dtype), g2.to(x.dtype)
     if mask.is_floating_point():  # removed fractions in [0, 1]: the same corrections, weighted (differentiable)
         mask = mask.to(device=x.device, dtype=x.dtype).contiguous()
     else:
         mask = mask.to(device=x.device, dtype=torch.bool).contiguous()
-        if bool(mask.all()):  # the whole group removed: exactly zero, not a rounding residue
+        whole, some = prepared(mask, "all-any", lambda m: (bool(m.all()), bool(m.any())))
+        if whole:  # the whole group removed: exactly zero, not a rounding residue
             return x.new_zeros(x.shape)
-        if not bool(mask.any()):
+        if not some:
             return experts.dense_forward(x, g1, g2)
-    make = corrections or (lambda a, b, m: SparseCorrections(a, b, m, compute=compute))
-    fix = make(g1.flatten(0, 1), g2.flatten(0, 1), mask)
+    if corrections is not None:
+        fix = corrections(*given, mask)
+    else:
+        fix = SparseCorrections(g1.flatten(0, 1), g2.flatten(0, 1), mask, compute=compute)
     if hasattr(experts, "v11"):
         return _vertical(experts, x, g1, g2, fix)
     return _horizontal(experts, x, g1, g2, fix)

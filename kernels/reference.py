@@ -25,6 +25,7 @@ def pair_weights(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torc
 def naive_moe_forward(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sum_ij w'[i,j] E_ij(x), each expert computed on its own. x [B, T, D] -> [B, T, D]."""
     shape = x.shape
+    g1, g2 = g1.to(x.dtype), g2.to(x.dtype)
     w = pair_weights(g1.flatten(0, 1), g2.flatten(0, 1), mask)  # [N, E, E]
     x = x.reshape(-1, shape[-1])
     if hasattr(experts, "v11"):
@@ -63,6 +64,7 @@ def _naive_horizontal(mod, x, w):
 
 def expanded_moe_forward(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Full expansion: w' [B, T, E, E] materialised, then R, C, P, Q by contraction."""
+    g1, g2 = g1.to(x.dtype), g2.to(x.dtype)
     w = pair_weights(g1.flatten(0, 1), g2.flatten(0, 1), mask).view(*g1.shape[:2], *mask.shape)  # [B, T, E, E]
     r, c = w.sum(-1), w.sum(-2)  # [B, T, E]
     if hasattr(experts, "v11"):

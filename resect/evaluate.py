@@ -254,6 +254,14 @@ def check_run_options(limit: int | float | None, batch_size: int) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
 
 
+def normalize_limit(limit: int | float | None) -> int | float | None:
+    """One spelling per request: a whole count as an int (10.0 and 10 are the same request, and the
+    same baseline cache entry); a fraction below 1 stays a fraction."""
+    if limit is None or limit < 1:
+        return limit
+    return int(limit) if float(limit).is_integer() else limit
+
+
 def evaluate(
     model,
     tokenizer,
@@ -263,17 +271,19 @@ def evaluate(
     limit: int | float | None = None,
     batch_size: int = 8,
     seed: int = 0,
+    progress=None,
 ) -> dict:
-    """Run lm-eval on an in-memory model; returns lm-eval's results dict (JSON-serialisable)."""
+    """Run lm-eval on an in-memory model; returns lm-eval's results dict (JSON-serialisable).
+    `progress(done, total)` counts lm-eval's requests of each kind."""
     require_extras("lm_eval", "accelerate")
     check_run_options(limit, batch_size)
+    limit = normalize_limit(limit)
     names, includes = resolve_tasks(tasks, include_path)
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     log.info("lm-eval %s on %s (limit %s)", lm_eval_version(), ", ".join(names), limit)
     with _single_process_bootstrap(), _quiet_git_probe(), task_data_errors():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = _metered_lm(model, tokenizer, batch_size, progress)
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=names,
@@ -293,6 +303,35 @@ def evaluate(
         fill_perplexity_stderrs(results["results"].get(task, {}), docs)
     results["per_doc"] = per_doc_scores(samples)
     return json.loads(json.dumps(results, default=str))
+
+
+REQUESTS_PER_UPDATE = 32  # batches of lm-eval requests between progress updates
+
+
+def _metered_lm(model, tokenizer, batch_size: int, progress):
+    """lm-eval's HFLM over the in-memory model; with `progress`, each kind of request runs in
+    chunks so that the count of finished requests can be shown."""
+    from lm_eval.models.huggingface import HFLM
+
+    class MeteredHFLM(HFLM):
+        def _chunked(self, method, requests, disable_tqdm: bool = False):
+            step = max(1, batch_size * REQUESTS_PER_UPDATE)
+            out = []
+            for start in range(0, len(requests), step):
+                out += method(requests[start : start + step], disable_tqdm=True)
+                progress(len(out), len(requests))
+            return out
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return self._chunked(super().loglikelihood, requests)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return self._chunked(super().loglikelihood_rolling, requests)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return self._chunked(super().generate_until, requests)
+
+    return (HFLM if progress is None else MeteredHFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 def per_doc_scores(samples: dict[str, list[dict]]) -> dict[str, dict[str, list]]:

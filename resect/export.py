@@ -20,9 +20,9 @@ from typing import Any
 
 from . import __version__
 from .errors import CheckpointError, MaskError, OutputError
-from .loading import INDEX_FILE, inspect_checkpoint, load_model, model_fingerprint, resolve_model_path
+from .loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
+from .mask import CHECKPOINT_FILE as MASK_FILE
 from .mask import ExpertMask
-from .modeling_monet import MASK_FILE_NAME as MASK_FILE, mask_record
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,12 @@ def load_masks(masks: list[str | os.PathLike | ExpertMask], config: dict[str, An
 def _check_masks_fit(masks: list[str | os.PathLike | ExpertMask], source: Path, fingerprint: str) -> None:
     """A mask selected on another model's statistics is refused, even when its geometry fits.
 
-    Masks record the fingerprint of the model their statistics came from. Fingerprints depend on
-    the dtype the model was loaded in, so a mismatch is confirmed in the other dtypes first."""
-    other: set[str] | None = None
+    Masks record the fingerprint of the checkpoint their statistics came from, which does not
+    depend on the dtype or device it was profiled in."""
     for item in masks:
         mask = item if isinstance(item, ExpertMask) else ExpertMask.load(item)
         recorded = mask.meta.get("stats_model_fingerprint")
-        if not recorded or recorded == fingerprint:
-            continue
-        if other is None:
-            other = {model_fingerprint(load_model(source, dtype=d)) for d in ("bfloat16", "float16")}
-        if recorded not in other:
+        if recorded and recorded != fingerprint:
             name = "a mask" if isinstance(item, ExpertMask) else f"Mask '{item}'"
             raise MaskError(
                 f"{name} was selected on statistics of another model (fingerprint {recorded}; '{source}' is {fingerprint}). "
@@ -107,16 +102,17 @@ def _weight_origin(source: Path, provenance: dict[str, Any] | None, shards: list
 
 def _write_code(folder: Path) -> None:
     """configuration_monet.py, modeling_monet.py (import rewritten) and monet_masking.py."""
-    here = Path(__file__).parent
-    from .kernels import masked_torch
+    import importlib.util
 
+    here = Path(__file__).parent
+    masked_torch = importlib.util.find_spec("resect.kernels.masked_torch").origin  # its file, without importing torch
     shutil.copy2(here / "configuration_monet.py", folder / "configuration_monet.py")
     modeling = (here / "modeling_monet.py").read_text()
     if EXPORT_IMPORT not in modeling:
         raise OutputError("resect's modeling_monet.py lacks its export import line; reinstall resect.")
     rewritten = modeling.replace(EXPORT_IMPORT, f"from .{MASKING_MODULE} import masked_moe_forward")
     (folder / "modeling_monet.py").write_text(rewritten)
-    shutil.copy2(masked_torch.__file__, folder / f"{MASKING_MODULE}.py")
+    shutil.copy2(masked_torch, folder / f"{MASKING_MODULE}.py")
 
 
 def _card(provenance: dict[str, Any], mask: ExpertMask) -> str:
@@ -160,8 +156,8 @@ def apply_masks(
     record = {
         "version": __version__,
         "source": (provenance or {}).get("source") or str(source.resolve()),
-        "source_fingerprint": (provenance or {}).get("source_fingerprint") or model_fingerprint(load_model(source)),
-        "mask": mask_record(mask),
+        "source_fingerprint": (provenance or {}).get("source_fingerprint") or checkpoint_fingerprint(source),
+        "mask": mask.checkpoint_record(),
     }
     _check_masks_fit(masks, source, record["source_fingerprint"])
     tmp = out.parent / f".{out.name}.resect-tmp-{os.getpid()}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from . import register
 from .errors import CheckpointError, UsageError, unknown
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from .modeling_monet import MonetForCausalLM
@@ -237,25 +239,34 @@ def load_model(
     model: str | os.PathLike | None = None,
     *,
     dtype: str | torch.dtype | None = None,
-    device: str = "cpu",
+    device: str | None = "cpu",
     attn_implementation: str | None = None,
 ) -> MonetForCausalLM:
-    """Validate then load a Monet checkpoint in eval mode (router statistics frozen)."""
-    import torch
+    """Validate then load a Monet checkpoint in eval mode (router statistics frozen).
+
+    `device` and `dtype` take `auto` (see resolve_placement); dtype None means the device's default.
+    On a GPU the weights go straight to it (with accelerate installed), never through a CPU copy."""
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoModelForCausalLM
 
     register()
-    dtype = torch_dtype(dtype)
-    check_device(device)
+    device = resolve_device(device)
+    dtype = torch_dtype(resolve_dtype(dtype, device))
     path = resolve_model_path(model)
     info = inspect_checkpoint(path)
+    direct = device != "cpu" and _importable("accelerate")
+    stored = _stored_dtype(info)
+    # On the CPU a checkpoint is read in its own dtype (its files mapped, not copied) and converted
+    # tensor by tensor below: converting while reading keeps the whole mapped file resident beside
+    # the converted weights until the load ends.
+    convert = device == "cpu" and stored is not None and stored != dtype
     try:
         loaded, report = AutoModelForCausalLM.from_pretrained(
             path,
-            dtype=dtype or torch.float32,
+            dtype=stored if convert else dtype,
             attn_implementation=attn_implementation,
             output_loading_info=True,
+            **({"device_map": device} if direct else {}),
         )
     except (OSError, ValueError, RuntimeError, StrictDataclassError) as exc:
         cause = exc.__cause__ if isinstance(exc, StrictDataclassError) and exc.__cause__ else exc  # the config's own check
@@ -264,11 +275,138 @@ def load_model(
     if problems:
         kind, keys = next(iter(problems.items()))
         raise CheckpointError(f"'{path}' does not fit its config: {kind.replace('_', ' ')} {sorted(keys)[:3]}.")
+    _own_buffers(loaded)
+    if convert:
+        _convert_mapped(loaded, dtype, [path / shard for shard in info.shards])
     loaded.config.name_or_path = str(info.path)
-    return loaded.to(device).eval()
+    loaded.resect_fingerprint = checkpoint_fingerprint(path)
+    log.info("loaded %s (%s, %s)", path, str(dtype).removeprefix("torch."), device)
+    return (loaded if direct else loaded.to(device)).eval()
+
+
+def _stored_dtype(info: CheckpointInfo):
+    """The floating-point dtype the checkpoint's weights are stored in (None when mixed)."""
+    import torch
+
+    floats = {d for name, (d, _) in info.tensors.items() if d in ("F32", "BF16", "F16")}
+    return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[floats.pop()] if len(floats) == 1 else None
+
+
+def _own_buffers(model) -> None:
+    """Buffers as tensors of their own (a few bytes each): a buffer left as a view of a mapped
+    weight file (the integer `num_batches_tracked`) keeps the whole file mapped for the model's life."""
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.clone()
+
+
+def _convert_mapped(model, dtype, files: list[Path]) -> None:
+    """Every floating-point parameter and buffer converted to `dtype`, one at a time; the pages of
+    each converted tensor that lie in a mapped weight file are handed back at once, so the peak is
+    the converted model plus one tensor, not the converted model plus the whole file."""
+    import torch
+
+    mapped = _mapped_ranges(files)
+    for module in model.modules():
+        for group in (module._parameters, module._buffers):
+            for name, tensor in group.items():
+                if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+                    continue
+                source = tensor.data
+                converted = source.to(dtype)
+                if isinstance(tensor, torch.nn.Parameter):
+                    tensor.data = converted
+                else:
+                    group[name] = converted
+                _drop_pages(source, mapped)
+
+
+def _mapped_ranges(files: list[Path]) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of `files` (Linux; empty elsewhere)."""
+    names = {str(f.resolve()) for f in files}
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] in names:
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def _drop_pages(tensor, mapped: list[tuple[int, int]]) -> None:
+    """madvise(DONTNEED) the whole pages of a tensor that lies inside a mapped weight file: clean
+    file pages, read again from the file if ever touched (never, once the tensor is replaced)."""
+    import ctypes
+    import mmap
+
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+    if not any(lo <= start and end <= hi for lo, hi in mapped):
+        return
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, end // page * page  # whole pages inside this tensor only
+    if hi > lo:
+        try:
+            ctypes.CDLL("libc.so.6").madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+        except (OSError, AttributeError):
+            pass
+
+
+def release_memory() -> None:
+    """Give freed model memory back: collect the dropped model, empty CUDA's cache, and ask glibc to
+    return free heap pages to the system (freed weights otherwise stay resident, and the next
+    model's load lands on top of them)."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """A --device value as a torch device name: `auto` (or None) is CUDA when this torch sees a GPU,
+    else the CPU; anything else must be a device torch knows and this machine has."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> str:
+    """A --dtype value as a dtype name: `auto` (or None) is bfloat16 on a GPU (the published
+    checkpoints' own dtype) and float32 on the CPU."""
+    if dtype is None or dtype == "auto":
+        return "bfloat16" if str(device).startswith("cuda") else "float32"
+    if not isinstance(dtype, str):
+        return str(dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise UsageError(unknown("--dtype", dtype, DTYPE_CHOICES))
+    return dtype
+
+
+def resolve_placement(device: str | None, dtype: str | None) -> tuple[str, str]:
+    """(device, dtype) of a --device/--dtype pair, checked before any model loads."""
+    device = resolve_device(device)
+    return device, resolve_dtype(dtype, device)
 
 
 def torch_dtype(dtype: str | torch.dtype | None):
@@ -278,7 +416,7 @@ def torch_dtype(dtype: str | torch.dtype | None):
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise UsageError(unknown("dtype", str(dtype), DTYPES))
+        raise UsageError(unknown("--dtype", str(dtype), DTYPE_CHOICES))
     return getattr(torch, dtype)
 
 
@@ -287,11 +425,18 @@ def check_device(device: str) -> None:
     import torch
 
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise UsageError(f"--device '{device}' is not a torch device. Pass cpu, cuda or cuda:N.") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is available to this torch. Pass --device cpu, or install a CUDA build of torch.")
+        raise UsageError(f"--device '{device}' is not a torch device. Pass auto, cpu, cuda or cuda:N.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {device}: no CUDA GPU is available to this torch. Pass --device cpu (or auto), or install a CUDA build of torch."
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0.")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device '{device}': resect runs on cpu or cuda. Pass auto, cpu, cuda or cuda:N.")
 
 
 def load_tokenizer(model: str | os.PathLike | None = None):
@@ -342,20 +487,81 @@ def _importable(module: str) -> bool:
         return False
 
 
+FINGERPRINT_SAMPLE = 64  # values read at the start, the middle and the end of every tensor
+# safetensors dtype -> how its little-endian bytes read as numpy values (BF16: the top half of a float32)
+_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+                 "I8": "i1", "U8": "u1", "BOOL": "u1"}  # fmt: skip
+
+
+def _sample_slices(numel: int) -> list[tuple[int, int]]:
+    """Element ranges a fingerprint reads: the first, middle and last FINGERPRINT_SAMPLE values."""
+    k = FINGERPRINT_SAMPLE
+    return [(0, min(k, numel)), (numel // 2, min(numel // 2 + k, numel)), (max(0, numel - k), numel)]
+
+
+def _digest_tensor(digest, name: str, shape, values: np.ndarray) -> None:
+    """One tensor's share of a fingerprint: its name, shape and sampled values as float32, never its
+    dtype, so a checkpoint loaded in another dtype or on another device keeps its fingerprint."""
+    digest.update(f"{name}:{tuple(int(s) for s in shape)}".encode())
+    digest.update(values.astype("<f4").tobytes())
+
+
+def _read_values(fh, offset: int, kind: str, lo: int, hi: int) -> np.ndarray:
+    import numpy as np
+
+    dtype = np.dtype(_NUMPY_DTYPES[kind])
+    fh.seek(offset + lo * dtype.itemsize)
+    values = np.frombuffer(fh.read((hi - lo) * dtype.itemsize), dtype=dtype)
+    return (values.astype("<u4") << 16).view("<f4") if kind == "BF16" else values
+
+
+def checkpoint_fingerprint(path: str | os.PathLike) -> str:
+    """Short stable id of a checkpoint's weights, read from its safetensors files (headers and a
+    few hundred values per tensor; the weights are never loaded, torch is not needed). Equal to
+    `model_fingerprint` of the model loaded from it, in any dtype and on any device."""
+    import numpy as np
+
+    path = Path(path)
+    located: dict[str, tuple[Path, dict, int]] = {}
+    for shard in weight_files(path):
+        file = path / shard
+        header = read_safetensors_header(file)
+        with open(file, "rb") as fh:
+            start = 8 + struct.unpack("<Q", fh.read(8))[0]
+        located.update({name: (file, meta, start) for name, meta in header.items() if name != "__metadata__"})
+    digest = hashlib.sha256()
+    handles: dict[Path, Any] = {}
+    try:
+        for name in sorted(located):
+            file, meta, start = located[name]
+            if meta.get("dtype") not in _NUMPY_DTYPES:
+                raise CheckpointError(f"Shard '{file}' stores '{name}' as {meta.get('dtype')}, which no Monet weight is. Restore it from the source.")
+            fh = handles.setdefault(file, open(file, "rb"))
+            offset, numel = start + meta["data_offsets"][0], math.prod(meta["shape"])
+            parts = [_read_values(fh, offset, meta["dtype"], lo, hi) for lo, hi in _sample_slices(numel)]
+            _digest_tensor(digest, name, meta["shape"], np.concatenate(parts))
+    finally:
+        for fh in handles.values():
+            fh.close()
+    return digest.hexdigest()[:16]
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Short stable id of a model's weights (names, shapes, dtypes and sampled values).
+    """Short stable id of a model's weights: the fingerprint of the checkpoint it was loaded from
+    (kept by `load_model`), else the same digest taken from its tensors in memory.
 
     Masks are non-persistent buffers, so an edited model shares its source's fingerprint:
-    statistics taken on the source stay valid for it.
-    """
+    statistics taken on the source stay valid for it."""
     import torch
 
+    known = getattr(model, "resect_fingerprint", None)
+    if known:
+        return known
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
-        sample = torch.cat([flat[:64], flat[flat.numel() // 2 :][:64], flat[-64:]]).float().cpu()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(sample.numpy().tobytes())
+        sample = torch.cat([flat[lo:hi] for lo, hi in _sample_slices(flat.numel())])
+        _digest_tensor(digest, name, tensor.shape, sample.float().cpu().numpy())
     return digest.hexdigest()[:16]
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "resect.mask/v1"
+CHECKPOINT_FILE = "resect_mask.json"  # an edited checkpoint's mask (modeling_monet.MASK_FILE_NAME, which edited checkpoints carry)
 BINARY_MAGIC = b"RESECTMASK1\n"
 RESERVED_KEYS = {"format", "moe_experts", "num_groups", "experts"}
 MAX_EXPERTS, MAX_GROUPS = 1 << 16, 4096  # far beyond any Monet (E 512, a few dozen groups): a bound against damaged files
@@ -135,6 +136,11 @@ class ExpertMask:
     @property
     def is_empty(self) -> bool:
         return not self._ids
+
+    def checkpoint_record(self) -> dict:
+        """The `resect.mask` entry of an edited checkpoint's config.json, the mask saved as CHECKPOINT_FILE."""
+        counts = {str(g): n for g, n in self.counts().items()}
+        return {"file": CHECKPOINT_FILE, "counts": counts, "total": self.total, "fingerprint": self.fingerprint()}
 
     def fingerprint(self) -> str:
         """sha256 over geometry and removed ids (metadata ignored): 16 hex digits."""

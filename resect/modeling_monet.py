@@ -99,10 +99,9 @@ class MonetExperts(nn.Module):
         self.register_buffer("expert_mask", None, persistent=False)  # [E, E] bool, True = removed
 
     def forward(self, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
-        g1, g2 = g1.to(x.dtype), g2.to(x.dtype)
-        if self.expert_mask is not None:
+        if self.expert_mask is not None:  # the router's own gates: the layers of a group share them
             return masked_moe_forward(self, x, g1, g2, self.expert_mask)
-        return self.dense_forward(x, g1, g2)
+        return self.dense_forward(x, g1.to(x.dtype), g2.to(x.dtype))
 
 
 class MonetMoVDE(MonetExperts):

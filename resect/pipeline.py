@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,8 @@ class RunSpec:
     limit: int | float | None = None
     batch_size: int = 16
     seed: int = 0
+    device: str = "auto"  # auto: a CUDA GPU when present, else the CPU
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
     out: str | None = None
     force: bool = False
     dry_run: bool = False
@@ -110,6 +111,9 @@ class Plan:
     out: Path
     toxicity_prompts: str | None = None
     toxicity: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # resolved
+    dtype: str = "float32"  # resolved
+    verification: Any = None  # resect.verify.Verification of this run's gate, checked at planning
 
     def resolved(self) -> dict[str, Any]:
         data = self.spec.to_dict() | {
@@ -132,7 +136,7 @@ class Plan:
 # ---------------------------------------------------------------- planning (no writes)
 
 
-_TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out")
+_TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out", "device", "dtype")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
 _WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune")
 _FLAGS = ("force", "dry_run")
@@ -142,7 +146,7 @@ _LISTS = ("target_tasks", "general_tasks")
 def _type_problem(name: str, value: Any) -> str | None:
     """What is wrong with a RunSpec field's type (a recipe or key=value override can hold anything)."""
     if value is None:
-        return None if name not in ("kind", "threshold", "batch_size", "seed", "force", "dry_run") else "a value"
+        return None if name not in ("kind", "threshold", "batch_size", "seed", "force", "dry_run", "device", "dtype") else "a value"
     if name in _TEXT:
         return None if isinstance(value, str) else "text"
     if name in _NUMBERS:
@@ -187,6 +191,9 @@ def check_spec(spec: RunSpec) -> None:
         if value is not None and value < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
     check_run_options(spec.limit, spec.batch_size)
+    from .loading import resolve_placement
+
+    resolve_placement(spec.device, spec.dtype)  # a missing GPU or an unknown dtype, before anything loads
     for key, value in dict(spec.toxicity).items():
         if key not in TOXICITY_DEFAULTS:
             raise UsageError(unknown("toxicity setting", key, TOXICITY_DEFAULTS))
@@ -292,7 +299,12 @@ def plan(spec: RunSpec) -> Plan:
     if out.exists() and not spec.force and not spec.dry_run:
         raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
-    return Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity)
+    from .loading import resolve_placement
+
+    device, dtype = resolve_placement(spec.device, spec.dtype)
+    p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
+    p.verification = _plan_verification(p)
+    return p
 
 
 def _rule_and_ratio(spec: RunSpec, world: bool) -> tuple[str, float]:
@@ -321,6 +333,20 @@ def _check_tasks(tasks: list[str], include: str | None) -> None:
     resolve_tasks(tasks, include)
 
 
+def _plan_verification(p: Plan):
+    """The run's gate, every option checked now (the report folder is set when the run writes it)."""
+    from .verify import plan_verification
+
+    low, high = p.gates()
+    toxicity = {k: v for k, v in p.toxicity.items() if k not in PROFILING_ONLY}
+    return plan_verification(
+        p.model_path, target_tasks=p.target_tasks, general_tasks=p.general_tasks, min_target_drop=low, max_general_drop=high,
+        target_toxicity=[p.toxicity_prompts] if p.spec.kind == "toxicity" else [], toxicity_settings=toxicity,
+        include_path=p.include_path, limit=p.spec.limit, batch_size=p.spec.batch_size, seed=p.spec.seed,
+        dtype=p.dtype, device=p.device,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- steps
 
 
@@ -330,45 +356,60 @@ def stats_cache_dir() -> Path:
     return cache_root() / "stats"
 
 
-def profile_cached(model, tokenizer, corpus, *, p: Plan, scorer: str | None = None, score_window: int = 32, progress=None):
-    """Routing statistics keyed by model and corpus fingerprint (and profiling settings)."""
+def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = None, score_window: int = 32, progress=None):
+    """Routing statistics keyed by the checkpoint's and the corpus's fingerprints (and profiling
+    settings). `source`: the model, or a `Source` that loads it only when the cache misses.
+    Partial statistics are kept beside the cache entry while profiling, so an interrupted run resumes."""
     import hashlib
 
     from .corpus import load_corpus
-    from .loading import model_fingerprint
+    from .errors import StatsError
+    from .loading import checkpoint_fingerprint
     from .profile import profile_corpus
     from .stats import RoutingStats
 
     corpus = load_corpus(corpus)
     key = hashlib.sha256(
-        json.dumps([model_fingerprint(model), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window]).encode()
+        json.dumps([checkpoint_fingerprint(p.model_path), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window]).encode()
     ).hexdigest()[:24]
     cached = stats_cache_dir() / f"{key}.safetensors"
     if cached.is_file():
         log.info("routing statistics from cache %s", cached)
         return RoutingStats.load(cached), True
-    stats = profile_corpus(
-        model, tokenizer, corpus, max_tokens_per_label=p.spec.max_tokens_per_label, seed=p.spec.seed,
-        batch_size=p.spec.batch_size, progress=progress or False, scorer=scorer, score_window=score_window,
-    )  # fmt: skip
     cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_name(cached.name + ".partial")
+    options = dict(
+        max_tokens_per_label=p.spec.max_tokens_per_label, seed=p.spec.seed, batch_size=p.spec.batch_size,
+        progress=progress or False, scorer=scorer, score_window=score_window, checkpoint=partial, checkpoint_every=PARTIAL_EVERY,
+    )  # fmt: skip
+    model = source.model if isinstance(source, Source) else source
+    try:
+        stats = profile_corpus(model, tokenizer, corpus, resume=partial if partial.is_file() else None, **options)
+    except StatsError:  # partial state of other settings (another batch size): start over
+        log.warning("discarding partial statistics %s made with other settings", partial)
+        partial.unlink(missing_ok=True)
+        stats = profile_corpus(model, tokenizer, corpus, **options)
     stats.save(cached)
+    partial.unlink(missing_ok=True)
     return stats, False
 
 
-def toxicity_corpus(model, tokenizer, p: Plan):
+PARTIAL_EVERY = 10  # batches between saves of partial statistics during an edit's profiling
+
+
+def toxicity_corpus(model, tokenizer, p: Plan, progress=None):
     """Prompts plus the model's own continuations, for token-level toxicity correlation."""
     from .corpus import Corpus, Document
-    from .toxicity import read_prompts, sample_continuations
+    from .toxicity import read_prompts, sample_prompts
 
-    docs = []
     t = p.toxicity
-    for i, prompt in enumerate(read_prompts(p.toxicity_prompts)):
-        outs = sample_continuations(
-            model, tokenizer, prompt.text, samples=t["profile_samples"], max_new_tokens=t["max_new_tokens"],
-            temperature=t["temperature"], top_p=t["top_p"], seed=PROFILE_SEED_OFFSET + p.spec.seed + i,
-        )  # fmt: skip
-        docs += [Document(text=prompt.text + cont, label="generations") for cont in outs]
+    prompts = read_prompts(p.toxicity_prompts)
+    seeds = [PROFILE_SEED_OFFSET + p.spec.seed + i for i in range(len(prompts))]
+    continuations = sample_prompts(
+        model, tokenizer, [prompt.text for prompt in prompts], seeds, samples=t["profile_samples"],
+        max_new_tokens=t["max_new_tokens"], temperature=t["temperature"], top_p=t["top_p"], progress=progress,
+    )  # fmt: skip
+    docs = [Document(text=prompt.text + c, label="generations") for prompt, outs in zip(prompts, continuations) for c in outs]
     return Corpus(docs, source=f"generations:{p.toxicity_prompts}")
 
 
@@ -376,20 +417,6 @@ def apply_mask(p: Plan, mask_file: Path, dest: Path) -> Path:
     from .export import apply_masks
 
     return apply_masks(p.model_path, [mask_file], dest).path
-
-
-def run_verify(p: Plan, edited: Path, out: Path) -> dict:
-    from .verify import verify
-
-    low, high = p.gates()
-    toxicity = {k: v for k, v in p.toxicity.items() if k not in PROFILING_ONLY}
-    return verify(
-        edited, p.model_path, target_tasks=p.target_tasks, general_tasks=p.general_tasks,
-        min_target_drop=low, max_general_drop=high,
-        target_toxicity=[p.toxicity_prompts] if p.spec.kind == "toxicity" else [],
-        toxicity_settings=toxicity, include_path=p.include_path, limit=p.spec.limit,
-        batch_size=p.spec.batch_size, seed=p.spec.seed, out_dir=out,
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- the run
@@ -411,9 +438,16 @@ class RunResult:
         return 1 if self.verdict == "fail" else 0
 
 
-def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) -> RunResult:
-    """Plan, then profile, select, apply, verify and report; see the module docstring."""
-    say = progress or (lambda msg: log.info(msg))
+def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
+    """Plan, then profile, select, apply, verify and report; see the module docstring.
+
+    The model is loaded once for profiling, selection and the baseline's evaluation (none when
+    the baseline's results are cached), freed, and the written checkpoint is loaded for its own
+    evaluation: at most two loads, never two models at a time. `reporter`: a resect.progress
+    Reporter for stage messages and meters (quiet when None)."""
+    from .progress import quiet
+
+    r = reporter or quiet()
     p = plan(spec)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -424,43 +458,29 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
         timings[name] = round(now - clock, 2)
         clock = now
 
-    from .loading import load_model, load_tokenizer
-    from .select import select_experts
+    from .loading import load_tokenizer, release_memory
 
-    model, tok = load_model(p.model_path), load_tokenizer(p.model_path)
-    say(f"profiling routing over {'generations' if spec.kind == 'toxicity' else p.corpus}")
-    if spec.kind == "toxicity":
-        corpus = toxicity_corpus(model, tok, p)
-        stats, cached = profile_cached(model, tok, corpus, p=p, scorer=p.toxicity["scorer"], score_window=p.toxicity["score_window"])
-    else:
+    if spec.kind != "toxicity":
         from .corpus import load_corpus
 
-        corpus = load_corpus(p.corpus)  # read once: profiling and attribution both use it
-        stats, cached = profile_cached(model, tok, corpus, p=p)
+        corpus, scoring = load_corpus(p.corpus), {}  # read once, before the model: profiling and attribution use it
+    tok, source = load_tokenizer(p.model_path), Source(p, r)
+    if spec.kind == "toxicity":
+        r.say(f"sampling {p.toxicity['profile_samples']} continuations per prompt of {p.toxicity_prompts} to profile")
+        corpus = toxicity_corpus(source.model, tok, p, progress=r.meter("generating", "prompts"))
+        scoring = {"scorer": p.toxicity["scorer"], "score_window": p.toxicity["score_window"]}
+    r.say(f"profiling routing over {'the generations' if spec.kind == 'toxicity' else p.corpus}")
+    stats, cached = profile_cached(source, tok, corpus, p=p, progress=r.meter("profiling", "tok"), **scoring)
     lap("profile")
-    floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
-    mask = select_experts(stats, p.rule, target=spec.target, model=model, groups=spec.groups, **floor, **p.rule_params)
-    lap("select")
-    if spec.refine:
-        from .attribute import attribution, refine
-
-        say(f"attributing each label's loss to the experts left after removing {mask.total:,}")
-        mask = refine(mask, attribution(model, tok, corpus, mask=mask), spec.target, add=spec.refine)
-        lap("refine")
-    if spec.tune:
-        from .tune import tune
-
-        def step(k: int, info: dict) -> None:
-            say(f"tuning the mask: step {k + 1}/{spec.tune}, {info['removed']:,} experts removed, "
-                f"target {info['target']:.3f}, others {info['others']:.3f}")  # fmt: skip
-
-        mask = tune(model, tok, corpus, mask, spec.target, steps=spec.tune, seed=spec.seed, progress=step)
-        lap("tune")
+    mask = _select(source, tok, corpus, stats, p, r, lap)
     experts_total = stats.num_groups * stats.moe_experts**2
-    say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
+    r.say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
     if spec.dry_run:
         return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, [], timings, cached)
-    del model
+    baseline = _baseline(source, tok, p, r)
+    del source
+    release_memory()
+    lap("baseline")
     p.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.", dir=p.out.parent))
     try:
@@ -469,11 +489,11 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
         (work / "run.yaml").write_text(yaml.safe_dump(p.resolved(), sort_keys=False))
         stats.save(work / "stats.safetensors")
         mask.save(work / "mask.json")
-        say("writing the edited checkpoint")
+        r.say("writing the edited checkpoint")
         edited = apply_mask(p, work / "mask.json", work / "checkpoint")
         lap("apply")
-        say("evaluating baseline and edited model")
-        report = run_verify(p, edited, work)
+        r.say("evaluating the edited checkpoint")
+        report = _verify(p, edited, work, baseline, r)
         lap("verify")
         result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, report["rows"], timings, cached)
         write_report(work, p, result, report)
@@ -482,6 +502,67 @@ def run_edit(spec: RunSpec, *, progress: Callable[[str], None] | None = None) ->
         shutil.rmtree(work, ignore_errors=True)
         raise
     return result
+
+
+class Source:
+    """The source model of a run, loaded on first use: a run whose statistics and baseline come
+    from the cache, and which neither refines nor tunes, never loads it."""
+
+    def __init__(self, p: Plan, reporter):
+        self._p, self._r, self._model = p, reporter, None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from .loading import load_model
+
+            self._r.say(f"loading {self._p.model_path} ({self._p.dtype}, {self._p.device})")
+            self._model = load_model(self._p.model_path, dtype=self._p.dtype, device=self._p.device)
+        return self._model
+
+
+def _select(source: Source, tok, corpus, stats, p: Plan, r, lap):
+    """The rule's mask, then --refine and --tune on the source model."""
+    from .loading import checkpoint_fingerprint
+    from .select import select_experts
+
+    spec = p.spec
+    floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
+    fingerprint = checkpoint_fingerprint(p.model_path)
+    mask = select_experts(stats, p.rule, target=spec.target, model=fingerprint, groups=spec.groups, **floor, **p.rule_params)
+    lap("select")
+    if spec.refine:
+        from .attribute import attribution, refine
+
+        r.say(f"attributing each label's loss to the experts left after removing {mask.total:,}")
+        mask = refine(mask, attribution(source.model, tok, corpus, mask=mask), spec.target, add=spec.refine)
+        lap("refine")
+    if spec.tune:
+        from .tune import tune
+
+        r.say(f"tuning the mask for {spec.tune} steps")
+        meter = r.meter("tuning", "steps")
+        mask = tune(source.model, tok, corpus, mask, spec.target, steps=spec.tune, seed=spec.seed, progress=lambda k, info: meter(k + 1, spec.tune))
+        lap("tune")
+    return mask
+
+
+def _baseline(source: Source, tok, p: Plan, r) -> dict:
+    """The source model's evaluation: from the cache, else on the source model (loaded once)."""
+    from .verify import evaluate_checkpoint
+
+    def loaded():
+        r.say("evaluating the source model (the baseline)")
+        source.model.set_expert_mask(None)
+        return source.model, tok
+
+    return evaluate_checkpoint(p.model_path, p.verification.settings, use_cache=True, source=loaded, reporter=r)
+
+
+def _verify(p: Plan, edited: Path, out: Path, baseline: dict, r) -> dict:
+    from .verify import run_verification
+
+    return run_verification(dataclasses.replace(p.verification, out_dir=out), edited, baseline_result=baseline, reporter=r)
 
 
 def _rehome(work: Path, edited: Path, out: Path) -> None:

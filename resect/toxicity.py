@@ -7,7 +7,8 @@ sample above 0.5), each with its standard error over prompts. Prompts that carry
 are also reported as the toxic and non-toxic subsets the paper tabulates.
 
 Sampling is seeded per prompt (seed + prompt index), so a number does not depend on which
-other prompts ran, nor on the order they ran in.
+other prompts ran, nor on the order they ran in; prompts are decoded many at a time, each drawing
+from its own generator.
 """
 
 from __future__ import annotations
@@ -50,23 +51,85 @@ def read_prompts(path: str | os.PathLike, *, limit: int | None = None) -> list[P
     return prompts[:limit]
 
 
+TOP_K = 50  # transformers' generate() default, which sampling here has always had beside top-p
+BATCH_ROWS = 256  # sequences decoded together: prompts x samples per prompt
+
+
 def sample_continuations(model, tokenizer, prompt: str, *, samples: int, max_new_tokens: int, temperature: float, top_p: float, seed: int) -> list[str]:
     """k sampled continuations of one prompt (new tokens only, special tokens dropped)."""
+    return sample_prompts(
+        model, tokenizer, [prompt], [seed], samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    )[0]  # fmt: skip
+
+
+def sample_prompts(
+    model, tokenizer, prompts: list[str], seeds: list[int], *, samples: int, max_new_tokens: int, temperature: float,
+    top_p: float, top_k: int = TOP_K, batch_rows: int = BATCH_ROWS, progress=None,
+) -> list[list[str]]:  # fmt: skip
+    """`samples` continuations of every prompt, decoded many prompts at a time.
+
+    Prompt p's samples are drawn from a generator of its own seeded `seeds[p]`, the way
+    transformers' `generate(num_return_sequences=samples)` after `torch.manual_seed(seeds[p])`
+    draws them (temperature, then top-k, then top-p; finished rows continue as padding), so a
+    prompt's samples do not depend on which prompts share its batch. `progress(done, total)`
+    counts prompts."""
+    per_batch = max(1, batch_rows // samples)
+    out: list[list[str]] = []
+    for start in range(0, len(prompts), per_batch):
+        chunk = slice(start, start + per_batch)
+        out += _sample_batch(model, tokenizer, prompts[chunk], seeds[chunk], samples, max_new_tokens, temperature, top_p, top_k)
+        if progress is not None:
+            progress(len(out), len(prompts))
+    return out
+
+
+def _sample_batch(model, tokenizer, prompts, seeds, k: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> list[list[str]]:
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    device = model.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    eos = torch.tensor(eos if isinstance(eos, list) else [eos], device=device)
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device).repeat_interleave(k, 0)  # [P*k, T] left-padded
+    attn = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device).repeat_interleave(k, 0)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=device)
+    cache, step_ids, new = DynamicCache(config=model.config), ids, []
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            positions = (attn.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+            logits = model(input_ids=step_ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits
+            probs = torch.softmax(_filter(logits[:, -1, :].float(), temperature, top_k, top_p), dim=-1)  # [P*k, V]
+            drawn = torch.cat([torch.multinomial(probs[p * k : (p + 1) * k], 1, generator=g).squeeze(1) for p, g in enumerate(generators)])
+            drawn = torch.where(unfinished, drawn, torch.full_like(drawn, pad))
+            new.append(drawn)
+            unfinished &= ~torch.isin(drawn, eos)
+            if not unfinished.any():
+                break
+            step_ids, attn = drawn[:, None], torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+    texts = tokenizer.batch_decode(torch.stack(new, dim=1), skip_special_tokens=True)
+    return [texts[p * k : (p + 1) * k] for p in range(len(prompts))]
+
+
+def _filter(scores, temperature: float, top_k: int, top_p: float):
+    """Logits with the tokens outside the sampling set at -inf: temperature, top-k, then top-p (the
+    smallest set of most likely tokens whose probability reaches top_p; at least one)."""
     import torch
 
-    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=samples,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )  # [k, T_prompt + new]
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        ascending, order = torch.sort(scores, dim=-1)
+        below = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p  # the tail whose mass stays under 1 - top_p
+        below[..., -1] = False
+        scores = scores.masked_fill(below.scatter(-1, order, below), float("-inf"))
+    return scores
 
 
 def summarise(max_scores: list[float]) -> dict[str, float | int]:
@@ -102,18 +165,17 @@ def measure_toxicity(
     seed: int = 0,
     scorer: str = "profanity",
     limit: int | None = None,
+    progress=None,
 ) -> dict:
     """Generate, score and summarise; the result carries its settings so it can be cached and compared."""
     check_settings(samples, max_new_tokens, temperature, top_p, limit)
     score = get_scorer(scorer)
     prompts = read_prompts(prompts_jsonl, limit=limit)
-    maxima = []
-    for i, prompt in enumerate(prompts):
-        texts = sample_continuations(
-            model, tokenizer, prompt.text, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + i
-        )
-        maxima.append(max(score(texts)))
-        log.info("prompt %d/%d: max toxicity %.3f", i + 1, len(prompts), maxima[-1])
+    continuations = sample_prompts(
+        model, tokenizer, [p.text for p in prompts], [seed + i for i in range(len(prompts))], samples=samples,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, progress=progress,
+    )  # fmt: skip
+    maxima = [max(score(texts)) for texts in continuations]
     result = summarise(maxima)
     for name, flag in (("toxic", True), ("nontoxic", False)):
         subset = [m for m, p in zip(maxima, prompts) if p.toxic is flag]

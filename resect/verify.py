@@ -23,7 +23,6 @@ seed and the lm-eval version, so verifying ten edits of one model evaluates the 
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -99,26 +98,21 @@ def cache_store(key: str, value: dict) -> None:
         log.warning("could not write the baseline cache (%s)", exc)
 
 
-def weights_digest(model) -> str:
-    """Digest of every weight and every expert-mask buffer: two models share it only if they compute the same.
+def checkpoint_identity(path: Path) -> dict[str, Any]:
+    """What a checkpoint computes, read from its files without loading them: the weights'
+    fingerprint, each weight file's size and modification time (a weight changed in place changes
+    them), and the digest of its expert mask, if it has one."""
+    from .loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint
 
-    (loading.model_fingerprint samples values and ignores masks; a cache key must not.)
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().contiguous().cpu().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
-    for name, module in sorted(model.named_modules()):
-        mask = getattr(module, "expert_mask", None)
-        if mask is not None:
-            digest.update(f"mask:{name}".encode() + mask.detach().cpu().to(dtype=_byte_dtype()).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _byte_dtype():
-    import torch
-
-    return torch.uint8
+    info = inspect_checkpoint(path)
+    files = {}
+    for name in [*info.shards, *([INDEX_FILE] if (path / INDEX_FILE).is_file() else [])]:
+        stat = (path / name).stat()
+        files[name] = [stat.st_size, stat.st_mtime_ns]
+    record = info.config.get("resect") if isinstance(info.config.get("resect"), dict) else {}
+    mask_file = (record.get("mask") or {}).get("file")
+    mask = hashlib.sha256((path / mask_file).read_bytes()).hexdigest() if mask_file and (path / mask_file).is_file() else None
+    return {"fingerprint": checkpoint_fingerprint(path), "files": files, "mask": mask}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -271,36 +265,69 @@ def _row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold) -> Row
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate_checkpoint(
-    path: Path, *, tasks: list[str], includes: list[str], limit, batch_size: int, seed: int,
-    toxicity: list[str], toxicity_settings: dict, use_cache: bool, dtype: str | None, device: str,
-) -> dict:  # fmt: skip
-    """lm-eval results and toxicity of one checkpoint, from the cache when `use_cache` and present."""
-    from . import __version__
-    from .evaluate import evaluate, lm_eval_version, task_config_hash
-    from .loading import load_model, load_tokenizer, model_fingerprint
+@dataclass
+class EvalSettings:
+    """What both evaluations of a verification share (and what keys a cached baseline)."""
+
+    tasks: list[str]
+    includes: list[str]
+    limit: int | float | None
+    batch_size: int
+    seed: int
+    toxicity: list[str]  # prompt files whose expected maximum toxicity is measured
+    toxicity_settings: dict
+    dtype: str
+    device: str
+
+    def cache_key(self, path: Path) -> str:
+        from . import __version__
+        from .evaluate import lm_eval_version, task_config_hash
+
+        return cache_key({
+            "checkpoint": checkpoint_identity(path), "tasks": sorted(self.tasks), "task_config": task_config_hash(self.tasks, self.includes),
+            "limit": self.limit, "seed": self.seed, "lm_eval": lm_eval_version(), "dtype": self.dtype,
+            "device": self.device.split(":")[0], "resect": __version__,
+            "toxicity": {p: _file_digest(p) for p in self.toxicity}, "toxicity_settings": self.toxicity_settings,
+        })  # fmt: skip
+
+
+def evaluate_checkpoint(path: Path, settings: EvalSettings, *, use_cache: bool, source=None, reporter=None) -> dict:
+    """lm-eval results and toxicity of one checkpoint. With `use_cache`, a cached entry answers
+    without loading the model; otherwise `source()` gives (model, tokenizer) of that checkpoint
+    (already in memory, masks cleared), else the checkpoint is loaded. `reporter` shows progress."""
+    from .evaluate import evaluate
+    from .loading import checkpoint_fingerprint, load_model, load_tokenizer, release_memory
     from .toxicity import measure_toxicity
 
-    model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
-    key = cache_key({
-        "weights": weights_digest(model), "tasks": sorted(tasks), "task_config": task_config_hash(tasks, includes),
-        "limit": limit, "seed": seed, "lm_eval": lm_eval_version(), "dtype": str(dtype), "resect": __version__,
-        "toxicity": {p: _file_digest(p) for p in toxicity}, "toxicity_settings": toxicity_settings,
-    })  # fmt: skip
-    out = {"path": str(path), "fingerprint": model_fingerprint(model), "cache_key": key}
-    cached = cache_load(key) if use_cache else None
+    key = settings.cache_key(path) if use_cache else None
+    out = {"path": str(path), "fingerprint": checkpoint_fingerprint(path), "cache_key": key}
+    cached = cache_load(key) if key else None
     if cached is not None:
         log.info("baseline cache hit for %s (%s)", path, key)
-        out.update(results=cached["results"], toxicity=cached["toxicity"], cached=True)
+        return out | {"results": cached["results"], "toxicity": cached["toxicity"], "cached": True}
+    from .progress import quiet
+
+    r = reporter or quiet()
+    loaded = source is None
+    if loaded:
+        model, tokenizer = load_model(path, dtype=settings.dtype, device=settings.device), load_tokenizer(path)
     else:
-        results = evaluate(model, tok, tasks, include_path=includes, limit=limit, batch_size=batch_size, seed=seed) if tasks else None
-        tox = {p: measure_toxicity(model, tok, p, **({"seed": seed} | toxicity_settings)) for p in toxicity}
-        out.update(results=results, toxicity=tox, cached=False)
-        if use_cache:
-            cache_store(key, {"results": results, "toxicity": tox})
-    del model
-    gc.collect()
-    return out
+        model, tokenizer = source()
+    s = settings
+    results = None
+    if s.tasks:
+        results = evaluate(model, tokenizer, s.tasks, include_path=s.includes, limit=s.limit, batch_size=s.batch_size, seed=s.seed,
+                           progress=r.meter("evaluating", "requests"))  # fmt: skip
+    tox = {
+        p: measure_toxicity(model, tokenizer, p, progress=r.meter("toxicity", "prompts"), **({"seed": s.seed} | s.toxicity_settings))
+        for p in s.toxicity
+    }  # fmt: skip
+    if loaded:
+        del model
+        release_memory()
+    if key:
+        cache_store(key, {"results": results, "toxicity": tox})
+    return out | {"results": results, "toxicity": tox, "cached": False}
 
 
 def _file_digest(path: str) -> str:
@@ -310,9 +337,19 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
 
 
-def verify(
-    edited: str | os.PathLike,
-    baseline: str | os.PathLike | None = None,
+@dataclass
+class Verification:
+    """One verification, resolved and checked before any model loads."""
+
+    baseline: Path
+    specs: dict[str, tuple[str, str | None]]  # task spec -> (role, requested metric)
+    thresholds: dict[str, float | None]
+    settings: EvalSettings
+    out_dir: Path | None
+
+
+def plan_verification(
+    baseline: Path,
     *,
     target_tasks: list[str] = (),
     general_tasks: list[str] = (),
@@ -324,47 +361,74 @@ def verify(
     limit: int | float | None = None,
     batch_size: int = 8,
     seed: int = 0,
-    use_cache: bool = True,
     out_dir: str | os.PathLike | None = None,
     dtype: str | None = None,
-    device: str = "cpu",
-) -> dict:
-    """Evaluate baseline (cached) and edited, compare, write verify.json/.md/.png; returns the report."""
-    from . import register
-    from .evaluate import check_run_options, require_extras, resolve_tasks
-    from .loading import resolve_model_path
+    device: str | None = "cpu",
+    inputs: tuple = (),
+) -> Verification:
+    """Check every option and resolve the tasks; `inputs` are further paths the report folder must not be."""
+    from .evaluate import check_run_options, normalize_limit, require_extras, resolve_tasks
+    from .loading import resolve_placement
 
-    register()  # tokenizers are read before any model: transformers must know Monet already
     require_extras()
     check_run_options(limit, batch_size)
+    device, dtype = resolve_placement(device, dtype)
     target_tasks, general_tasks, target_toxicity = list(target_tasks), list(general_tasks), list(target_toxicity)
     check_thresholds(min_target_drop, max_general_drop, target_tasks + target_toxicity, general_tasks)
     specs = {s: ("target", split_spec(s)[1]) for s in target_tasks} | {s: ("general", split_spec(s)[1]) for s in general_tasks}
     if len(specs) < len(target_tasks) + len(general_tasks):
         raise UsageError("A task is listed twice (or as both target and general). List each task once.")
-    edited_path = resolve_model_path(edited)
-    base_path = resolve_model_path(baseline) if baseline is not None else baseline_from_provenance(edited_path)
-    check_compatible(edited_path, base_path)
     tasks, includes = resolve_tasks([split_spec(s)[0] for s in specs], include_path)
     if out_dir is not None:
-        check_out_dir(Path(out_dir), edited_path, base_path)
+        check_out_dir(Path(out_dir), baseline, *inputs)
         from .paths import check_overlap
 
-        check_overlap(out_dir, [edited_path, base_path, *includes, *target_toxicity], may_contain=True)  # adds verify.*
+        check_overlap(out_dir, [baseline, *inputs, *includes, *target_toxicity], may_contain=True)  # adds verify.*
     for p in target_toxicity:
         _file_digest(p)
-    run = dict(tasks=tasks, includes=includes, limit=limit, batch_size=batch_size, seed=seed, toxicity=target_toxicity,
-               toxicity_settings=toxicity_settings or {}, dtype=dtype, device=device)  # fmt: skip
-    base = evaluate_checkpoint(base_path, use_cache=use_cache, **run)
-    edit = evaluate_checkpoint(edited_path, use_cache=False, **run)
-    _check_provenance(edited_path, base)
+    settings = EvalSettings(tasks, includes, normalize_limit(limit), batch_size, seed, target_toxicity, toxicity_settings or {}, dtype, device)
     thresholds = {"target": min_target_drop, "general": max_general_drop}
-    rows = compare(base["results"], edit["results"], specs, thresholds) if specs else []
-    rows += [toxicity_row(f"toxicity:{Path(p).stem}", base["toxicity"][p], edit["toxicity"][p], min_target_drop) for p in target_toxicity]
-    report = build_report(base, edit, rows, thresholds, limit=limit, seed=seed)
-    if out_dir is not None:
-        write_outputs(report, Path(out_dir))
+    return Verification(baseline, specs, thresholds, settings, None if out_dir is None else Path(out_dir))
+
+
+def run_verification(
+    v: Verification, edited: Path, *, baseline_result: dict | None = None, use_cache: bool = True, reporter=None
+) -> dict:
+    """Evaluate the baseline (cached, or `baseline_result` already measured) and the edited
+    checkpoint, compare, write verify.json/.md/.png when the verification has a folder."""
+    base = baseline_result or evaluate_checkpoint(v.baseline, v.settings, use_cache=use_cache, reporter=reporter)
+    edit = evaluate_checkpoint(edited, v.settings, use_cache=False, reporter=reporter)
+    _check_provenance(edited, base)
+    rows = compare(base["results"], edit["results"], v.specs, v.thresholds) if v.specs else []
+    rows += [
+        toxicity_row(f"toxicity:{Path(p).stem}", base["toxicity"][p], edit["toxicity"][p], v.thresholds["target"])
+        for p in v.settings.toxicity
+    ]  # fmt: skip
+    report = build_report(base, edit, rows, v.thresholds, limit=v.settings.limit, seed=v.settings.seed)
+    if v.out_dir is not None:
+        write_outputs(report, v.out_dir)
     return report
+
+
+def verify(
+    edited: str | os.PathLike,
+    baseline: str | os.PathLike | None = None,
+    *,
+    use_cache: bool = True,
+    reporter=None,
+    **options: Any,
+) -> dict:
+    """Evaluate baseline (cached) and edited, compare, write verify.json/.md/.png; returns the report.
+    `options` are plan_verification's."""
+    from . import register
+    from .loading import resolve_model_path
+
+    register()  # tokenizers are read before any model: transformers must know Monet already
+    edited_path = resolve_model_path(edited)
+    base_path = resolve_model_path(baseline) if baseline is not None else baseline_from_provenance(edited_path)
+    v = plan_verification(base_path, inputs=(edited_path,), **options)
+    check_compatible(edited_path, base_path)
+    return run_verification(v, edited_path, use_cache=use_cache, reporter=reporter)
 
 
 def _check_provenance(edited: Path, base: dict) -> None:

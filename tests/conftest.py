@@ -14,6 +14,12 @@ import resect  # noqa: E402,F401  (registers Monet with the auto classes)
 from resect.tiny import build_tiny_checkpoint  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_of_the_session(tmp_path_factory):
+    """Statistics and evaluation caches in a folder of the test session, never the user's."""
+    os.environ.setdefault("RESECT_CACHE_DIR", str(tmp_path_factory.mktemp("resect-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_vd(tmp_path_factory):
     """4 layers, 2 routing groups of 2 layers, E 16, H 2, vertical decomposition, 2 shards."""

@@ -51,7 +51,7 @@ CASES = {
                                            "--target-tasks", "ppl_bio", "--include-path", "{tmp}/tasks", "--out", "{tmp}/data",
                                            "--force"], "contains the input"),
     "ppl-tasks over its corpus folder": (["ppl-tasks", "{corpus}", "{tmp}/data"], "contains the input"),
-    "unknown dtype": (["profile", "{model}", "--corpus", "{corpus}", "--out", "{tmp}/s.st", "--dtype", "foo"], "Unknown dtype 'foo'"),
+    "unknown dtype": (["profile", "{model}", "--corpus", "{corpus}", "--out", "{tmp}/s.st", "--dtype", "foo"], "'foo' is not one of 'auto', 'float32'"),
     "unknown device": (["profile", "{model}", "--corpus", "{corpus}", "--out", "{tmp}/s.st", "--device", "foo"], "not a torch device"),
     "infinite limit": (["eval", "{model}", "--tasks", "x", "--limit", "inf"], "positive and finite"),
     "number as text": (["run", "world-domain", "ratio=abc", "dry_run=true"], "'ratio' must be a finite number"),

@@ -253,6 +253,31 @@ def test_numba_side_kernel_reads_only_active_pairs(column, experts):
     assert all(torch.equal(a, b) for a, b in zip(*results))  # the parallel loop gives the serial loop's bits
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+def test_numba_kernel_corrects_half_precision_layers(models, decompose, dtype):
+    """bf16/fp16 layers take the fused kernel too (corrections in float32): they match the naive
+    layer evaluated in float32 on the same rounded weights and inputs, to half precision."""
+    pytest.importorskip("numba", reason="numba not installed (pip install 'resect[fast]')")
+    import copy
+
+    from resect.kernels import masked_numba
+
+    moe, x, g1, g2 = layer_inputs(models[decompose], 63, seed=5)
+    mask = random_mask(g1.shape[-1], 0.3, 6)
+    half = copy.deepcopy(moe).to(dtype)
+    xh, g1h, g2h = x.to(dtype), g1.to(dtype), g2.to(dtype)
+    with torch.no_grad():
+        assert masked_numba.supported(half, xh, g1h, g2h)
+        fused = masked_numba.masked_moe_forward(half, xh, g1h, g2h, mask)
+        plain = masked_torch.masked_moe_forward(half, xh, g1h, g2h, mask)
+        exact = naive_moe_forward(copy.deepcopy(half).float(), xh.float(), g1h.float(), g2h.float(), mask)
+    scale = float(exact.abs().max())
+    assert fused.dtype == dtype
+    assert max_err(fused.float(), exact) < 2e-2 * scale and max_err(plain.float(), exact) < 2e-2 * scale
+    assert max_err(fused.float(), plain.float()) < 2e-2 * scale
+
+
 @pytest.mark.parametrize("case", ["float64", "grad"])
 def test_numba_path_falls_back_where_the_kernel_cannot_run(models, case):
     pytest.importorskip("numba", reason="numba not installed (pip install 'resect[fast]')")

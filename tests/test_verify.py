@@ -12,12 +12,14 @@ import torch
 from _eval_tasks import DATA, quiz_task
 
 from resect.errors import EvalError, UsageError
+from resect.export import apply_masks
 from resect.loading import load_model
+from resect.mask import ExpertMask
 from resect.tasks import make_perplexity_tasks
 from _cli import run_cli
 
 from resect.tiny import build_tiny_checkpoint, train_tokenizer
-from resect.verify import drop_of, paired_drop_stderr, verify, weights_digest
+from resect.verify import checkpoint_identity, drop_of, paired_drop_stderr, verify
 
 
 @pytest.fixture(autouse=True)
@@ -109,18 +111,24 @@ def test_cache_key_follows_task_data(edited_copy, tmp_path):
     assert verify(edited_copy, **run)["baseline"]["cached"] is False
 
 
-def test_weights_digest_sees_masks_and_every_weight(tiny_vd):
-    model = load_model(tiny_vd)
-    plain = weights_digest(model)
-    moe = model.model.layers[1].moe
-    moe.expert_mask = torch.zeros(16, 16, dtype=torch.bool)
-    moe.expert_mask[3, 5] = True
-    assert weights_digest(model) != plain  # masks are buffers outside the state_dict
-    moe.expert_mask = None
-    assert weights_digest(model) == plain
-    with torch.no_grad():
-        model.model.embed_tokens.weight[100, 7] += 1.0  # a value the sampled fingerprint skips
-    assert weights_digest(model) != plain
+def test_checkpoint_identity_sees_masks_and_every_weight_without_loading(tiny_vd, tmp_path, monkeypatch):
+    import resect.loading
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: pytest.fail("the identity loaded the model"))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_vd, copy)
+    plain = checkpoint_identity(copy)
+    assert checkpoint_identity(copy) == plain
+    edited = apply_masks(copy, [ExpertMask(16, 2, {1: [3 * 16 + 5]})], tmp_path / "edited").path
+    assert checkpoint_identity(edited)["fingerprint"] == plain["fingerprint"]  # the same weights (hard links) ...
+    assert checkpoint_identity(edited) != plain  # ... and a mask
+    shard = next(s for s in copy.glob("model-*.safetensors") if "model.embed_tokens.weight" in load_file(s))
+    tensors = load_file(shard)
+    tensors["model.embed_tokens.weight"][100, 7] += 1.0  # a value the sampled fingerprint skips
+    save_file(tensors, shard, metadata={"format": "pt"})
+    changed = checkpoint_identity(copy)
+    assert changed["fingerprint"] == plain["fingerprint"] and changed != plain
 
 
 def test_drop_conventions():

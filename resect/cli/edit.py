@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import Device, Dtype
 
 Model = Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model). A model from 'resect world train --out RUN' (RUN/model) brings its world's corpora and quizzes from RUN/data.")]
 Out = Annotated[str | None, typer.Option("--out", "-o", help="Run directory to create (default: resect-runs/KIND-TARGET-TIME).")]
@@ -30,14 +31,15 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def execute(spec) -> None:
-    """Run the pipeline with a live status line and finish with the summary table and exit code."""
+    """Run the pipeline with progress on stderr (live on a terminal, plain lines in a log) and finish
+    with the summary table and exit code."""
     from rich.console import Console
 
     from resect.pipeline import run_edit
+    from resect.progress import reporter
 
-    console = Console(stderr=True)
-    with console.status("starting") as status:
-        result = run_edit(spec, progress=lambda msg: status.update(msg))
+    with reporter() as r:
+        result = run_edit(spec, reporter=r)
     render(result, Console())
     raise typer.Exit(result.exit_code)
 
@@ -70,7 +72,7 @@ def domain(
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None, tune: Tune = None,
+    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto",
 ) -> None:  # fmt: skip
     """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's (or the others' mean)."""
     from resect.pipeline import RunSpec
@@ -79,7 +81,7 @@ def domain(
     execute(RunSpec("domain", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype))  # fmt: skip
 
 
 @app.command()
@@ -91,7 +93,7 @@ def language(
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None, tune: Tune = None,
+    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto",
 ) -> None:  # fmt: skip
     """Remove a programming (or natural) language; verified by perplexity (relative %) and quizzes."""
     from resect.pipeline import RunSpec
@@ -100,7 +102,7 @@ def language(
     execute(RunSpec("language", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype))  # fmt: skip
 
 
 @app.command()
@@ -115,6 +117,7 @@ def toxicity(
     include_path: Include = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
+    device: Device = "auto", dtype: Dtype = "auto",
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
     from resect.pipeline import RunSpec
@@ -124,4 +127,4 @@ def toxicity(
                     toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer, "profile_samples": profile_samples},
                     include_path=include_path, general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups)))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), device=device, dtype=dtype))  # fmt: skip

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import Device, Dtype, placement
 
 
 def quiet_lm_eval() -> None:
@@ -57,31 +58,34 @@ def eval_command(
     limit: Annotated[float | None, typer.Option(help="Examples per task (a fraction when below 1); for quick checks.")] = None,
     batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for lm-eval's samplers.")] = 0,
-    dtype: Annotated[str | None, typer.Option(help="Load weights as float32 | bfloat16 | float16.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Dtype = "auto",
+    device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write lm-eval's full results JSON here (default: stdout).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate even when these results are cached.")] = False,
 ) -> None:
-    """Run lm-eval on a Monet checkpoint in memory (masks included) and write lm-eval's results JSON."""
-    from resect.evaluate import evaluate, require_extras
-    from resect.loading import load_model, load_tokenizer
+    """Run lm-eval on a Monet checkpoint in memory (masks included) and write lm-eval's results JSON.
+    Results are cached by the checkpoint's weights, mask, tasks and settings (`resect verify` reads the same cache)."""
+    from resect.evaluate import require_extras
 
     require_extras("lm_eval", "accelerate")
     quiet_lm_eval()
-    names = _csv(tasks)
-    if not names:
+    device, dtype = placement(device, dtype)
+    requested = _csv(tasks)
+    if not requested:
         raise typer.BadParameter("name at least one task", param_hint="--tasks")
-    from resect.evaluate import check_run_options, resolve_tasks
+    from resect.evaluate import check_run_options, normalize_limit, resolve_tasks
+    from resect.loading import resolve_model_path
+    from resect.progress import reporter
+    from resect.verify import EvalSettings, evaluate_checkpoint
 
     check_run_options(limit, batch_size)
-    lim = int(limit) if limit is not None and limit >= 1 else limit
-    resolve_tasks(names, include_path)  # a typo fails before the model loads
+    names, includes = resolve_tasks(requested, include_path)  # a typo fails before the model loads
     if out is not None:
-        _check_json_out(out, [model, *(include_path or []), *names], force)
-    results = evaluate(
-        load_model(model, dtype=dtype, device=device), load_tokenizer(model), names,
-        include_path=include_path, limit=lim, batch_size=batch_size, seed=seed,
-    )  # fmt: skip
+        _check_json_out(out, [model, *(include_path or []), *requested], force)
+    settings = EvalSettings(names, includes, normalize_limit(limit), batch_size, seed, [], {}, dtype, device)
+    with reporter() as r:  # the results `resect verify` and the edit commands cache, from the same cache
+        results = evaluate_checkpoint(resolve_model_path(model), settings, use_cache=not no_cache, reporter=r)["results"]
     _write_json(results, out)
     _print_summary(results)
 
@@ -130,7 +134,8 @@ def toxicity_eval(
     seed: Annotated[int, typer.Option()] = 0,
     scorer: Annotated[str, typer.Option(help="profanity | detoxify | perspective.")] = "profanity",
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Dtype = "auto",
+    device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the toxicity JSON here (default: stdout).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
 ) -> None:
@@ -140,12 +145,16 @@ def toxicity_eval(
     from resect.toxicity import check_settings, measure_toxicity, read_prompts
 
     check_settings(samples, max_new_tokens, temperature, top_p, limit)
+    device, dtype = placement(device, dtype)
     read_prompts(prompts)  # bad prompts fail before the model loads
     get_scorer(scorer)
     if out is not None:
         _check_json_out(out, [model, prompts], force)
-    result = measure_toxicity(
-        load_model(model, device=device), load_tokenizer(model), prompts, samples=samples, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, seed=seed, scorer=scorer, limit=limit,
-    )  # fmt: skip
+    from resect.progress import reporter
+
+    with reporter() as r:
+        result = measure_toxicity(
+            load_model(model, dtype=dtype, device=device), load_tokenizer(model), prompts, samples=samples, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, seed=seed, scorer=scorer, limit=limit, progress=r.meter("toxicity", "prompts"),
+        )  # fmt: skip
     _write_json(result, out)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import Device, Dtype, placement
 
 
 def parse_expert(spec: str, *, experts: int, groups: int) -> tuple[int, int]:
@@ -41,7 +42,8 @@ def experts(
     context: Annotated[int, typer.Option(help="Tokens of context shown before each token.")] = 8,
     max_tokens_per_label: Annotated[int | None, typer.Option(help="Search at most this many tokens per label.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Dtype = "auto",
+    device: Device = "auto",
 ) -> None:
     """Show the tokens and contexts an expert fires on (MODEL --expert --corpus) or a label's specific experts (--stats --label)."""
     from resect.errors import UsageError
@@ -51,14 +53,16 @@ def experts(
     if expert is not None:
         if model is None or corpus is None:
             raise UsageError("--expert needs MODEL and --corpus: the tokens come from running the model on that text.")
-        _show_examples(model, expert, corpus, top=top, context=context, max_tokens=max_tokens_per_label, batch_size=batch_size, device=device)
+        device, dtype = placement(device, dtype)
+        _show_examples(model, expert, corpus, top=top, context=context, max_tokens=max_tokens_per_label, batch_size=batch_size,
+                       device=device, dtype=dtype)  # fmt: skip
     elif stats is not None and label is not None:
-        _show_specific(stats, label, model=model, top=top, device=device)
+        _show_specific(stats, label, model=model, top=top)
     else:
         raise UsageError("Give MODEL --expert GROUP/ID --corpus CORPUS, or --stats STATS --label LABEL.")
 
 
-def _show_examples(model: str, spec: str, corpus: str, *, top: int, context: int, max_tokens: int | None, batch_size: int, device: str) -> None:
+def _show_examples(model: str, spec: str, corpus: str, *, top: int, context: int, max_tokens: int | None, batch_size: int, device: str, dtype: str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -66,7 +70,7 @@ def _show_examples(model: str, spec: str, corpus: str, *, top: int, context: int
     from resect.loading import load_model, load_tokenizer
     from resect.profile import expert_examples
 
-    net, tok = load_model(model, device=device), load_tokenizer(model)
+    net, tok = load_model(model, dtype=dtype, device=device), load_tokenizer(model)
     cfg = net.config
     group, flat = parse_expert(spec, experts=cfg.moe_experts, groups=-(-cfg.num_hidden_layers // cfg.moe_groups))
     rows = expert_examples(net, tok, corpus, group=group, expert=flat, top=top, context=context,
@@ -80,7 +84,7 @@ def _show_examples(model: str, spec: str, corpus: str, *, top: int, context: int
     Console().print(table)
 
 
-def _show_specific(stats_path: Path, label: str, *, model: str | None, top: int, device: str) -> None:
+def _show_specific(stats_path: Path, label: str, *, model: str | None, top: int) -> None:
     from rich.console import Console
 
     from resect.select import expert_row, ordered, ranking
@@ -91,9 +95,9 @@ def _show_specific(stats_path: Path, label: str, *, model: str | None, top: int,
     stats = RoutingStats.load(stats_path)
     stats.label_index(label)
     if model is not None:
-        from resect.loading import load_model
+        from resect.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
 
-        stats.check_model(load_model(model, device=device))
+        stats.check_model(checkpoint_fingerprint(inspect_checkpoint(resolve_model_path(model)).path))
     rows = []
     for g in range(stats.num_groups):
         rank = ranking(stats, g, label)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import Device, Dtype, placement
 
 
 def _init_distributed(device: str) -> str:
@@ -26,17 +27,6 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-def _progress_bar():
-    from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class TokensPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
-            return Text(f"{task.speed or 0:,.0f} tok/s")
-
-    return Progress(TextColumn("profiling"), BarColumn(), TaskProgressColumn(), TokensPerSecond(), TimeRemainingColumn(), transient=False)
-
-
 @app.command()
 def profile(
     model: Annotated[str, typer.Argument(help="Checkpoint folder or Hugging Face repo id.")],
@@ -50,8 +40,8 @@ def profile(
     score_window: Annotated[int, typer.Option(help="A token's score is the scorer's score of the last N tokens ending at it.")] = 32,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.partial.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Save partial state every N batches.")] = 50,
-    dtype: Annotated[str | None, typer.Option(help="Load weights as float32 | bfloat16 | float16.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda (each torchrun rank takes cuda:LOCAL_RANK).")] = "cpu",
+    dtype: Dtype = "auto",
+    device: Device = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Stream labelled text through MODEL and record each expert's mean routing score per label and group."""
@@ -59,6 +49,7 @@ def profile(
     from resect.paths import check_output
     from resect.profile import dist_info, partial_path, profile_corpus
 
+    device, dtype = placement(device, dtype)  # under torchrun, each rank takes cuda:LOCAL_RANK
     device = _init_distributed(device)
     rank, world = dist_info()
     check_output(out, [model, corpus.removeprefix("task:")], force=force)
@@ -71,9 +62,10 @@ def profile(
     )  # fmt: skip
     try:
         if rank == 0:
-            with _progress_bar() as bar:
-                task = bar.add_task("profile", total=None)
-                stats = profile_corpus(net, tok, corpus, progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
+            from resect.progress import reporter
+
+            with reporter() as r:
+                stats = profile_corpus(net, tok, corpus, progress=r.meter("profiling", "tok"), **options)
         else:
             stats = profile_corpus(net, tok, corpus, **options)
     except KeyboardInterrupt:

@@ -41,9 +41,9 @@ def select(
     params = {"ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile}
     fingerprint = None
     if model is not None:
-        from resect.loading import load_model, model_fingerprint
+        from resect.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
 
-        fingerprint = model_fingerprint(load_model(model))
+        fingerprint = checkpoint_fingerprint(inspect_checkpoint(resolve_model_path(model)).path)
     mask = select_experts(routing, rule, target=target, min_tokens=min_tokens, model=fingerprint, groups=chosen, **params)
     mask.meta["stats_file"] = str(stats)
     mask.save(out)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import Device, Dtype, placement
 
 
 def _csv(text: str | None) -> list[str]:
@@ -32,8 +33,8 @@ def verify(
     limit: Annotated[float | None, typer.Option(help="Examples per task (a fraction when below 1).")] = None,
     batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for lm-eval and sampling.")] = 0,
-    dtype: Annotated[str | None, typer.Option(help="Load weights as float32 | bfloat16 | float16.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Dtype = "auto",
+    device: Device = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate the baseline even when cached results exist.")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for verify.json, verify.md and verify.png.")] = Path("resect-verify"),
     step_summary: Annotated[bool, typer.Option("--step-summary", help="Append verify.md to $GITHUB_STEP_SUMMARY.")] = False,
@@ -49,21 +50,25 @@ def verify(
 
     quiet_lm_eval()
     check_run_options(limit, batch_size)
+    device, dtype = placement(device, dtype)
     if (out / "verify.json").exists() and not force:
         raise OutputError(f"'{out}' already holds a verify report. Pass --force to replace it, or choose another --out.")
 
     if toxicity_limit is not None or target_toxicity:
         check_settings(toxicity_samples, toxicity_max_new_tokens, 1.0, 0.9, toxicity_limit)
-    report = run_verify(
-        edited, baseline,
-        target_tasks=_csv(target_tasks), general_tasks=_csv(general_tasks),
-        min_target_drop=min_target_drop, max_general_drop=max_general_drop,
-        target_toxicity=[str(p) for p in target_toxicity or []],
-        toxicity_settings={"samples": toxicity_samples, "max_new_tokens": toxicity_max_new_tokens,
-                           "limit": toxicity_limit, "scorer": scorer},
-        include_path=include_path, limit=int(limit) if limit is not None and limit >= 1 else limit,
-        batch_size=batch_size, seed=seed, use_cache=not no_cache, out_dir=out, dtype=dtype, device=device,
-    )  # fmt: skip
+    from resect.progress import reporter
+
+    with reporter() as r:
+        report = run_verify(
+            edited, baseline,
+            target_tasks=_csv(target_tasks), general_tasks=_csv(general_tasks),
+            min_target_drop=min_target_drop, max_general_drop=max_general_drop,
+            target_toxicity=[str(p) for p in target_toxicity or []],
+            toxicity_settings={"samples": toxicity_samples, "max_new_tokens": toxicity_max_new_tokens,
+                               "limit": toxicity_limit, "scorer": scorer},
+            include_path=include_path, limit=limit, batch_size=batch_size, seed=seed, use_cache=not no_cache,
+            out_dir=out, dtype=dtype, device=device, reporter=r,
+        )  # fmt: skip
     _print(report, out)
     if step_summary and os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
