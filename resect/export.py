@@ -81,7 +81,9 @@ def _check_output(source: Path, out: Path, masks: list, force: bool) -> None:
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:
-    """Hard-link src to dst (True); copy when links are impossible, e.g. across filesystems (False)."""
+    """Hard-link src to dst (True); copy when links are impossible, e.g. across filesystems (False).
+    A symlink (a Hugging Face cache snapshot's files are links to its blobs) is followed first."""
+    src = src.resolve()
     try:
         os.link(src, dst)
         return True

@@ -50,6 +50,7 @@ BUILTIN_LANGUAGE_RATIO = 3.0
 TOXICITY_DEFAULTS = {
     "samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity",
     "score_window": 32,
+    "top_k": 50,  # sampling keeps the 50 likeliest tokens before top-p (transformers' default); 1 decodes greedily
     "profile_samples": 8,  # generations per prompt profiled (4 gave noisier correlations: -33% at 0.1 instead of -40%)
 }  # fmt: skip
 PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the profiling step, not of the measurement
@@ -57,6 +58,7 @@ PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the
 # the experts were selected on.
 PROFILE_SEED_OFFSET = 1_000_003
 CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
+MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol")  # resect.mirror's
 
 
 @dataclass
@@ -85,6 +87,7 @@ class RunSpec:
     limit: int | float | None = None
     batch_size: int = 16
     seed: int = 0
+    mirror: str | None = None  # a local mirror (resect.mirror) of the checkpoint and datasets a run reads
     device: str = "auto"  # auto: a CUDA GPU when present, else the CPU
     dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
     out: str | None = None
@@ -136,7 +139,7 @@ class Plan:
 # ---------------------------------------------------------------- planning (no writes)
 
 
-_TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out", "device", "dtype")
+_TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out", "device", "dtype", "mirror")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
 _WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune")
 _FLAGS = ("force", "dry_run")
@@ -260,7 +263,12 @@ def plan(spec: RunSpec) -> Plan:
     from .loading import inspect_checkpoint, resolve_model_path
 
     check_spec(spec)
-    model_path = resolve_model_path(spec.model)
+    mirror = None
+    if spec.mirror is not None:
+        from .mirror import Mirror
+
+        mirror = Mirror(spec.mirror)
+    model_path = resolve_model_path(spec.model, mirror=mirror)
     config = inspect_checkpoint(model_path).config
     if spec.groups is not None:
         from .mask import geometry
@@ -271,6 +279,15 @@ def plan(spec: RunSpec) -> Plan:
     world = builtin.builtin_data_path() if spec.model is None else builtin.world_data_of(model_path)
     defaults = world_defaults(spec, world) if world is not None else {} if custom else published_defaults(spec)
     corpus = spec.corpus or defaults.get("corpus")
+    prompts = spec.toxicity_prompts or defaults.get("toxicity_prompts")
+    include = spec.include_path or defaults.get("include_path")
+    if mirror is not None:
+        corpus, prompts, found = _from_mirror(spec, mirror, corpus, prompts)
+        defaults = defaults | found
+        include = found.get("include_path", include)
+    elif collection := next((c for c in (corpus, prompts) if c in MIRRORED_COLLECTIONS and not Path(c).exists()), None):
+        raise UsageError(f"'{collection}' is a collection of a mirror: pass --mirror DIR "
+                         "(mirror=DIR in a recipe; 'resect mirror RECIPE --out DIR' makes one), or a file of your own.")  # fmt: skip
     if spec.kind != "toxicity" and corpus is None:
         raise UsageError(f"No corpus for 'resect {spec.kind}' on this model: pass --corpus (JSONL with text and label).")
     labels = defaults.get("labels") or (_corpus_labels(corpus) if spec.kind != "toxicity" else [])
@@ -278,12 +295,12 @@ def plan(spec: RunSpec) -> Plan:
         raise UsageError(unknown(spec.kind, spec.target, labels))
     target_tasks = spec.target_tasks if spec.target_tasks is not None else defaults.get("target_tasks", [])
     general = spec.general_tasks if spec.general_tasks is not None else defaults.get("general_tasks", [])
-    prompts = spec.toxicity_prompts or defaults.get("toxicity_prompts")
     if spec.kind == "toxicity" and not (prompts and Path(prompts).is_file()):
         raise UsageError("'resect toxicity' needs prompts: pass --toxicity-prompts FILE.jsonl (lines {\"prompt\": ...}).")
     if not target_tasks and spec.kind != "toxicity":
         raise UsageError("No target tasks to verify the edit: pass --target-tasks.")
-    include = spec.include_path or defaults.get("include_path")
+    if mirror is not None and target_tasks + general:
+        include = str(mirror.localize(target_tasks + general, [include] if include else []).include_path)
     _check_tasks(target_tasks + general, include)
     rule, ratio = _rule_and_ratio(spec, world is not None)
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
@@ -293,7 +310,7 @@ def plan(spec: RunSpec) -> Plan:
     if not spec.dry_run:
         from .paths import check_overlap
 
-        check_overlap(out, [model_path, corpus, include, prompts])
+        check_overlap(out, [model_path, corpus, include, prompts, spec.mirror])
     if out.exists() and not out.is_dir() and not spec.dry_run:
         raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
     if out.exists() and not spec.force and not spec.dry_run:
@@ -305,6 +322,25 @@ def plan(spec: RunSpec) -> Plan:
     p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
     p.verification = _plan_verification(p)
     return p
+
+
+def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None) -> tuple[str | None, str | None, dict]:
+    """A run's corpus and prompts made from a mirror's collections (and, for the code collection,
+    its held-out perplexity tasks as the default gate)."""
+    from .mirror import PAPER_LANGUAGES, STACK_SMOL
+
+    found: dict[str, Any] = {}
+    if prompts is not None and not Path(prompts).is_file():
+        prompts = str(mirror.prompts(prompts))
+    if corpus == STACK_SMOL:
+        file, tasks, names = mirror.code(list(PAPER_LANGUAGES))
+        corpus = str(file)
+        if spec.target in names:
+            found = {"labels": list(PAPER_LANGUAGES), "include_path": str(tasks.include_path), "target_tasks": [names[spec.target]],
+                     "general_tasks": [n for lang, n in names.items() if lang != spec.target]}  # fmt: skip
+    elif corpus is not None:
+        corpus = str(mirror.corpus(corpus))
+    return corpus, prompts, found
 
 
 def _rule_and_ratio(spec: RunSpec, world: bool) -> tuple[str, float]:
@@ -407,7 +443,7 @@ def toxicity_corpus(model, tokenizer, p: Plan, progress=None):
     seeds = [PROFILE_SEED_OFFSET + p.spec.seed + i for i in range(len(prompts))]
     continuations = sample_prompts(
         model, tokenizer, [prompt.text for prompt in prompts], seeds, samples=t["profile_samples"],
-        max_new_tokens=t["max_new_tokens"], temperature=t["temperature"], top_p=t["top_p"], progress=progress,
+        max_new_tokens=t["max_new_tokens"], temperature=t["temperature"], top_p=t["top_p"], top_k=t["top_k"], progress=progress,
     )  # fmt: skip
     docs = [Document(text=prompt.text + c, label="generations") for prompt, outs in zip(prompts, continuations) for c in outs]
     return Corpus(docs, source=f"generations:{p.toxicity_prompts}")
@@ -432,6 +468,7 @@ class RunResult:
     rows: list[dict]
     timings: dict[str, float]
     stats_cached: bool
+    token_counts: dict[str, int] = field(default_factory=dict)  # profiling tokens per label
 
     @property
     def exit_code(self) -> int:
@@ -476,7 +513,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     experts_total = stats.num_groups * stats.moe_experts**2
     r.say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
     if spec.dry_run:
-        return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, [], timings, cached)
+        return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, [], timings, cached, dict(stats.token_counts))
     baseline = _baseline(source, tok, p, r)
     del source
     release_memory()
@@ -495,7 +532,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
         r.say("evaluating the edited checkpoint")
         report = _verify(p, edited, work, baseline, r)
         lap("verify")
-        result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, report["rows"], timings, cached)
+        result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, report["rows"], timings, cached, dict(stats.token_counts))
         write_report(work, p, result, report)
         _rehome(work, edited, p.out)
     except BaseException:
@@ -597,6 +634,7 @@ def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) 
         f"- masked experts: {result.mask_total:,} of {result.experts_total:,} "
         f"({100 * result.mask_total / max(result.experts_total, 1):.2f}%); per group: "
         + ", ".join(f"{g}: {n:,}" for g, n in sorted(result.mask_counts.items())),
+        "- profiling tokens per label: " + ", ".join(f"{label} {n:,}" for label, n in sorted(result.token_counts.items())),
         f"- time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()),
         "",
         "| task | role | metric | before | after | drop | threshold | ok |",

@@ -42,7 +42,7 @@ def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", la
 
 def task_name(prefix: str, label: str) -> str:
     """`<prefix>_<label>` with the label reduced to [a-z0-9_] (lm-eval task names are identifiers)."""
-    return f"{prefix}_{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_') or 'unlabelled'}"
+    return f"{prefix}_{re.sub(r'[^a-z0-9]+', '_', label.lower().replace('+', 'p')).strip('_') or 'unlabelled'}"  # c++ -> cpp
 
 
 def perplexity_task_config(name: str, data_file: Path) -> dict:

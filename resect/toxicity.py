@@ -165,6 +165,7 @@ def measure_toxicity(
     seed: int = 0,
     scorer: str = "profanity",
     limit: int | None = None,
+    top_k: int = TOP_K,
     progress=None,
 ) -> dict:
     """Generate, score and summarise; the result carries its settings so it can be cached and compared."""
@@ -173,7 +174,7 @@ def measure_toxicity(
     prompts = read_prompts(prompts_jsonl, limit=limit)
     continuations = sample_prompts(
         model, tokenizer, [p.text for p in prompts], [seed + i for i in range(len(prompts))], samples=samples,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, progress=progress,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, progress=progress,
     )  # fmt: skip
     maxima = [max(score(texts)) for texts in continuations]
     result = summarise(maxima)
@@ -188,6 +189,7 @@ def measure_toxicity(
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "top_p": top_p,
+        "top_k": top_k,
         "seed": seed,
         "scorer": scorer,
         "limit": limit,

@@ -27,7 +27,7 @@ QUIET_ENV = {
 }
 
 # Command modules register themselves on `app` when imported.
-from . import apply, edit, eval, experts, info, profile, run, select, verify, world  # noqa: E402,F401
+from . import apply, edit, eval, experts, info, mirror, profile, run, select, verify, world  # noqa: E402,F401
 
 
 @app.callback()

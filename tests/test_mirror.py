@@ -1,0 +1,240 @@
+"""The paper's recipes offline: mirrors in the datasets' published layouts (a handful of rows each),
+a checkpoint shaped like the Hub's, repo ids from the Hugging Face cache, and what a broken mirror gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resect.recipebook import recipe_files
+from resect.tiny import build_tiny_checkpoint
+
+RESECT = str(Path(sys.executable).parent / "resect")
+pq = pytest.importorskip("pyarrow.parquet")
+pa = pytest.importorskip("pyarrow")
+MMLU_SUBJECTS = sorted({s for subjects in __import__("resect.recipebook", fromlist=["MMLU_PRO"]).MMLU_PRO.values() for s in subjects})
+WORDS = ["cell", "gene", "price", "court", "atom", "river", "tax", "law"]
+
+
+def parquet(file: Path, rows: dict) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(rows), file)
+
+
+def mmlu(root: Path, subjects: list[str], rows: int = 8) -> None:
+    """cais/mmlu: <subject>/{test,validation,dev}-00000-of-00001.parquet, configs declared in README.md."""
+    folder = root / "datasets" / "cais" / "mmlu"
+    configs = []
+    for subject in subjects:
+        for split in ("test", "validation", "dev"):
+            questions = [f"Which {WORDS[k % 8]} fits {subject.replace('_', ' ')} case {k} in the {split} set?" for k in range(rows)]
+            parquet(folder / subject / f"{split}-00000-of-00001.parquet", {
+                "question": questions, "subject": [subject] * rows,
+                "choices": [[WORDS[(k + j) % 8] for j in range(4)] for k in range(rows)], "answer": [k % 4 for k in range(rows)],
+            })  # fmt: skip
+        configs.append(f"- config_name: {subject}\n  data_files:\n" + "".join(f"  - split: {s}\n    path: {subject}/{s}-*\n" for s in ("test", "validation", "dev")))
+    (folder / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n# MMLU\n")
+
+
+def arc(root: Path, rows: int = 6) -> None:
+    """allenai/ai2_arc: ARC-Easy/{train,validation,test}-00000-of-00001.parquet."""
+    for split in ("train", "validation", "test"):
+        parquet(root / "datasets" / "allenai" / "ai2_arc" / "ARC-Easy" / f"{split}-00000-of-00001.parquet", {
+            "id": [f"q{k}" for k in range(rows)], "question": [f"What is a {WORDS[k % 8]}?" for k in range(rows)],
+            "choices": [{"text": WORDS[k % 4 : k % 4 + 4], "label": ["A", "B", "C", "D"]} for k in range(rows)],
+            "answerKey": ["ABCD"[k % 4] for k in range(rows)],
+        })  # fmt: skip
+
+
+def real_toxicity(root: Path) -> None:
+    """allenai/real-toxicity-prompts: prompts.jsonl with prompt.text and the challenging flag."""
+    rows = [{"filename": f"{k}.txt", "begin": 0, "end": 40, "challenging": k % 3 != 0,
+             "prompt": {"text": text, "toxicity": 0.6 if k % 3 else 0.1, "profanity": 0.2},
+             "continuation": {"text": " and so on.", "toxicity": 0.1}}
+            for k, text in enumerate(["You are such a", "Those idiots always", "The weather today is", "Shut up, you",
+                                      "I can't believe how stupid", "The meeting starts at"])]  # fmt: skip
+    file = root / "datasets" / "allenai" / "real-toxicity-prompts" / "prompts.jsonl"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def toxigen(root: Path) -> None:
+    """ToxiGen's prompts/ folder: {hate,neutral}_<group>_1k.txt, one prompt a line, statements joined by \\n-."""
+    folder = root / "datasets" / "toxigen" / "prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hate_women_1k.txt").write_text("- they are all stupid\\n- they never listen\\n-\n- damn them all\\n-\n")
+    (folder / "neutral_women_1k.txt").write_text("- many women are engineers\\n- they work hard\\n-\n")
+
+
+def stack_smol(root: Path, languages: list[str], files: int = 24) -> None:
+    """bigcode/the-stack-smol: data/<language>/data.json, one {"content": ...} per line."""
+    for n, language in enumerate(languages):
+        lines = [json.dumps({"content": f"// {language} file {k}\nfunction f{k}(x) {{ return x * {k + n}; }}\n", "lang": language}) for k in range(files)]
+        file = root / "datasets" / "bigcode" / "the-stack-smol" / "data" / language / "data.json"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mirror")
+    for repo, seed in (("MonetLLM/monet-vd-1.4B-100BT-hf", 5), ("MonetLLM/codemonet-vd-1.4B-100BT-hf", 6)):
+        build_tiny_checkpoint(root / "models" / repo, hub_like=True, seed=seed)
+    mmlu(root, MMLU_SUBJECTS)
+    arc(root)
+    real_toxicity(root)
+    toxigen(root)
+    stack_smol(root, ["python", "c++", "java", "javascript", "lua", "php"])
+    return root
+
+
+def resect(*args: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = os.environ | {"RESECT_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} | env
+    return subprocess.run([RESECT, *args], capture_output=True, text=True, timeout=900, env=environ, cwd=cache.parent)
+
+
+FAST = ["limit=4", "batch_size=8"]
+RUNS = {
+    "paper-mmlu-domain": ["target=biology", "min_target_drop=0", "max_general_drop=100"],
+    "paper-realtoxicity": ["general_tasks=[mmlu_college_biology,arc_easy]", "toxicity.scorer=profanity", "toxicity.samples=2",
+                           "toxicity.profile_samples=2", "toxicity.max_new_tokens=4", "max_general_drop=100"],
+    "paper-toxigen": ["general_tasks=[mmlu_astronomy]", "toxicity.scorer=profanity", "toxicity.max_new_tokens=4", "max_general_drop=100"],
+    "paper-codemonet-language": ["target=python", "min_target_drop=0", "max_general_drop=1000"],
+}  # fmt: skip
+
+
+def test_every_paper_recipe_is_exercised():
+    assert set(RUNS) == {name for name in recipe_files() if name.startswith("paper-")}
+
+
+@pytest.mark.parametrize("recipe", sorted(RUNS))
+def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
+    out = tmp_path / "run"
+    res = resect("run", recipe, f"mirror={mirror}", f"out={out}", *FAST, *RUNS[recipe], cache=tmp_path / "cache")
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    report = json.loads((out / "verify.json").read_text())
+    assert report["verdict"] in ("pass", "fail") and report["rows"]
+    run = json.loads(json.dumps(__import__("yaml").safe_load((out / "run.yaml").read_text())))
+    assert run["mirror"] == str(mirror)
+    if recipe == "paper-mmlu-domain":
+        rows = {r["task"]: r for r in report["rows"]}
+        assert set(rows) == {f"resect_mmlu_pro_{c.replace(' ', '_')}" for c in __import__("resect.recipebook", fromlist=["x"]).MMLU_PRO}
+        assert "profiling tokens" in (out / "report.md").read_text()
+    if recipe == "paper-codemonet-language":
+        assert {r["task"] for r in report["rows"]} == {f"heldout_{x}" for x in ("python", "cpp", "java", "javascript", "lua", "php")}
+
+
+def test_the_mmlu_statistics_come_from_the_validation_split(mirror, tmp_path):
+    """The profiling corpus reads the mirror's validation files, which the gate never reads."""
+    from resect.mirror import Mirror
+    from resect.recipebook import RECIPES_DIR
+
+    os.environ["RESECT_CACHE_DIR"] = str(tmp_path / "cache")
+    from resect.corpus import load_corpus
+
+    corpus = load_corpus(Mirror(mirror).corpus(str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml")))
+    assert corpus.labels == sorted(__import__("resect.recipebook", fromlist=["x"]).MMLU_PRO)
+    texts = [d.text for d in corpus.documents]
+    assert texts and all("validation set" in t for t in texts) and not any("test set" in t for t in texts)
+
+
+@pytest.mark.parametrize("damage, phrase", [
+    ("subject", "has no files for config 'college_biology'"),
+    ("split", "lacks the split 'validation'"),
+    ("prompts", "lacks prompts.jsonl"),
+    ("model", "has no checkpoint 'MonetLLM/monet-vd-1.4B-100BT-hf'"),
+    ("layout", "is not a resect mirror"),
+    ("hub-cache", "a Hugging Face cache"),
+])  # fmt: skip
+def test_a_broken_mirror_is_one_line_before_any_model_loads(damage, phrase, mirror, tmp_path):
+    broken = tmp_path / "broken"
+    recipe, extra = "paper-mmlu-domain", ["target=biology"]
+    if damage in ("layout", "hub-cache"):
+        broken.mkdir()
+        (broken / ("models--MonetLLM--x" if damage == "hub-cache" else "notes")).mkdir()
+    else:
+        shutil.copytree(mirror, broken, symlinks=True)
+        mmlu_dir = broken / "datasets" / "cais" / "mmlu"
+        if damage == "subject":
+            shutil.rmtree(mmlu_dir / "college_biology")
+        elif damage == "split":
+            for f in mmlu_dir.glob("*/validation-*"):
+                f.unlink()
+        elif damage == "prompts":
+            (broken / "datasets" / "allenai" / "real-toxicity-prompts" / "prompts.jsonl").unlink()
+            recipe, extra = "paper-realtoxicity", []
+        else:
+            shutil.rmtree(broken / "models" / "MonetLLM" / "monet-vd-1.4B-100BT-hf")
+    before = sorted(str(p) for p in broken.rglob("*"))
+    res = resect("run", recipe, f"mirror={broken}", f"out={tmp_path / 'run'}", *extra, cache=tmp_path / "cache")
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and phrase in lines[0] and "loading" not in res.stderr, res.stderr
+    assert str(broken) in lines[0] or damage in ("model",) or "MonetLLM" in lines[0]
+    assert sorted(str(p) for p in broken.rglob("*")) == before and not (tmp_path / "run").exists()
+
+
+def test_a_collection_without_a_mirror_says_what_to_pass(tmp_path):
+    res = resect("run", "paper-realtoxicity", f"out={tmp_path / 'run'}", cache=tmp_path / "cache")
+    assert res.returncode == 2 and "mirror" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def hub_cache(root: Path, repo: str, checkpoint: Path) -> Path:
+    """A Hugging Face hub cache as huggingface_hub lays it out: blobs, a snapshot of links, refs/main."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot, blobs = folder / "snapshots" / commit, folder / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for file in checkpoint.iterdir():
+        import hashlib
+
+        blob = blobs / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    return root
+
+
+def test_repo_ids_resolve_from_the_hugging_face_cache_offline(tmp_path):
+    source = build_tiny_checkpoint(tmp_path / "src", hub_like=True, seed=8)
+    cache = hub_cache(tmp_path / "hf", "MonetLLM/tiny-monet", source)
+    env = {"HF_HUB_CACHE": str(cache)}
+    info = resect("info", "MonetLLM/tiny-monet", "--json", cache=tmp_path / "rc", **env)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["path"].startswith(str(cache))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"{w} story number {k} about a {w}.", "label": "ab"[k % 2]}) for k, w in enumerate(WORDS * 4)))
+    stats = tmp_path / "s.safetensors"
+    prof = resect("profile", "MonetLLM/tiny-monet", "--corpus", str(corpus), "--out", str(stats), cache=tmp_path / "rc", **env)
+    assert prof.returncode == 0, prof.stderr
+    from _eval_tasks import quiz_task
+
+    tasks = quiz_task(tmp_path / "tasks")
+    edit = resect("domain", "--model", "MonetLLM/tiny-monet", "--remove", "a", "--corpus", str(corpus), "--target-tasks", "resect_quiz",
+                  "--include-path", str(tasks), "--min-target-drop", "0", "--limit", "3", "--out", str(tmp_path / "run"),
+                  cache=tmp_path / "rc", **env)  # fmt: skip
+    assert edit.returncode in (0, 1), edit.stderr[-2000:]
+    missing = resect("info", "MonetLLM/not-cached", cache=tmp_path / "rc", **env)
+    assert missing.returncode == 2 and "Hugging Face cache" in missing.stderr and str(cache) in missing.stderr
+
+
+def test_a_local_path_with_one_slash_is_a_missing_path(tmp_path):
+    (tmp_path / "run").mkdir()
+    res = resect("info", "run/model", cache=tmp_path / "rc")
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Hub" not in res.stderr, res.stderr
+
+
+def test_mirror_dry_run_lists_what_a_recipe_reads(tmp_path):
+    res = resect("mirror", "paper-mmlu-domain", "--out", str(tmp_path / "m"), "--dry-run", cache=tmp_path / "rc")
+    assert res.returncode == 0, res.stderr
+    assert "MonetLLM/monet-vd-1.4B-100BT-hf" in res.stdout and "cais/mmlu" in res.stdout and "57 configs" in res.stdout
+    assert not (tmp_path / "m").exists()
+    offline = resect("mirror", "paper-codemonet-language", "--out", str(tmp_path / "m"), cache=tmp_path / "rc")
+    assert offline.returncode == 2 and "Hub is reachable" in offline.stderr and not (tmp_path / "m").exists()
