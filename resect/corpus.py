@@ -75,9 +75,17 @@ class Corpus:
 def _score(value: Any, where: str) -> Score:
     if value is None:
         return None
+    from .checks import RANGES
+
+    low, high = RANGES["score"][:2]
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high  # noqa: E731  (NaN, inf: no)
     if isinstance(value, bool) or isinstance(value, (int, float)):
+        if not isinstance(value, bool) and not finite(value):
+            raise CorpusError(f"{where}: score {value!r} is not a finite number in [{low:g}, {high:g}].")
         return float(value)
     if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if not all(finite(v) for v in value):
+            raise CorpusError(f"{where}: a per-token score is not a finite number in [{low:g}, {high:g}].")
         return [float(v) for v in value]
     raise CorpusError(f"{where}: score must be a number or a list of numbers (one per token), found {type(value).__name__}.")
 
@@ -212,12 +220,13 @@ def _task_text(task: Any, doc: dict) -> tuple[str, tuple[tuple[int, int], ...] |
 
 def parse_recipe(path: Path) -> dict:
     """A corpus YAML, checked (every source well formed) but not read."""
-    import yaml
+
+    from .checks import load_yaml
 
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CorpusError(f"Cannot read corpus recipe '{path}' ({str(exc).splitlines()[0]}).") from None
+        recipe = load_yaml(path.read_text(encoding="utf-8"), where=f"Corpus recipe '{path}'", error=CorpusError)
+    except OSError as exc:
+        raise CorpusError(f"Cannot read corpus recipe '{path}' ({exc.strerror}).") from None
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sources"), list) or not recipe["sources"]:
         raise CorpusError(f"'{path}': a corpus recipe needs a non-empty 'sources' list (each with path, builtin or task).")
     for k, source in enumerate(recipe["sources"]):

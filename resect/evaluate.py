@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import EvalError, ResectError, UsageError, unknown
+from .errors import EvalError, ResectError, unknown
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +248,9 @@ def task_data_errors(error: type[ResectError] = EvalError) -> Iterator[None]:
 
 def check_run_options(limit: int | float | None, batch_size: int) -> None:
     """A positive limit (count, or fraction below 1) and batch size."""
-    if limit is not None and not 0 < limit <= 2**31:
-        raise UsageError(f"--limit must be positive and finite (a count, or a fraction below 1), got {limit}.")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
+    from .checks import check_numbers
+
+    check_numbers({"limit": limit, "batch_size": batch_size})
 
 
 def normalize_limit(limit: int | float | None) -> int | float | None:

@@ -5,7 +5,8 @@ The folder loads three ways: with `import resect` and `AutoModelForCausalLM`; th
 and the pure-torch masked path as monet_masking.py, named by `auto_map`); and with lm-eval's CLI.
 config.json gains a "resect" key saying what was done; a short README.md card repeats it.
 Applying masks to an edited checkpoint composes them (union) and keeps the original source.
-Everything is written to a temporary folder beside the destination, then renamed into place.
+Everything is written to a work folder beside the destination, then moved into place
+(resect.paths: an existing output is replaced only once the new one is whole).
 """
 
 from __future__ import annotations
@@ -88,8 +89,17 @@ def _link_or_copy(src: Path, dst: Path) -> bool:
         os.link(src, dst)
         return True
     except OSError:
-        shutil.copy2(src, dst)
+        _copy(src, dst)
         return False
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy the bytes; the new file gets the permissions the user's umask gives (not the source's:
+    an installed package's files may be read-only)."""
+    from .paths import current_umask
+
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o666 & ~current_umask())
 
 
 def _weight_origin(source: Path, provenance: dict[str, Any] | None, shards: list[str]) -> Path:
@@ -108,13 +118,13 @@ def _write_code(folder: Path) -> None:
 
     here = Path(__file__).parent
     masked_torch = importlib.util.find_spec("resect.kernels.masked_torch").origin  # its file, without importing torch
-    shutil.copy2(here / "configuration_monet.py", folder / "configuration_monet.py")
+    _copy(here / "configuration_monet.py", folder / "configuration_monet.py")
     modeling = (here / "modeling_monet.py").read_text()
     if EXPORT_IMPORT not in modeling:
         raise OutputError("resect's modeling_monet.py lacks its export import line; reinstall resect.")
     rewritten = modeling.replace(EXPORT_IMPORT, f"from .{MASKING_MODULE} import masked_moe_forward")
     (folder / "modeling_monet.py").write_text(rewritten)
-    shutil.copy2(masked_torch, folder / f"{MASKING_MODULE}.py")
+    _copy(Path(masked_torch), folder / f"{MASKING_MODULE}.py")
 
 
 def _card(provenance: dict[str, Any], mask: ExpertMask) -> str:
@@ -162,14 +172,14 @@ def apply_masks(
         "mask": mask.checkpoint_record(),
     }
     _check_masks_fit(masks, source, record["source_fingerprint"])
-    tmp = out.parent / f".{out.name}.resect-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    from .paths import finish, work_folder
+
+    work = work_folder(out)
     try:
-        tmp.mkdir()
-        linked, copied = _fill(tmp, source, info, provenance, mask, record)
-        _replace(tmp, out)
+        linked, copied = _fill(work, source, info, provenance, mask, record)
+        finish(work, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         raise
     log.info("wrote %s: %d weight files linked, %d copied", out, linked, copied)
     return ApplyResult(path=out, mask=mask, source=Path(record["source"]), linked=linked, copied=copied)
@@ -182,7 +192,7 @@ def _fill(tmp: Path, source: Path, info, provenance, mask: ExpertMask, record: d
     links = [_link_or_copy(origin / name, tmp / name) for name in weights]
     for item in sorted(source.iterdir()):  # tokenizer, generation config, ...
         if item.is_file() and item.name not in OWN_FILES and item.name not in weights and not item.name.startswith("."):
-            shutil.copy2(item, tmp / item.name)
+            _copy(item, tmp / item.name)
     mask.save(tmp / MASK_FILE)
     _write_code(tmp)
     config = dict(info.config)
@@ -191,19 +201,6 @@ def _fill(tmp: Path, source: Path, info, provenance, mask: ExpertMask, record: d
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "README.md").write_text(_card(record, mask))
     return sum(links), len(links) - sum(links)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an existing output goes only once the new one is whole."""
-    old = None
-    if out.is_dir() and not out.is_symlink():
-        old = out.parent / f".{out.name}.resect-old-{os.getpid()}"
-        os.replace(out, old)
-    elif out.exists() or out.is_symlink():
-        out.unlink()
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_provenance(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -156,7 +156,21 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
             header = json.loads(fh.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"Shard '{file}' is corrupt (unreadable header). Download it again.") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"Shard '{file}' is corrupt (its header is not a JSON object). Download it again.")
+    spans = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        problem = _entry_problem(meta)
+        if problem:
+            raise CheckpointError(f"Shard '{file}' is corrupt: tensor '{name}' {problem}. Download it again.")
+        spans.append((meta["data_offsets"][0], meta["data_offsets"][1], name))
+    spans.sort()
+    for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            raise CheckpointError(f"Shard '{file}' is corrupt: tensors '{a}' and '{b}' overlap. Download it again.")
+    end = max((e for _, e, _ in spans), default=0)
     if 8 + n + end != size:
         raise CheckpointError(
             f"Shard '{file}' is truncated or corrupt: {size} bytes where its header needs {8 + n + end}. Download it again."
@@ -164,29 +178,70 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
     return header
 
 
-def expected_tensors(config: dict[str, Any]) -> set[str]:
-    """Names of every tensor a Monet checkpoint with this config holds."""
-    names = {"model.embed_tokens.weight", "model.norm.weight"}
+def _entry_problem(meta: Any) -> str | None:
+    """What is wrong with one safetensors header entry (dtype, shape, byte range), or None."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("dtype"), str):
+        return "has no dtype"
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return "has no valid shape"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        return "has no data offsets"
+    if meta["dtype"] not in SAFETENSORS_DTYPES:
+        return f"has the unknown dtype {meta['dtype']!r}"
+    if not 0 <= offsets[0] <= offsets[1] or offsets[1] - offsets[0] != math.prod(shape) * SAFETENSORS_DTYPES[meta["dtype"]]:
+        return f"of shape {shape} ({meta['dtype']}) does not fit its byte range {offsets}"
+    return None
+
+
+def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Monet checkpoint with this config holds, with its shape."""
+    d, vocab, layers = config["hidden_size"], config["vocab_size"], config["num_hidden_layers"]
+    heads = config.get("num_attention_heads", 16)
+    head_dim = config.get("head_dim") or d // heads
+    kv = config.get("num_key_value_heads") or heads
+    e, m, h = config.get("moe_experts", 512), config.get("moe_dim", 16), config.get("moe_heads", 8)
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,)}
     if not config.get("tie_word_embeddings", False):
-        names.add("lm_head.weight")
-    vertical = config.get("moe_decompose", "vertical") == "vertical"
-    experts = ["u1.weight", "u1.bias", "u2.weight", "u2.bias", "v11.weight", "v12.weight", "v21.weight", "v22.weight", "b1", "b2"]
-    if not vertical:
-        experts = ["u.weight", "u.bias", "v.weight", "b"]
-    router = [f"{w}.weight" for w in ("w1", "w2")] + [
-        f"{n}.{s}" for n in ("norm1", "norm2") for s in ("running_mean", "running_var", "num_batches_tracked")
-    ]
-    for layer in range(config["num_hidden_layers"]):
+        shapes["lm_head.weight"] = (vocab, d)
+    if config.get("moe_decompose", "vertical") == "vertical":
+        half = e * m // 2
+        experts = {"u1.weight": (half, d), "u1.bias": (half,), "u2.weight": (half, d), "u2.bias": (half,), "b1": (e, d // 2), "b2": (e, d // 2)}
+        experts |= {f"{v}.weight": (d // 2, half) for v in ("v11", "v12", "v21", "v22")}
+    else:
+        experts = {"u.weight": (e * m, d), "u.bias": (e * m,), "v.weight": (d, e * m), "b": (e, d)}
+    router = {"w1.weight": (h * e, d), "w2.weight": (h * e, d)}
+    router |= {f"{n}.{s}": (h,) for n in ("norm1", "norm2") for s in ("running_mean", "running_var")}
+    router |= {f"{n}.num_batches_tracked": () for n in ("norm1", "norm2")}
+    attention = {"q_proj": (heads * head_dim, d), "k_proj": (kv * head_dim, d), "v_proj": (kv * head_dim, d), "o_proj": (d, heads * head_dim)}
+    for layer in range(layers):
         prefix = f"model.layers.{layer}."
-        names |= {prefix + f"self_attn.{p}_proj.weight" for p in "qkvo"}
-        names |= {prefix + "input_layernorm.weight", prefix + "post_attention_layernorm.weight"}
-        names |= {prefix + "moe." + e for e in experts}
+        shapes |= {f"{prefix}self_attn.{p}.weight": shape for p, shape in attention.items()}
+        shapes |= {f"{prefix}input_layernorm.weight": (d,), f"{prefix}post_attention_layernorm.weight": (d,)}
+        shapes |= {f"{prefix}moe.{name}": shape for name, shape in experts.items()}
         if layer % config.get("moe_groups", 4) == 0:
-            names |= {prefix + "router." + r for r in router}
-    return names
+            shapes |= {f"{prefix}router.{name}": shape for name, shape in router.items()}
+    return shapes
+
+
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+
+def tensor_problem(name: str, dtype: str, shape: list[int], expected: tuple[int, ...]) -> str | None:
+    """What makes a stored tensor unfit for its place in the model: its dtype or its shape."""
+    wanted = ("I64",) if name.endswith("num_batches_tracked") else FLOAT_DTYPES
+    if dtype not in wanted:
+        return f"stores '{name}' as {dtype}, where Monet holds {' / '.join(wanted)}"
+    if tuple(shape) != expected:
+        return f"stores '{name}' with shape {list(shape)}, where its config.json needs {list(expected)}"
+    return None
 
 
 SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "moe_experts", "moe_heads", "moe_dim", "moe_topk", "moe_groups")
+# Far beyond any Monet (32 layers, d 3072, E 512 at 4.1B): a config past them is damaged, and is refused
+# before anything is sized from it.
+SIZE_LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+               "moe_experts": 8192, "moe_heads": 1024, "moe_dim": 4096, "moe_topk": 8192, "moe_groups": 1024}  # fmt: skip
 
 
 def shape_problem(config: dict[str, Any]) -> str | None:
@@ -196,11 +251,15 @@ def shape_problem(config: dict[str, Any]) -> str | None:
         value = config.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             return f"{key} must be a positive whole number, found {value!r}"
+        if value > SIZE_LIMITS[key]:
+            return f"{key} is {value:,}, beyond any Monet model (at most {SIZE_LIMITS[key]:,})"
     experts, topk = config.get("moe_experts", 512), config.get("moe_topk", 32)
     if topk >= experts:
         return f"moe_topk {topk} must be below moe_experts {experts}"
     if config.get("moe_decompose", "vertical") not in ("vertical", "horizontal"):
         return f"moe_decompose must be vertical or horizontal, found {config['moe_decompose']!r}"
+    if config.get("moe_decompose", "vertical") == "vertical" and (config.get("moe_dim", 16) % 2 or config.get("hidden_size", 2) % 2):
+        return "vertical decomposition needs an even moe_dim and hidden_size"
     return None
 
 
@@ -226,6 +285,13 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Model path '{path}' does not exist. Pass a Monet checkpoint folder.")
+    from .paths import unfinished
+
+    if unfinished(path):
+        raise CheckpointError(
+            f"'{path}' is an unfinished resect output (its writer stopped before the end). "
+            "Run the command that writes it again: the rerun removes what a stopped run left."
+        )
     config = read_config(path)
     problem = shape_problem(config) or provenance_problem(config)
     if problem:
@@ -237,12 +303,17 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
             if name != "__metadata__":
                 info.tensors[name] = (meta["dtype"], meta["shape"])
     try:
-        expected = expected_tensors(config)
+        shapes = expected_shapes(config)
     except KeyError as exc:
         raise CheckpointError(f"'{path}/config.json' lacks the key {exc}. Restore it from the source.") from None
+    expected = set(shapes)
     missing = sorted(expected - info.tensors.keys())
     if missing:
         raise CheckpointError(f"'{path}' lacks {len(missing)} Monet tensors (first: {missing[0]}). The checkpoint is incomplete.")
+    for name in sorted(expected):
+        problem = tensor_problem(name, *info.tensors[name], shapes[name])
+        if problem:
+            raise CheckpointError(f"'{path}' {problem}. The weights and config.json do not belong together: restore them from the source.")
     unexpected = sorted(info.tensors.keys() - expected)
     if unexpected:
         log.warning("'%s' holds %d tensors Monet does not use (first: %s)", path, len(unexpected), unexpected[0])
@@ -465,6 +536,12 @@ def load_tokenizer(model: str | os.PathLike | None = None):
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, ImportError) as exc:
         raise CheckpointError(f"'{path}' has no usable tokenizer ({str(exc).splitlines()[0]}). Add the tokenizer files.") from None
+    vocab = read_config(path).get("vocab_size")
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise CheckpointError(
+            f"'{path}' has a tokenizer of {len(tok):,} tokens for a model of {vocab:,}: ids beyond the model's vocabulary. "
+            "The tokenizer belongs to another model: copy the checkpoint's own."
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok

@@ -33,7 +33,7 @@ FORMAT = "resect.mask/v1"
 CHECKPOINT_FILE = "resect_mask.json"  # an edited checkpoint's mask (modeling_monet.MASK_FILE_NAME, which edited checkpoints carry)
 BINARY_MAGIC = b"RESECTMASK1\n"
 RESERVED_KEYS = {"format", "moe_experts", "num_groups", "experts"}
-MAX_EXPERTS, MAX_GROUPS = 1 << 16, 4096  # far beyond any Monet (E 512, a few dozen groups): a bound against damaged files
+MAX_EXPERTS, MAX_GROUPS = 8192, 1024  # far beyond any Monet (E 512, a few dozen groups): a bound against damaged files
 
 
 def geometry(config: Any) -> tuple[int, int]:
@@ -219,12 +219,11 @@ class ExpertMask:
         """JSON when the name ends in .json, compact binary otherwise. Written atomically."""
         path = Path(path)
         data = json.dumps(self.to_json_dict()).encode() if path.suffix.lower() == ".json" else self._to_binary()
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        from .paths import write_atomic
+
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             from .errors import OutputError
 
             raise OutputError(f"Cannot write mask to '{path}' ({exc.strerror}). Choose a writable path.") from None
@@ -273,6 +272,7 @@ class ExpertMask:
         if not isinstance(data["experts"], dict) or not all(isinstance(v, list) for v in data["experts"].values()):
             raise MaskError(f"{source}: 'experts' must map a group number (string) to a list of flat ids.")
         meta = {k: v for k, v in data.items() if k not in RESERVED_KEYS}
+        _check_meta(meta, source)
         try:
             return cls(data["moe_experts"], data["num_groups"], data["experts"], meta)
         except MaskError as exc:
@@ -286,18 +286,34 @@ class ExpertMask:
             header = json.loads(raw[off + 4 : off + 4 + n])
             off += 4 + n
             experts_n, num_groups = int(header["moe_experts"]), header["num_groups"]
+            if not 0 < experts_n <= MAX_EXPERTS or not isinstance(num_groups, int) or not 0 < num_groups <= MAX_GROUPS:
+                raise MaskError(f"Mask file '{path}' claims E={experts_n} and {num_groups} groups, beyond any Monet model "
+                                f"(E at most {MAX_EXPERTS}, {MAX_GROUPS} groups). It is damaged: recreate it.")  # fmt: skip
+            if len(header["groups"]) > num_groups:
+                raise ValueError("more bitmaps than groups")
             experts = {}
+            length = -(-experts_n * experts_n // 8)  # bytes of one group's bitmap
             for g in header["groups"]:
                 (size,) = struct.unpack_from("<Q", raw, off)
-                bits = np.unpackbits(np.frombuffer(zlib.decompress(raw[off + 8 : off + 8 + size]), dtype=np.uint8), bitorder="little")
-                if bits.size < experts_n * experts_n:
-                    raise ValueError("bitmap shorter than E*E")
+                inflate = zlib.decompressobj()
+                packed = inflate.decompress(raw[off + 8 : off + 8 + size], length + 1)  # never more than a bitmap
+                if len(packed) != length:
+                    raise ValueError("bitmap of the wrong length")
+                bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), bitorder="little")
                 experts[g] = np.flatnonzero(bits[: experts_n * experts_n])
                 off += 8 + size
         except (struct.error, zlib.error, json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise MaskError(f"Mask file '{path}' is a damaged binary mask. Recreate it.") from None
         meta = {k: v for k, v in header.items() if k not in RESERVED_KEYS | {"groups"}}
+        _check_meta(meta, str(path))
         return cls(experts_n, num_groups, experts, meta)
+
+
+def _check_meta(meta: dict, source: str) -> None:
+    """Metadata resect reads back (the fingerprint of the statistics' model) has its type."""
+    for key in ("stats_model_fingerprint", "source"):
+        if key in meta and not isinstance(meta[key], str):
+            raise MaskError(f"Mask file '{source}': '{key}' is {type(meta[key]).__name__}, not text. Recreate the mask with 'resect select'.")
 
 
 __all__ = ["ExpertMask", "FORMAT"]

@@ -3,7 +3,8 @@
 `run_edit(spec)` is what `resect domain`, `resect language`, `resect toxicity` and `resect run RECIPE`
 call. Everything a user could get wrong (an unknown label, a missing corpus or task, an existing
 output, a threshold out of range) is checked in `plan()` before anything is computed or written.
-The run directory is built beside its destination and renamed into place when complete.
+The run directory is built beside its destination and moved into place when complete
+(resect.paths: --force replaces only an earlier run directory, and only once the new one is whole).
 
 Run directory:
     run.yaml            the resolved configuration (re-runnable with `resect run run.yaml`)
@@ -20,15 +21,13 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, EvalError, OutputError, UsageError, unknown
+from .errors import OutputError, UsageError, unknown
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,7 @@ class RunSpec:
     out: str | None = None
     force: bool = False
     dry_run: bool = False
+    no_cache: bool = False  # profile and evaluate the baseline again instead of reading the caches
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,7 +126,7 @@ class Plan:
         }  # fmt: skip
         data |= self.rule_params
         data["min_target_drop"], data["max_general_drop"] = self.gates()
-        for once in ("out", "force", "dry_run"):  # where and how this run was written, not what it did
+        for once in ("out", "force", "dry_run", "no_cache"):  # where and how this run was written, not what it did
             data.pop(once)
         return data
 
@@ -142,14 +142,14 @@ class Plan:
 _TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out", "device", "dtype", "mirror")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
 _WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune")
-_FLAGS = ("force", "dry_run")
+_FLAGS = ("force", "dry_run", "no_cache")
 _LISTS = ("target_tasks", "general_tasks")
 
 
 def _type_problem(name: str, value: Any) -> str | None:
     """What is wrong with a RunSpec field's type (a recipe or key=value override can hold anything)."""
     if value is None:
-        return None if name not in ("kind", "threshold", "batch_size", "seed", "force", "dry_run", "device", "dtype") else "a value"
+        return None if name not in ("kind", "threshold", "batch_size", "seed", "force", "dry_run", "no_cache", "device", "dtype") else "a value"
     if name in _TEXT:
         return None if isinstance(value, str) else "text"
     if name in _NUMBERS:
@@ -167,7 +167,7 @@ def _type_problem(name: str, value: Any) -> str | None:
 
 
 def check_spec(spec: RunSpec) -> None:
-    from .evaluate import check_run_options
+    from .checks import check_number
     from .scoring import SCORERS
     from .toxicity import check_settings
 
@@ -177,23 +177,15 @@ def check_spec(spec: RunSpec) -> None:
             raise UsageError(f"'{f.name}' must be {expected}, found {getattr(spec, f.name)!r}.")
     if spec.kind not in KINDS:
         raise UsageError(unknown("kind", spec.kind, KINDS))
+    from .checks import check_numbers
+
+    check_numbers({name: getattr(spec, name) for name in (*_NUMBERS, *_WHOLE)})
     if spec.kind != "toxicity" and not spec.target:
         raise UsageError(f"Say what to remove: --remove NAME (resect {spec.kind} --remove ...).")
-    if spec.ratio is not None and spec.ratio <= 1:
-        raise UsageError(f"--ratio must be greater than 1 (an expert's score on the target over the runner-up's, or the others' mean), got {spec.ratio}.")
-    for name, what in (("refine", "a number of experts per routing group"), ("tune", "a number of steps")):
-        value = getattr(spec, name)
-        if value is not None and value < 0:
-            raise UsageError(f"--{name} is {what} and must be 0 or more, got {value}.")
-        if value and spec.kind == "toxicity":
+    for name in ("refine", "tune"):
+        if getattr(spec, name) and spec.kind == "toxicity":
             raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
-    if not -1 <= spec.threshold <= 1:
-        raise UsageError(f"--threshold is a Pearson correlation and must lie in [-1, 1], got {spec.threshold}.")
-    for name in ("min_target_drop", "max_general_drop"):
-        value = getattr(spec, name)
-        if value is not None and value < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
-    check_run_options(spec.limit, spec.batch_size)
+    _check_rule(spec)
     from .loading import resolve_placement
 
     resolve_placement(spec.device, spec.dtype)  # a missing GPU or an unknown dtype, before anything loads
@@ -201,16 +193,27 @@ def check_spec(spec: RunSpec) -> None:
         if key not in TOXICITY_DEFAULTS:
             raise UsageError(unknown("toxicity setting", key, TOXICITY_DEFAULTS))
         default = TOXICITY_DEFAULTS[key]
-        if isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):  # counts
-            raise UsageError(f"toxicity.{key} must be a positive whole number, got {value!r}.")
-        if isinstance(default, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-            raise UsageError(f"toxicity.{key} must be a finite number, got {value!r}.")
+        if isinstance(default, (int, float)):
+            check_number(key, value, option=f"toxicity.{key}")
         if isinstance(default, str) and not isinstance(value, str):
             raise UsageError(f"toxicity.{key} must be text, got {value!r}.")
     settings = TOXICITY_DEFAULTS | dict(spec.toxicity)
     check_settings(settings["samples"], settings["max_new_tokens"], settings["temperature"], settings["top_p"], None)
     if spec.kind == "toxicity" and settings["scorer"] not in SCORERS:  # before any generation
         raise UsageError(unknown("scorer", settings["scorer"], SCORERS))
+
+
+def _check_rule(spec: RunSpec) -> None:
+    """The selection rule exists and fits the kind of edit (before anything is profiled)."""
+    from .select import RULES
+
+    if spec.rule is None:
+        return
+    if spec.rule not in RULES:
+        raise UsageError(unknown("rule", spec.rule, RULES))
+    fits = {"toxicity": ("correlation",), "domain": ("skew", "skew-mean", "topk", "quantile"), "language": ("skew", "skew-mean", "topk", "quantile")}
+    if spec.rule not in fits[spec.kind]:
+        raise UsageError(f"Rule '{spec.rule}' does not fit 'resect {spec.kind}': use {' or '.join(fits[spec.kind])}.")
 
 
 def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
@@ -300,21 +303,19 @@ def plan(spec: RunSpec) -> Plan:
     if not target_tasks and spec.kind != "toxicity":
         raise UsageError("No target tasks to verify the edit: pass --target-tasks.")
     if mirror is not None and target_tasks + general:
-        include = str(mirror.localize(target_tasks + general, [include] if include else []).include_path)
-    _check_tasks(target_tasks + general, include)
+        from .verify import split_spec
+
+        names = [split_spec(t)[0] for t in target_tasks + general]
+        include = str(mirror.localize(names, [include] if include else []).include_path)
     rule, ratio = _rule_and_ratio(spec, world is not None)
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.resolve() == model_path.resolve() or model_path.resolve() in out.resolve().parents:
-        raise OutputError(f"Output directory '{out}' is the model folder or inside it. Choose another --out.")
     if not spec.dry_run:
-        from .paths import check_overlap
+        from .paths import check_output
 
-        check_overlap(out, [model_path, corpus, include, prompts, spec.mirror])
-    if out.exists() and not out.is_dir() and not spec.dry_run:
-        raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
-    if out.exists() and not spec.force and not spec.dry_run:
-        raise OutputError(f"Output directory '{out}' already exists. Choose another --out or pass --force to replace it.")
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
+        check_output(out, [model_path, corpus, include, prompts, spec.mirror], force=spec.force, make_parents=True)
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
     from .loading import resolve_placement
 
@@ -360,15 +361,6 @@ def _corpus_labels(corpus: str) -> list[str]:
     return load_corpus(corpus).labels
 
 
-def _check_tasks(tasks: list[str], include: str | None) -> None:
-    if not tasks:
-        return
-    from .evaluate import require_extras, resolve_tasks
-
-    require_extras()
-    resolve_tasks(tasks, include)
-
-
 def _plan_verification(p: Plan):
     """The run's gate, every option checked now (the report folder is set when the run writes it)."""
     from .verify import plan_verification
@@ -409,9 +401,15 @@ def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = N
         json.dumps([checkpoint_fingerprint(p.model_path), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window]).encode()
     ).hexdigest()[:24]
     cached = stats_cache_dir() / f"{key}.safetensors"
-    if cached.is_file():
-        log.info("routing statistics from cache %s", cached)
-        return RoutingStats.load(cached), True
+    if cached.is_file() and not p.spec.no_cache:
+        try:
+            stats = RoutingStats.load(cached)
+            log.info("routing statistics from cache %s", cached)
+            return stats, True
+        except StatsError as exc:  # a damaged entry is discarded and made again
+            log.warning("discarding a damaged statistics cache entry %s; profiling again", cached)
+            log.debug("%s", exc)
+            cached.unlink(missing_ok=True)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_name(cached.name + ".partial")
     options = dict(
@@ -510,6 +508,10 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     stats, cached = profile_cached(source, tok, corpus, p=p, progress=r.meter("profiling", "tok"), **scoring)
     lap("profile")
     mask = _select(source, tok, corpus, stats, p, r, lap)
+    if mask.is_empty:
+        what = "--threshold" if spec.kind == "toxicity" else "--ratio"
+        raise UsageError(f"The rule selected no experts ({p.rule} {json.dumps(p.rule_params)}): nothing to remove. "
+                         f"Lower {what}, or profile more text for '{spec.target or 'toxicity'}'.")  # fmt: skip
     experts_total = stats.num_groups * stats.moe_experts**2
     r.say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
     if spec.dry_run:
@@ -518,8 +520,9 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     del source
     release_memory()
     lap("baseline")
-    p.out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.", dir=p.out.parent))
+    from .paths import finish, work_folder
+
+    work = work_folder(p.out)
     try:
         import yaml
 
@@ -534,7 +537,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
         lap("verify")
         result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, report["rows"], timings, cached, dict(stats.token_counts))
         write_report(work, p, result, report)
-        _rehome(work, edited, p.out)
+        finish(work, p.out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -593,20 +596,13 @@ def _baseline(source: Source, tok, p: Plan, r) -> dict:
         source.model.set_expert_mask(None)
         return source.model, tok
 
-    return evaluate_checkpoint(p.model_path, p.verification.settings, use_cache=True, source=loaded, reporter=r)
+    return evaluate_checkpoint(p.model_path, p.verification.settings, use_cache=not p.spec.no_cache, source=loaded, reporter=r)
 
 
 def _verify(p: Plan, edited: Path, out: Path, baseline: dict, r) -> dict:
     from .verify import run_verification
 
     return run_verification(dataclasses.replace(p.verification, out_dir=out), edited, baseline_result=baseline, reporter=r)
-
-
-def _rehome(work: Path, edited: Path, out: Path) -> None:
-    """Move the finished run into place; the checkpoint's provenance keeps pointing at the source."""
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
 
 
 # ---------------------------------------------------------------- report
@@ -635,7 +631,7 @@ def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) 
         f"({100 * result.mask_total / max(result.experts_total, 1):.2f}%); per group: "
         + ", ".join(f"{g}: {n:,}" for g, n in sorted(result.mask_counts.items())),
         "- profiling tokens per label: " + ", ".join(f"{label} {n:,}" for label, n in sorted(result.token_counts.items())),
-        f"- time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()),
+        "- time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()),
         "",
         "| task | role | metric | before | after | drop | threshold | ok |",
         "|---|---|---|---|---|---|---|---|",

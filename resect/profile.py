@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,26 @@ class Settings:
 
 
 # ---- planning -------------------------------------------------------------------------------
-def _doc_sequences(doc: Document, label: int, tokenizer: Any, s: Settings, special: set[int]) -> list[Piece]:
+CHUNK_CHARS = 200_000  # a longer document is tokenized a piece at a time, and only as far as the label's budget reaches
+
+
+def _doc_sequences(doc: Document, label: int, tokenizer: Any, s: Settings, special: set[int]) -> Iterator[Piece]:
+    """The model inputs of one document, lazily: a document of many megabytes costs only the
+    pieces a token budget takes (per-token scores tie a document to one tokenization: not cut)."""
+    if len(doc.text) <= CHUNK_CHARS or isinstance(doc.score, list):
+        yield from _text_sequences(doc, label, tokenizer, s, special)
+        return
+    start = 0
+    while start < len(doc.text):
+        end = min(len(doc.text), start + CHUNK_CHARS)
+        if end < len(doc.text):  # end the piece at a space, so no word is split
+            space = doc.text.rfind(" ", start + CHUNK_CHARS // 2, end)
+            end = space + 1 if space > 0 else end
+        yield from _text_sequences(Document(doc.text[start:end], doc.label, doc.score), label, tokenizer, s, special)
+        start = end
+
+
+def _text_sequences(doc: Document, label: int, tokenizer: Any, s: Settings, special: set[int]) -> list[Piece]:
     enc = tokenizer(doc.text, add_special_tokens=True, return_special_tokens_mask=True, return_offsets_mapping=s.scorer is not None)
     ids = list(enc["input_ids"])
     counted = [not m and t not in special for m, t in zip(enc["special_tokens_mask"], ids)]  # also "</s>" typed in the text
@@ -322,15 +341,17 @@ def _new_stats(model: torch.nn.Module, corpus: Corpus, *, scored: bool) -> Routi
     return stats
 
 
-def _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window, checkpoint_every=1) -> Settings:
-    from .errors import UsageError
+def check_options(*, max_tokens_per_label=None, seed=0, batch_size=8, max_length=512, score_window=32, checkpoint_every=1) -> None:
+    """Profiling options in their ranges (resect.checks), before any model loads."""
+    from .checks import check_numbers
 
-    if checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be at least 1, found {checkpoint_every}.")
-    if max_tokens_per_label is not None and max_tokens_per_label < 1:
-        raise UsageError(f"--max-tokens-per-label must be at least 1, found {max_tokens_per_label}.")
-    if batch_size < 1 or max_length < 2 or score_window < 1:
-        raise UsageError(f"batch size, max length and score window must be positive, found {batch_size}, {max_length}, {score_window}.")
+    check_numbers({"max_tokens_per_label": max_tokens_per_label, "seed": seed, "batch_size": batch_size, "max_length": max_length,
+                   "score_window": score_window, "checkpoint_every": checkpoint_every})  # fmt: skip
+
+
+def _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window, checkpoint_every=1) -> Settings:
+    check_options(max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
+                  score_window=score_window, checkpoint_every=checkpoint_every)  # fmt: skip
     limit = getattr(model.config, "max_position_embeddings", max_length) or max_length
     return Settings(max_tokens_per_label, seed, batch_size, min(max_length, limit), scorer, score_window)
 

@@ -57,15 +57,14 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def read_recipe(name_or_path: str) -> dict[str, Any]:
-    import yaml
 
     path = find_recipe(name_or_path)
+    from .checks import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), where=f"Recipe '{path}'")
     except UnicodeDecodeError:
         raise UsageError(f"Recipe '{path}' is not UTF-8 text. Save it as UTF-8.") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"Recipe '{path}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
     if not isinstance(data, dict):
         raise UsageError(f"Recipe '{path}' must be a mapping of options, found {type(data).__name__}.")
     return data
@@ -73,17 +72,14 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """key=value words (toxicity.KEY=value for one toxicity setting); values read as YAML."""
-    import yaml
+    from .checks import load_yaml
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"Override '{pair}' is not key=value (for example target=law or limit=20).")
-        try:
-            out[key.replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise UsageError(f"Override '{pair}': the value is not valid YAML ({str(exc).splitlines()[0]}). Quote it or fix it.") from None
+        out[key.replace("-", "_")] = load_yaml(value, where=f"Override '{pair}': the value")
     return out
 
 

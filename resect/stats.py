@@ -126,15 +126,14 @@ class RoutingStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temporary file, then rename)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from .paths import write_atomic
 
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            save_file(self.tensors(), str(tmp), metadata=self.metadata())
-            os.replace(tmp, path)
+            write_atomic(path, save(self.tensors(), metadata=self.metadata()))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             from .errors import OutputError
 
             raise OutputError(f"Cannot write statistics to '{path}' ({exc.strerror}). Choose a writable path.") from None
@@ -160,15 +159,15 @@ class RoutingStats:
         corr = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("corr.")} or None
         damaged = f"'{path}' is a damaged statistics file"
         try:
-            labels = json.loads(meta["labels"])
-            counts = {k: int(v) for k, v in json.loads(meta["token_counts"]).items()}
+            labels, counts = json.loads(meta["labels"]), json.loads(meta["token_counts"])
             extra = json.loads(meta.get("meta", "{}"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StatsError(f"{damaged} (metadata: {type(exc).__name__}). Recreate it with `resect profile`.") from None
+            name = f"'{exc.args[0]}' missing" if isinstance(exc, KeyError) else type(exc).__name__
+            raise StatsError(f"{damaged} (metadata: {name}). Recreate it with `resect profile`.") from None
         sums = tensors["sums"]
-        if not isinstance(labels, list) or sums.ndim != 4 or sums.shape[1] != len(labels) or sums.shape[2] != sums.shape[3]:
-            raise StatsError(f"{damaged} (sums of shape {tuple(sums.shape)} for {len(labels)} labels, expected [G, L, E, E]). "
-                             "Recreate it with `resect profile`.")  # fmt: skip
+        problem = _damage(labels, counts, sums, corr, meta)
+        if problem:
+            raise StatsError(f"{damaged}: {problem}. Recreate it with `resect profile`.")
         return cls(
             labels=labels,
             token_counts=counts,
@@ -178,6 +177,28 @@ class RoutingStats:
             corr=corr,
             meta=extra,
         )
+
+
+def _damage(labels, counts: dict, sums: torch.Tensor, corr: dict | None, meta: dict) -> str | None:
+    """What makes a statistics file unusable though it parses: labels, counts, sums, fingerprints."""
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        return "its labels are not a list of names"
+    if len(set(labels)) != len(labels):
+        return f"the label {next(x for x in labels if labels.count(x) > 1)!r} appears twice"
+    if not isinstance(counts, dict) or set(counts) != set(labels):
+        return "its token counts do not name exactly its labels"
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
+        return "its token counts are not whole numbers of tokens"
+    if sums.ndim != 4 or sums.shape[1] != len(labels) or sums.shape[2] != sums.shape[3]:
+        return f"sums of shape {tuple(sums.shape)} for {len(labels)} labels, expected [G, L, E, E]"
+    if not sums.is_floating_point():
+        return f"its sums are {str(sums.dtype).removeprefix('torch.')}, not floating point"
+    for name, tensor in [("sums", sums), *((f"corr.{k}", v) for k, v in (corr or {}).items())]:
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            return f"its {name} hold values that are not finite numbers"
+    if not isinstance(meta.get("model_fingerprint", ""), str):
+        return "its model fingerprint is not text"
+    return None
 
 
 def empty_stats(labels: list[str], *, num_groups: int, experts: int, scored: bool) -> RoutingStats:

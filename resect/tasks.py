@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -99,7 +98,6 @@ def make_perplexity_tasks(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    from .paths import write_atomic
+
+    write_atomic(path, text)

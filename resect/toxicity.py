@@ -13,14 +13,13 @@ from its own generator.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CorpusError, UsageError
+from .errors import CorpusError
 from .scoring import get_scorer
 
 log = logging.getLogger(__name__)
@@ -198,11 +197,7 @@ def measure_toxicity(
 
 
 def check_settings(samples: int, max_new_tokens: int, temperature: float, top_p: float, limit: int | None) -> None:
-    if samples < 1 or max_new_tokens < 1:
-        raise UsageError(f"samples and max new tokens must be at least 1, got {samples} and {max_new_tokens}.")
-    if temperature <= 0:
-        raise UsageError(f"temperature must be positive for sampling, got {temperature}.")
-    if not 0 < top_p <= 1:
-        raise UsageError(f"top-p must lie in (0, 1], got {top_p}.")
-    if limit is not None and limit < 1:
-        raise UsageError(f"limit must be at least 1, got {limit}.")
+    from .checks import check_numbers
+
+    check_numbers({"samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
+    check_numbers({"toxicity_limit": limit}, prefix="")  # named as the callers name it: --limit / --toxicity-limit

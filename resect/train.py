@@ -94,7 +94,7 @@ def _typed(default: Any, value: Any, key: str) -> Any:
 
 def parse_overrides(items: list[str]) -> dict:
     """['train.steps=20', 'model.hidden_size=64'] -> nested dict (values parsed as YAML scalars)."""
-    import yaml
+    from .checks import load_yaml
 
     nested: dict = {}
     for item in items:
@@ -105,23 +105,20 @@ def parse_overrides(items: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml(value, where=f"Override '{item}': the value")
     return nested
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """The default recipe, updated by a YAML file and then by dotted overrides."""
-    import yaml
+    from .checks import load_yaml
 
     recipe = DEFAULT_RECIPE
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"Recipe '{path}' does not exist. Pass a YAML file such as recipes/world.yaml.")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"Recipe '{path}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
+        loaded = load_yaml(path.read_text(), where=f"Recipe '{path}'") or {}
         if not isinstance(loaded, dict):
             raise UsageError(f"Recipe '{path}' must be a YAML mapping, found {type(loaded).__name__}.")
         recipe = _merge(recipe, loaded)

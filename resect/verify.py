@@ -29,12 +29,12 @@ import logging
 import math
 import os
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, EvalError, OutputError, UsageError
+from .paths import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,15 @@ def cache_load(key: str) -> dict | None:
     if not file.is_file():
         return None
     try:
-        return json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        log.warning("ignoring unreadable cache entry %s", file)
+        entry = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        entry = None
+    fits = isinstance(entry, dict) and isinstance(entry.get("toxicity"), dict) and (entry.get("results") is None or isinstance(entry["results"], dict))
+    if not fits or (entry["results"] is not None and not isinstance(entry["results"].get("results"), dict)):
+        log.warning("discarding a damaged baseline cache entry %s; evaluating again", file)
+        file.unlink(missing_ok=True)
         return None
+    return entry
 
 
 def cache_store(key: str, value: dict) -> None:
@@ -120,9 +125,9 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
 
 def check_thresholds(min_target_drop: float | None, max_general_drop: float | None, target: list, general: list) -> None:
     """Thresholds are non-negative and present for every role that has tasks."""
-    for name, value in (("--min-target-drop", min_target_drop), ("--max-general-drop", max_general_drop)):
-        if value is not None and (value < 0 or math.isnan(value)):
-            raise UsageError(f"{name} must be a non-negative number (a drop in points or percent), got {value}.")
+    from .checks import check_numbers
+
+    check_numbers({"min_target_drop": min_target_drop, "max_general_drop": max_general_drop})
     if not target and not general:
         raise UsageError("Nothing to verify: pass --target-tasks, --target-toxicity or --general-tasks.")
     if target and min_target_drop is None:
@@ -173,6 +178,27 @@ def tokenizer_digest(tokenizer) -> str:
 
 
 # ----------------------------------------------------------------------------- metrics
+
+
+def check_metrics(specs: dict[str, tuple[str, str | None]], includes: list[str]) -> None:
+    """A metric named in TASK:METRIC is one the task's config computes (before anything is evaluated)."""
+    requested = {split_spec(s)[0]: metric for s, (_, metric) in specs.items() if metric}
+    if not requested:
+        return
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from .evaluate import task_manager_for
+
+    manager = task_manager_for(list(requested), includes)
+    for task, metric in requested.items():
+        entry = manager._index.get(task)
+        if entry is None or entry.yaml_path is None:
+            continue
+        config = load_yaml(entry.yaml_path, resolve_func=False, recursive=True)
+        listed = [*(config.get("metric_list") or []), *(config.get("aggregate_metric_list") or [])]
+        names = sorted({m["metric"] for m in listed if isinstance(m, dict) and isinstance(m.get("metric"), str)})
+        if names and metric not in names:
+            raise EvalError(f"Task '{task}' has no metric '{metric}' (it computes {', '.join(names)}). Name one of those after the colon.")
 
 
 def pick_metric(results: dict, task: str, requested: str | None = None) -> tuple[str, str]:
@@ -379,6 +405,7 @@ def plan_verification(
     if len(specs) < len(target_tasks) + len(general_tasks):
         raise UsageError("A task is listed twice (or as both target and general). List each task once.")
     tasks, includes = resolve_tasks([split_spec(s)[0] for s in specs], include_path)
+    check_metrics(specs, includes)
     if out_dir is not None:
         check_out_dir(Path(out_dir), baseline, *inputs)
         from .paths import check_overlap
@@ -463,14 +490,6 @@ def build_report(base: dict, edit: dict, rows: list[Row], thresholds: dict, *, l
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write beside the target then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def check_out_dir(out: Path, *inputs: Path) -> None:

@@ -169,14 +169,21 @@ def test_lm_eval_cli_runs_the_edited_checkpoint(edited_vd, tmp_path):
     assert 0.0 <= acc <= 1.0 and results["n-samples"]["apply_quiz"]["effective"] == 4
 
 
-def test_force_replaces_an_existing_output(tiny_vd, tmp_path, capsys, monkeypatch):
+def test_force_replaces_only_an_earlier_edited_checkpoint(tiny_vd, tmp_path, capsys, monkeypatch):
     a_mask(tmp_path, 2, seed=5).save(tmp_path / "m.json")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "stale.txt").write_text("old")
-    code, _, err = run_cli(["apply", str(tiny_vd), "--mask", str(tmp_path / "m.json"), "--out", str(tmp_path / "out"), "--force"],
-                           capsys, monkeypatch)
+    a_mask(tmp_path, 2, seed=6, count=3).save(tmp_path / "m2.json")
+    args = ["apply", str(tiny_vd), "--out", str(tmp_path / "out"), "--mask"]
+    assert run_cli([*args, str(tmp_path / "m.json")], capsys, monkeypatch)[0] == 0
+    (tmp_path / "out" / "stale.txt").write_text("old")  # resect's folder: --force replaces all of it
+    code, _, err = run_cli([*args, str(tmp_path / "m2.json"), "--force"], capsys, monkeypatch)
     assert code == 0, err
-    assert not (tmp_path / "out" / "stale.txt").exists() and (tmp_path / "out" / MASK_FILE).is_file()
+    assert not (tmp_path / "out" / "stale.txt").exists() and ExpertMask.load(tmp_path / "out" / MASK_FILE).total == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m2.json", "out"]  # no work folder left beside it
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("mine")  # not resect's: --force refuses it
+    code, _, err = run_cli(["apply", str(tiny_vd), "--mask", str(tmp_path / "m.json"), "--out", str(tmp_path / "thesis"), "--force"],
+                           capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and "not written by resect" in err and (tmp_path / "thesis" / "chapter1.tex").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

@@ -53,11 +53,11 @@ CASES = {
     "ppl-tasks over its corpus folder": (["ppl-tasks", "{corpus}", "{tmp}/data"], "contains the input"),
     "unknown dtype": (["profile", "{model}", "--corpus", "{corpus}", "--out", "{tmp}/s.st", "--dtype", "foo"], "'foo' is not one of 'auto', 'float32'"),
     "unknown device": (["profile", "{model}", "--corpus", "{corpus}", "--out", "{tmp}/s.st", "--device", "foo"], "not a torch device"),
-    "infinite limit": (["eval", "{model}", "--tasks", "x", "--limit", "inf"], "positive and finite"),
+    "infinite limit": (["eval", "{model}", "--tasks", "x", "--limit", "inf"], "--limit must be a number in (0,"),
     "number as text": (["run", "world-domain", "ratio=abc", "dry_run=true"], "'ratio' must be a finite number"),
     "flag as text": (["run", "world-domain", "dry_run=maybe"], "'dry_run' must be true or false"),
     "override not YAML": (["run", "world-domain", "target=[", "dry_run=true"], "not valid YAML"),
-    "sampling out of range": (["run", "world-toxicity", "toxicity.top_p=5", "dry_run=true"], "top-p must lie in (0, 1]"),
+    "sampling out of range": (["run", "world-toxicity", "toxicity.top_p=5", "dry_run=true"], "toxicity.top_p must be a number in (0, 1]"),
     "missing option": (["apply", "{model}"], "Missing option '--mask'. See 'resect apply --help'."),
     "option value of the wrong type": (["select", "--stats", "{mask}", "--rule", "skew", "--out", "{tmp}/m.json", "--ratio", "abc"],
                                        "Invalid value for '--ratio'"),
@@ -66,7 +66,7 @@ CASES = {
     "training model shape": (["world", "train", "--out", "{tmp}/w", "model.hidden_size=-4"], "hidden_size must be a positive"),
     "ppl-tasks with no documents": (["ppl-tasks", "{corpus}", "{tmp}/t2", "--max-docs", "0"], "--max-docs must be at least 1"),
     "negative min tokens": (["select", "--stats", "{mask}", "--rule", "skew", "--out", "{tmp}/m.json", "--min-tokens", "-5"],
-                            "must not be negative"),
+                            "--min-tokens must be a whole number in [0,"),
     "run folder that is a file": (["domain", "--model", "{model}", "--remove", "bio", "--corpus", "{corpus}", "--target-tasks",
                                    "ppl_bio", "--include-path", "{tmp}/tasks", "--out", "{mask}", "--force"], "exists and is a file"),
     "a folder given as statistics": (["select", "--stats", "{tmp}/data", "--rule", "skew", "--out", "{tmp}/m.json"], "is a folder"),
@@ -110,8 +110,9 @@ def test_an_unexpected_error_is_one_line_and_exit_2_and_verbose_shows_it(tiny_vd
 
     monkeypatch.setattr(resect.loading, "describe", broken)
     one_line(*run_cli(["info", str(tiny_vd)], capsys, monkeypatch), "unexpected ZeroDivisionError (planted)")
-    with pytest.raises(ZeroDivisionError):
-        run_cli(["-v", "info", str(tiny_vd)], capsys, monkeypatch)
+    for args in (["-v", "info", str(tiny_vd)], ["info", str(tiny_vd), "--verbose"]):  # -v anywhere; exit 1 is a breached gate only
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 2 and "Traceback" in err and "ZeroDivisionError: planted" in err
 
 
 def test_an_unwritable_place_is_one_line(tiny_vd, tmp_path, capsys, monkeypatch):
@@ -123,7 +124,7 @@ def test_an_unwritable_place_is_one_line(tiny_vd, tmp_path, capsys, monkeypatch)
 
 @pytest.mark.parametrize("data, phrase", [
     ({"moe_experts": 4, "num_groups": 1, "experts": {"0": [[1], [2, 3]]}}, "flat list of integers"),
-    ({"moe_experts": 4, "num_groups": 10**9, "experts": {}}, "num_groups in 1..4096"),
+    ({"moe_experts": 4, "num_groups": 10**9, "experts": {}}, "num_groups in 1..1024"),
     ({"moe_experts": True, "num_groups": 1, "experts": {}}, "found True"),
     ({"moe_experts": 4, "num_groups": 1, "experts": {"0": [float("inf")]}}, "must be integers"),
 ])  # fmt: skip
@@ -134,13 +135,17 @@ def test_damaged_masks_are_refused(data, phrase):
         ExpertMask.from_json_dict(data)
 
 
-@pytest.mark.parametrize("labels, counts, shape, phrase", [
-    ("not json", '{"a": 1}', (1, 1, 4, 4), "metadata: JSONDecodeError"),
-    ('["a"]', '{"a": "many"}', (1, 1, 4, 4), "metadata: ValueError"),
-    ('["a", "b"]', '{"a": 1, "b": 1}', (1, 3, 4, 4), "expected \\[G, L, E, E\\]"),
-    ('["a", "b", "c"]', '{"a": 1}', (3,), "expected \\[G, L, E, E\\]"),
+@pytest.mark.parametrize("labels, counts, shape, phrase, fill", [
+    ("not json", '{"a": 1}', (1, 1, 4, 4), "metadata: JSONDecodeError", 0.0),
+    ('["a"]', '{"a": "many"}', (1, 1, 4, 4), "not whole numbers of tokens", 0.0),
+    ('["a", "b"]', '{"a": 1, "b": 1}', (1, 3, 4, 4), "expected \\[G, L, E, E\\]", 0.0),
+    ('["a", "b", "c"]', '{"a": 1}', (3,), "do not name exactly its labels", 0.0),
+    ('["a", "b"]', '{"a": 1, "b": 1}', (1, 2, 4, 4), "not finite numbers", float("nan")),
+    ('["a", "a"]', '{"a": 1}', (1, 2, 4, 4), "the label 'a' appears twice", 0.0),
+    ('["a"]', None, (1, 1, 4, 4), "'token_counts' missing", 0.0),
+    ('["a"]', '{"a": 1}', (1, 1, 4, 4), "not floating point", "int"),
 ])  # fmt: skip
-def test_damaged_statistics_are_refused(labels, counts, shape, phrase, tmp_path):
+def test_damaged_statistics_are_refused(labels, counts, shape, phrase, fill, tmp_path):
     import torch
     from safetensors.torch import save_file
 
@@ -148,7 +153,9 @@ def test_damaged_statistics_are_refused(labels, counts, shape, phrase, tmp_path)
     from resect.stats import FORMAT, RoutingStats
 
     path = tmp_path / "stats.safetensors"
-    save_file({"sums": torch.zeros(shape, dtype=torch.float64)}, str(path), metadata={"format": FORMAT, "labels": labels, "token_counts": counts})
+    sums = torch.zeros(shape, dtype=torch.int64) if fill == "int" else torch.full(shape, fill, dtype=torch.float64)
+    meta = {"format": FORMAT, "labels": labels} | ({} if counts is None else {"token_counts": counts})
+    save_file({"sums": sums}, str(path), metadata=meta)
     with pytest.raises(StatsError, match=phrase):
         RoutingStats.load(path)
 
@@ -188,3 +195,213 @@ def test_masks_of_two_models_are_not_united(tmp_path, capsys, monkeypatch):
     ExpertMask(16, 2, {1: [2]}, {"stats_model_fingerprint": "aaaa"}).save(b)
     code, _, _ = run_cli(["mask", "union", str(a), str(b), "--out", str(tmp_path / "u.json")], capsys, monkeypatch)
     assert code == 0 and ExpertMask.load(tmp_path / "u.json").meta["stats_model_fingerprint"] == "aaaa"
+
+
+# ---- the hostile-input sweep: one case per class of defect -----------------------------------
+# Each case prepares its inputs in a folder and names the command line; the check is the same for
+# all: exit 2, one `error:` line with the phrase, no traceback, every file in the folder byte for
+# byte as it was (nothing changed, nothing added, nothing removed), and, where the refusal needs
+# no model, no model loaded before it.
+
+
+def _copy(tiny: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny, dst))
+
+
+def _header(shard: Path, change) -> None:
+    """Rewrite a safetensors header in place (the same data after it)."""
+    import struct
+
+    raw = shard.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    change(header)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    shard.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+
+
+def _shard_with(ckpt: Path, name: str) -> Path:
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"]
+    return ckpt / index[name]
+
+
+def _config(ckpt: Path, **changes) -> Path:
+    config = json.loads((ckpt / "config.json").read_text()) | changes
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+def _stats(path: Path, **meta) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from resect.stats import FORMAT
+
+    base = {"format": FORMAT, "labels": '["a", "b"]', "token_counts": '{"a": 500, "b": 500}', "model_fingerprint": "x"}
+    save_file({"sums": torch.rand(2, 2, 16, 16, dtype=torch.float64)}, str(path), metadata={**base, **meta})
+    return path
+
+
+def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
+    """(command line, phrase, refused before any model loads) of one hostile case, inputs made in t."""
+    u = "model.layers.0.moe.u1.weight"
+    if case == "force over a folder of someone else's (apply)":
+        (t / "thesis").mkdir()
+        (t / "thesis" / "chapter.tex").write_text("mine")
+        ExpertMask(16, 2, {0: [1]}).save(t / "m.json")
+        return ["apply", str(tiny), "--mask", str(t / "m.json"), "--out", str(t / "thesis"), "--force"], "not written by resect", True
+    if case == "force over a folder of someone else's (domain)":
+        (t / "notes").mkdir()
+        (t / "notes" / "todo.txt").write_text("mine")
+        return ["domain", "--remove", "biology", "--out", str(t / "notes"), "--force"], "not written by resect", True
+    if case == "expert weight stored as int32":
+        ckpt = _copy(tiny, t / "ckpt")
+        _header(_shard_with(ckpt, u), lambda h: h[u].update(dtype="I32"))
+        return ["info", str(ckpt)], f"stores '{u}' as I32", True
+    if case == "moe_experts that the weights do not have":
+        return ["info", str(_config(_copy(tiny, t / "ckpt"), moe_experts=32))], "where its config.json needs", True
+    if case == "a shape that does not fit its bytes":
+        ckpt = _copy(tiny, t / "ckpt")
+        _header(_shard_with(ckpt, u), lambda h: h[u].update(shape=[h[u]["shape"][0] * 2, h[u]["shape"][1]]))
+        return ["info", str(ckpt)], "does not fit its byte range", True
+    if case == "a billion layers":
+        return ["info", str(_config(_copy(tiny, t / "ckpt"), num_hidden_layers=10**9))], "beyond any Monet model", True
+    if case == "a header without offsets":
+        ckpt = _copy(tiny, t / "ckpt")
+        _header(_shard_with(ckpt, u), lambda h: h[u].pop("data_offsets"))
+        return ["info", str(ckpt)], "has no data offsets", True
+    if case == "an unfinished output":
+        ckpt = _copy(tiny, t / "ckpt")
+        (ckpt / ".resect-incomplete").write_text("")
+        return ["info", str(ckpt)], "unfinished resect output", True
+    if case == "a corpus score of 1e309":
+        (t / "c.jsonl").write_text('{"text": "hello there", "label": "a", "score": 1e309}\n')
+        return ["profile", str(tiny), "--corpus", str(t / "c.jsonl"), "--out", str(t / "s.st")], "score inf is not a finite number", True
+    if case == "an infinite ratio":
+        return ["select", "--stats", str(_stats(t / "s.st")), "--rule", "skew", "--target", "a", "--ratio", "inf", "--out",
+                str(t / "m.json")], "--ratio must be a number in (1,", True  # fmt: skip
+    if case == "statistics with NaN sums":
+        import torch
+        from safetensors.torch import save_file
+
+        from resect.stats import FORMAT
+
+        save_file({"sums": torch.full((2, 2, 16, 16), float("nan"), dtype=torch.float64)}, str(t / "s.st"),
+                  metadata={"format": FORMAT, "labels": '["a", "b"]', "token_counts": '{"a": 500, "b": 500}'})  # fmt: skip
+        return ["select", "--stats", str(t / "s.st"), "--rule", "skew", "--target", "a", "--out", str(t / "m.json")], "not finite", True
+    if case == "statistics without token counts":
+        path = _stats(t / "s.st")
+        from safetensors.torch import load_file, save_file
+
+        from resect.stats import FORMAT
+
+        save_file(load_file(str(path)), str(path), metadata={"format": FORMAT, "labels": '["a", "b"]'})
+        return ["select", "--stats", str(path), "--rule", "skew", "--target", "a", "--out", str(t / "m.json")], "'token_counts' missing", True
+    if case == "a gate that cannot fail":
+        return ["verify", str(tiny), "--baseline", str(tiny), "--target-tasks", "x", "--min-target-drop", "1", "--max-general-drop", "inf",
+                "--general-tasks", "y"], "--max-general-drop must be a number in [0,", True  # fmt: skip
+    if case == "an unknown rule (before profiling)":
+        return ["domain", "--remove", "biology", "--rule", "skwe", "--out", str(t / "run")], "Did you mean: skew", True
+    if case == "a negative seed (before profiling)":
+        return ["domain", "--remove", "biology", "--seed", "-1", "--out", str(t / "run")], "--seed must be a whole number in [0,", True
+    if case == "a seed too large":
+        return ["domain", "--remove", "biology", "--seed", str(2**40), "--out", str(t / "run")], "--seed must be a whole number", True
+    if case == "an unknown metric (before evaluating)":
+        return ["domain", "--remove", "biology", "--target-tasks", "world_biology:accuracy", "--out", str(t / "run")], \
+            "has no metric 'accuracy' (it computes acc, acc_norm)", True  # fmt: skip
+    if case == "a rule that does not fit the edit":
+        return ["language", "--remove", "python", "--rule", "correlation", "--out", str(t / "run")], "does not fit 'resect language'", True
+    if case == "an output under a file":
+        (t / "file.txt").write_text("x")
+        return ["domain", "--remove", "biology", "--out", str(t / "file.txt" / "run")], "not writable", True
+    if case == "a YAML alias bomb (recipe)":
+        lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+                                                       for p, c in zip("abcdefgh", "bcdefghi")]  # fmt: skip
+        (t / "bomb.yaml").write_text("# resect run bomb\nkind: domain\n" + "\n".join(lines) + "\n")
+        return ["run", str(t / "bomb.yaml")], "uses a YAML alias", True
+    if case == "a YAML alias bomb (corpus)":
+        (t / "c.yaml").write_text("name: x\nlabels: &l [a, b, c]\nmore: [*l, *l, *l]\nsources: [{path: c.jsonl}]\n")
+        return ["profile", str(tiny), "--corpus", str(t / "c.yaml"), "--out", str(t / "s.st")], "uses a YAML alias", True
+    if case == "a binary mask claiming a 65,536-wide geometry":
+        import struct
+        import zlib
+
+        from resect.mask import BINARY_MAGIC
+
+        header = json.dumps({"format": "resect.mask/v1", "moe_experts": 65536, "num_groups": 1, "groups": [0]}).encode()
+        blob = zlib.compress(b"\0" * (1 << 19))
+        (t / "m.bin").write_bytes(BINARY_MAGIC + struct.pack("<I", len(header)) + header + struct.pack("<Q", len(blob)) + blob)
+        return ["mask", "info", str(t / "m.bin")], "beyond any Monet model", True
+    if case == "a hundred million samples":
+        return ["toxicity", "--samples", "100000000", "--out", str(t / "run")], "samples must be a whole number in [1, 10,000]", True
+    if case == "a NaN temperature":
+        (t / "p.jsonl").write_text('{"prompt": "hello"}\n')
+        return ["toxicity-eval", str(tiny), "--prompts", str(t / "p.jsonl"), "--temperature", "nan"], "--temperature must be a number", True
+    if case == "a mask fingerprint of the wrong type":
+        (t / "m.json").write_text(json.dumps({"format": "resect.mask/v1", "moe_experts": 16, "num_groups": 2, "experts": {"0": [1]},
+                                              "stats_model_fingerprint": 12345}))  # fmt: skip
+        return ["apply", str(tiny), "--mask", str(t / "m.json"), "--out", str(t / "e")], "'stats_model_fingerprint' is int, not text", True
+    if case == "a symbolic link loop as --out":
+        (t / "loop").symlink_to(t / "loop")
+        return ["select", "--stats", str(_stats(t / "s.st")), "--rule", "skew", "--target", "a", "--out", str(t / "loop" / "m.json")], \
+            "cannot be resolved", True  # fmt: skip
+    if case == "a tokenizer larger than the model's vocabulary":
+        from resect.tiny import train_tokenizer
+
+        ckpt = _copy(tiny, t / "ckpt")
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (ckpt / f).unlink(missing_ok=True)
+        train_tokenizer(ckpt, vocab_size=600, texts=[" ".join(f"w{k}x{j}" for k in range(300)) for j in range(4)])
+        (t / "c.jsonl").write_text('{"text": "hello there", "label": "a"}\n')
+        return ["profile", str(ckpt), "--corpus", str(t / "c.jsonl"), "--out", str(t / "s.st")], "ids beyond the model's vocabulary", True
+    raise KeyError(case)
+
+
+HOSTILE = [
+    "force over a folder of someone else's (apply)", "force over a folder of someone else's (domain)", "expert weight stored as int32",
+    "moe_experts that the weights do not have", "a shape that does not fit its bytes", "a billion layers", "a header without offsets",
+    "an unfinished output", "a corpus score of 1e309", "an infinite ratio", "statistics with NaN sums", "statistics without token counts",
+    "a gate that cannot fail", "an unknown rule (before profiling)", "a negative seed (before profiling)", "a seed too large",
+    "an unknown metric (before evaluating)", "a rule that does not fit the edit", "an output under a file", "a YAML alias bomb (recipe)",
+    "a YAML alias bomb (corpus)", "a binary mask claiming a 65,536-wide geometry", "a hundred million samples", "a NaN temperature",
+    "a mask fingerprint of the wrong type", "a symbolic link loop as --out", "a tokenizer larger than the model's vocabulary",
+]  # fmt: skip
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[rel] = "link"
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_input_is_refused_cleanly(case, tiny_vd, tmp_path, capsys, monkeypatch):
+    import time
+
+    import resect.loading
+
+    work = tmp_path / "w"
+    work.mkdir()
+    args, phrase, before_load = _prepare(case, work, Path(tiny_vd))
+    before, source = _tree(work), _tree(Path(tiny_vd))
+    loads = []
+    real = resect.loading.load_model
+    monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    monkeypatch.chdir(work)
+    start = time.perf_counter()
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    elapsed = time.perf_counter() - start
+    one_line(code, out, err, phrase)
+    assert _tree(work) == before and _tree(Path(tiny_vd)) == source  # inputs byte-identical, nothing left behind
+    if before_load:
+        assert not loads and elapsed < 30, (loads, elapsed)

@@ -148,7 +148,7 @@ def test_cli_eval_writes_results_json(tiny_vd, tasks_dir, tmp_path, capsys, monk
     "args, message",
     [
         (["--tasks", "resect_quizz"], "Did you mean: resect_quiz"),
-        (["--tasks", "resect_quiz", "--limit", "-1"], "--limit must be positive"),
+        (["--tasks", "resect_quiz", "--limit", "-1"], "--limit must be a number in (0,"),
         (["--tasks", "/nonexistent/task.yaml"], "does not exist"),
     ],
 )

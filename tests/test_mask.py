@@ -114,7 +114,7 @@ def test_combining_different_geometry_is_refused():
         ('{"moe_experts": 16, "num_groups": 3, "experts": {"3": [1]}}', "Group 3 does not exist"),
         ('{"moe_experts": 16, "num_groups": 3, "experts": {"first": [1]}}', "is not an integer"),
         ('{"moe_experts": 16, "num_groups": 3, "experts": {"0": [1.5]}}', "must be integers"),
-        ('{"moe_experts": 0, "num_groups": 3, "experts": {}}', "moe_experts in 1..65536"),
+        ('{"moe_experts": 0, "num_groups": 3, "experts": {}}', "moe_experts in 1..8192"),
     ],
 )
 def test_malformed_json_is_one_clear_error(tmp_path, text, phrase):

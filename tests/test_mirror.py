@@ -101,11 +101,11 @@ def resect(*args: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
 
 FAST = ["limit=4", "batch_size=8"]
 RUNS = {
-    "paper-mmlu-domain": ["target=biology", "min_target_drop=0", "max_general_drop=100"],
+    "paper-mmlu-domain": ["target=biology", "ratio=1.05", "min_target_drop=0", "max_general_drop=100"],
     "paper-realtoxicity": ["general_tasks=[mmlu_college_biology,arc_easy]", "toxicity.scorer=profanity", "toxicity.samples=2",
                            "toxicity.profile_samples=2", "toxicity.max_new_tokens=4", "max_general_drop=100"],
     "paper-toxigen": ["general_tasks=[mmlu_astronomy]", "toxicity.scorer=profanity", "toxicity.max_new_tokens=4", "max_general_drop=100"],
-    "paper-codemonet-language": ["target=python", "min_target_drop=0", "max_general_drop=1000"],
+    "paper-codemonet-language": ["target=python", "ratio=1.05", "min_target_drop=0", "max_general_drop=1000"],
 }  # fmt: skip
 
 

@@ -58,17 +58,17 @@ def test_existing_output_is_refused_and_untouched(tmp_path, cache):
 
 @pytest.mark.parametrize("args, phrase", [
     (["toxicity", "--threshold", "1.5", "--out", "{out}"], "[-1, 1]"),
-    (["domain", "--remove", "biology", "--ratio", "1.0", "--out", "{out}"], "greater than 1"),
-    (["domain", "--remove", "biology", "--max-general-drop", "-1", "--out", "{out}"], "must not be negative"),
+    (["domain", "--remove", "biology", "--ratio", "1.0", "--out", "{out}"], "--ratio must be a number in (1,"),
+    (["domain", "--remove", "biology", "--max-general-drop", "-1", "--out", "{out}"], "--max-general-drop must be a number in [0,"),
     (["run", "world-domain", "targt=law", "out={out}"], "Did you mean: target?"),
     (["run", "no-such-recipe", "out={out}"], "Unknown recipe"),
     (["domain", "--remove", "biology", "--groups", "3", "--out", "{out}"], "routing groups of this model, 0 to 2"),
     (["run", "world-domain", "groups=[0,9]", "out={out}"], "0 to 2 (e.g. --groups 1,2), found 9"),
     (["run", "world-toxicity", "toxicity.profile_sample=4", "out={out}"], "Did you mean: profile_samples?"),
-    (["run", "world-toxicity", "toxicity.samples=0", "out={out}"], "positive whole number"),
-    (["domain", "--remove", "biology", "--refine", "-1", "--out", "{out}"], "0 or more"),
+    (["run", "world-toxicity", "toxicity.samples=0", "out={out}"], "toxicity.samples must be a whole number in [1,"),
+    (["domain", "--remove", "biology", "--refine", "-1", "--out", "{out}"], "--refine must be a whole number in [0,"),
     (["run", "world-toxicity", "refine=5", "out={out}"], "Drop --refine"),
-    (["language", "--remove", "python", "--tune", "-2", "--out", "{out}"], "0 or more"),
+    (["language", "--remove", "python", "--tune", "-2", "--out", "{out}"], "--tune must be a whole number in [0,"),
     (["run", "world-toxicity", "tune=5", "out={out}"], "Drop --tune"),
 ])  # fmt: skip
 def test_out_of_range_options_exit_2(args, phrase, tmp_path, cache):

@@ -240,7 +240,7 @@ def stats_file(tiny_vd, tmp_path_factory):
     [
         (["--rule", "skew", "--target", "cod"], "Did you mean: code"),
         (["--rule", "correlation", "--threshold", "1.5"], r"\[-1, 1\]"),
-        (["--rule", "skew", "--target", "code", "--ratio", "1"], "greater than 1"),
+        (["--rule", "skew", "--target", "code", "--ratio", "1"], r"--ratio must be a number in \(1,"),
         (["--rule", "skew", "--target", "code", "--min-tokens", "100000"], "fewer than min tokens"),
         (["--rule", "skwe", "--target", "code"], "Did you mean: skew"),
         (["--rule", "skew", "--target", "code", "--min-tokens", "1", "--model", "HD"], "Run `resect profile`"),
@@ -267,7 +267,7 @@ def test_cli_profile_bad_input(tiny_vd, tmp_path, monkeypatch, capsys, jsonl):
         (["--corpus", empty], "has no text"),
         (["--corpus", empty_label], "Label 'b' has no tokens"),
         (["--corpus", tmp_path / "nope.jsonl"], "does not exist"),
-        (["--corpus", jsonl, "--max-tokens-per-label", "0"], "at least 1"),
+        (["--corpus", jsonl, "--max-tokens-per-label", "0"], "--max-tokens-per-label must be a whole number in [1,"),
         (["--corpus", jsonl, "--scorer", "profanty"], "Did you mean: profanity"),
     ]
     for args, match in cases:
@@ -290,3 +290,29 @@ def test_cli_experts_bad_input(tiny_vd, jsonl, stats_file, tiny_hd, monkeypatch,
     ]:
         code, _, err = run_cli(["experts", *map(str, args)], monkeypatch, capsys)
         assert code == 2 and match in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_a_huge_single_line_document_costs_only_what_the_budget_takes(tiny_vd):
+    """A 20 MB one-line document: tokenized a bounded piece at a time, and only until the label's
+    token budget is full; the pieces taken are the tokens of the text's beginning."""
+    from resect.profile import CHUNK_CHARS
+
+    tok = load_tokenizer(tiny_vd)
+    calls = []
+
+    class Counting:
+        all_special_ids = tok.all_special_ids
+
+        def __call__(self, text, **kw):
+            calls.append(len(text))
+            return tok(text, **kw)
+
+    text = " ".join(f"cell{k % 97} membrane" for k in range(1_200_000))
+    assert len(text) > 90 * CHUNK_CHARS
+    corpus = load_corpus_from_rows([{"text": text, "label": "bio"}, {"text": "short law text", "label": "law"}])
+    pieces = plan_sequences(corpus, Counting(), Settings(max_tokens_per_label=200, max_length=64))
+    assert max(calls) <= CHUNK_CHARS and sum(calls) <= 2 * CHUNK_CHARS
+    bio = [p for p in pieces if p.label == 0]
+    assert sum(p.num_counted for p in bio) == 200
+    head = tok(text[:5000], add_special_tokens=True)["input_ids"]
+    assert bio[0].ids == head[: len(bio[0].ids)]

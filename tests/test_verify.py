@@ -8,12 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from _eval_tasks import DATA, quiz_task
 
 from resect.errors import EvalError, UsageError
 from resect.export import apply_masks
-from resect.loading import load_model
 from resect.mask import ExpertMask
 from resect.tasks import make_perplexity_tasks
 from _cli import run_cli
@@ -152,7 +150,7 @@ def test_paired_stderr_counts_only_the_answers_that_changed():
 
 
 def test_bad_thresholds_and_missing_baseline(tiny_vd, tasks_dir):
-    with pytest.raises(UsageError, match="non-negative"):
+    with pytest.raises(UsageError, match=r"--min-target-drop must be a number in \[0,"):
         verify(tiny_vd, tiny_vd, **gate(tasks_dir, min_target_drop=-1.0))
     with pytest.raises(UsageError, match="--max-general-drop"):
         verify(tiny_vd, tiny_vd, **gate(tasks_dir, max_general_drop=None))
@@ -173,10 +171,10 @@ def test_other_geometry_or_tokenizer_is_refused(tiny_vd, tasks_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--min-target-drop", "-5"], "must be a non-negative number"),
+        (["--min-target-drop", "-5"], "--min-target-drop must be a number in [0,"),
         (["--target-tasks", "resect_quizz"], "Did you mean: resect_quiz"),
         (["--target-toxicity", "/nonexistent/prompts.jsonl"], "do not exist"),
-        (["--limit", "0"], "--limit must be positive"),
+        (["--limit", "0"], "--limit must be a number in (0,"),
         (["--out", "EDITED"], "is a checkpoint being verified"),
     ],
 )

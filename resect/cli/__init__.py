@@ -66,6 +66,7 @@ def main() -> None:
     from resect.errors import ResectError
 
     _one_line_usage_errors()
+    _verbose_first()
     try:
         app(prog_name="resect")
     except ResectError as exc:
@@ -75,19 +76,16 @@ def main() -> None:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
     except OSError as exc:  # a path that cannot be read or written: the system says why
-        if _verbose():
-            raise
+        _traceback_if_verbose()
         where = f": '{exc.filename}'" if getattr(exc, "filename", None) else ""
         typer.echo(f"error: {exc.strerror or exc}{where}. Check the path and its permissions.", err=True)
         sys.exit(2)
     except UnicodeDecodeError as exc:
-        if _verbose():
-            raise
+        _traceback_if_verbose()
         typer.echo(f"error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.", err=True)
         sys.exit(2)
-    except Exception as exc:  # noqa: BLE001 - never a traceback, and never the exit code of a breached gate
-        if _verbose():
-            raise
+    except Exception as exc:  # noqa: BLE001 - never a traceback (unless --verbose), never the exit code of a breached gate
+        _traceback_if_verbose()
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
         typer.echo(
             f"error: unexpected {type(exc).__name__} ({detail}). Nothing was verified; check the inputs, "
@@ -110,5 +108,29 @@ def _one_line_usage_errors() -> None:
     rich_utils.rich_format_error = one_line
 
 
+VERBOSE = ("--verbose", "-v")
+
+
+def _verbose_first() -> None:
+    """`-v` anywhere on the line (`resect info MODEL -v`) means what it means first: the flag
+    belongs to the root command, so it is moved there."""
+    args = sys.argv[1:]
+    if "--" in args:
+        args, rest = args[: args.index("--")], args[args.index("--") :]
+    else:
+        rest = []
+    flags = [a for a in args if a in VERBOSE]
+    if flags:
+        sys.argv[1:] = ["--verbose", *[a for a in args if a not in VERBOSE], *rest]
+
+
 def _verbose() -> bool:
-    return any(arg in ("--verbose", "-v") for arg in sys.argv[1:2])
+    return sys.argv[1:2] == ["--verbose"] or any(arg in VERBOSE for arg in sys.argv[1:2])
+
+
+def _traceback_if_verbose() -> None:
+    """With --verbose, the traceback of an unexpected error on stderr; the exit code stays 2."""
+    if _verbose():
+        import traceback
+
+        traceback.print_exc()

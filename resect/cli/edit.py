@@ -10,6 +10,7 @@ from . import app
 from .options import Device, Dtype
 
 Model = Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model). A model from 'resect world train --out RUN' (RUN/model) brings its world's corpora and quizzes from RUN/data.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Profile and evaluate the baseline again instead of reading the caches.")]
 Mirror = Annotated[str | None, typer.Option("--mirror", help="A local mirror of the checkpoint and datasets (made by 'resect mirror'), for a machine without network.")]
 Out = Annotated[str | None, typer.Option("--out", "-o", help="Run directory to create (default: resect-runs/KIND-TARGET-TIME).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")]
@@ -73,7 +74,7 @@ def domain(
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None,
+    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
 ) -> None:  # fmt: skip
     """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's (or the others' mean)."""
     from resect.pipeline import RunSpec
@@ -82,7 +83,7 @@ def domain(
     execute(RunSpec("domain", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype, mirror=mirror))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype, mirror=mirror, no_cache=no_cache))  # fmt: skip
 
 
 @app.command()
@@ -94,7 +95,7 @@ def language(
     corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None,
+    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
 ) -> None:  # fmt: skip
     """Remove a programming (or natural) language; verified by perplexity (relative %) and quizzes."""
     from resect.pipeline import RunSpec
@@ -103,7 +104,7 @@ def language(
     execute(RunSpec("language", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype, mirror=mirror))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype, mirror=mirror, no_cache=no_cache))  # fmt: skip
 
 
 @app.command()
@@ -118,7 +119,7 @@ def toxicity(
     include_path: Include = None, general_tasks: Tasks = None,
     min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
     out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None,
+    device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
     from resect.pipeline import RunSpec
@@ -128,4 +129,4 @@ def toxicity(
                     toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer, "profile_samples": profile_samples},
                     include_path=include_path, general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
                     max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), device=device, dtype=dtype, mirror=mirror))  # fmt: skip
+                    batch_size=batch_size, groups=parse_groups(groups), device=device, dtype=dtype, mirror=mirror, no_cache=no_cache))  # fmt: skip

@@ -35,7 +35,7 @@ def _check_json_out(out: Path, inputs: list, force: bool) -> None:
 
 
 def _write_json(data: dict, out: Path | None) -> None:
-    from resect.verify import write_atomic
+    from resect.paths import write_atomic
 
     text = json.dumps(data, indent=2, default=str)
     if out is None:

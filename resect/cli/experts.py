@@ -48,8 +48,11 @@ def experts(
     """Show the tokens and contexts an expert fires on (MODEL --expert --corpus) or a label's specific experts (--stats --label)."""
     from resect.errors import UsageError
 
-    if top < 1 or context < 0:
-        raise UsageError(f"--top must be at least 1 and --context at least 0, found {top} and {context}.")
+    from resect.checks import check_numbers
+
+    check_numbers({"top": top, "context": context, "batch_size": batch_size, "max_tokens_per_label": max_tokens_per_label})
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, found {top}.")
     if expert is not None:
         if model is None or corpus is None:
             raise UsageError("--expert needs MODEL and --corpus: the tokens come from running the model on that text.")

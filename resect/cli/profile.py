@@ -47,14 +47,27 @@ def profile(
     """Stream labelled text through MODEL and record each expert's mean routing score per label and group."""
     from resect.loading import load_model, load_tokenizer
     from resect.paths import check_output
-    from resect.profile import dist_info, partial_path, profile_corpus
+    from resect.profile import check_options, dist_info, partial_path, profile_corpus
+
+    check_options(max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
+                  score_window=score_window, checkpoint_every=checkpoint_every)  # fmt: skip
+    if scorer is not None:
+        from resect.errors import EvalError, unknown
+        from resect.scoring import SCORERS
+
+        if scorer not in SCORERS:  # before the model loads
+            raise EvalError(unknown("scorer", scorer, SCORERS))
 
     device, dtype = placement(device, dtype)  # under torchrun, each rank takes cuda:LOCAL_RANK
     device = _init_distributed(device)
     rank, world = dist_info()
     check_output(out, [model, corpus.removeprefix("task:")], force=force)
     checkpoint = out.with_name(out.name + ".partial")
-    net, tok = load_model(model, dtype=dtype, device=device), load_tokenizer(model)
+    from resect.corpus import load_corpus
+
+    corpus = load_corpus(corpus)  # a corpus that cannot be read, and a tokenizer that does not fit, before the model loads
+    tok = load_tokenizer(model)
+    net = load_model(model, dtype=dtype, device=device)
     options = dict(
         max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
         scorer=scorer, score_window=score_window, checkpoint=checkpoint, checkpoint_every=checkpoint_every,

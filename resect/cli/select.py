@@ -32,10 +32,9 @@ def select(
     from resect.stats import RoutingStats
 
     check_output(out, [stats, model], force=force)
-    if min_tokens < 0 or top < 0:
-        from resect.errors import UsageError
+    from resect.checks import check_numbers
 
-        raise UsageError(f"--min-tokens and --top must not be negative, found {min_tokens} and {top}.")
+    check_numbers({"min_tokens": min_tokens, "top": top, "ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile})
     chosen = parse_groups(groups)
     routing = RoutingStats.load(stats)
     params = {"ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile}

@@ -19,7 +19,6 @@ import json
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,14 +248,12 @@ def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, n
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"Output folder '{out}' exists and is not empty. Choose a new folder or remove it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    from ..paths import finish, work_folder
+
+    tmp = work_folder(out)
     try:
-        tmp.chmod(0o755)
         save_world(build_world(seed, sizes, names), tmp, train=train)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        finish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
