@@ -104,15 +104,15 @@ def run(args: argparse.Namespace) -> list[dict]:
         moe, router = layer(topk, args.device)
         x = torch.randn(1, args.tokens, 2048, generator=torch.Generator().manual_seed(1)).to(args.device)
         g1, g2 = gates(router, args.tokens, args.device)
-        dense = lambda: moe.dense_forward(x, g1, g2)  # noqa: E731
+        dense = lambda moe=moe, x=x, g1=g1, g2=g2: moe.dense_forward(x, g1, g2)  # noqa: E731
         base_m = peak_bytes(dense, args.device)
         active = float((g1 > 0).sum(-1).float().mean())
         print(f"moe_topk {topk}: unmasked peak {mib(base_m)}, {active:.1f} active halves per head on average")
         for fraction in FRACTIONS:
             for kind in ("random", "clustered") if fraction else ("random",):
                 mask = make_mask(512, fraction, kind).to(args.device)
-                masked = lambda: masked_moe_forward(moe, x, g1, g2, mask)  # noqa: E731
-                expanded = lambda: expanded_moe_forward(moe, x, g1, g2, mask)  # noqa: E731
+                masked = lambda moe=moe, x=x, g1=g1, g2=g2, mask=mask: masked_moe_forward(moe, x, g1, g2, mask)  # noqa: E731
+                expanded = lambda moe=moe, x=x, g1=g1, g2=g2, mask=mask: expanded_moe_forward(moe, x, g1, g2, mask)  # noqa: E731
                 t = timed({"unmasked": dense, "masked": masked, "expanded": expanded}, args.repeats, args.device)
                 row = dict(topk=topk, fraction=fraction, kind=kind, removed=int(mask.sum()),
                            unmasked_ms=t["unmasked"] * 1e3, masked_ms=t["masked"] * 1e3, expanded_ms=t["expanded"] * 1e3,

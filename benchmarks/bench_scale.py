@@ -103,7 +103,7 @@ def write_inputs(work: Path, tokens_per_label: int) -> tuple[Path, Path]:
     rng = random.Random(0)
     rows = []
     for label, words in WORDS.items():
-        for k in range(max(1, tokens_per_label // 48)):
+        for _ in range(max(1, tokens_per_label // 48)):
             rows.append({"text": " ".join(rng.choice(words) for _ in range(40)) + ".", "label": label})
     corpus = work / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")

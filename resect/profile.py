@@ -61,7 +61,7 @@ class Piece:
     def cut(self, keep_counted: int) -> Piece:
         """The prefix holding exactly `keep_counted` counted tokens (causal: earlier tokens unchanged)."""
         seen, end = 0, 0
-        for end, flag in enumerate(self.counted, 1):
+        for end, flag in enumerate(self.counted, 1):  # noqa: B007 (end is read after the loop)
             seen += flag
             if seen == keep_counted:
                 break

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _cli import run_cli
+
 from resect.mask import ExpertMask
 from resect.tasks import make_perplexity_tasks
 

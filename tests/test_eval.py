@@ -8,12 +8,11 @@ import sys
 
 import pytest
 import torch
+from _cli import run_cli
 from _eval_tasks import DATA, quiz_task
 
 from resect.errors import CorpusError, EvalError
 from resect.evaluate import evaluate, fill_perplexity_stderrs, require_extras, resolve_tasks
-from _cli import run_cli
-
 from resect.loading import load_model, load_tokenizer
 from resect.tasks import make_perplexity_tasks
 

@@ -8,14 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _cli import run_cli
 from _eval_tasks import DATA, quiz_task
 
 from resect.errors import EvalError, UsageError
 from resect.export import apply_masks
 from resect.mask import ExpertMask
 from resect.tasks import make_perplexity_tasks
-from _cli import run_cli
-
 from resect.tiny import build_tiny_checkpoint, train_tokenizer
 from resect.verify import checkpoint_identity, drop_of, paired_drop_stderr, verify
 
@@ -110,8 +109,9 @@ def test_cache_key_follows_task_data(edited_copy, tmp_path):
 
 
 def test_checkpoint_identity_sees_masks_and_every_weight_without_loading(tiny_vd, tmp_path, monkeypatch):
-    import resect.loading
     from safetensors.torch import load_file, save_file
+
+    import resect.loading
 
     monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: pytest.fail("the identity loaded the model"))
     copy = tmp_path / "copy"

@@ -46,9 +46,8 @@ def experts(
     device: Device = "auto",
 ) -> None:
     """Show the tokens and contexts an expert fires on (MODEL --expert --corpus) or a label's specific experts (--stats --label)."""
-    from resect.errors import UsageError
-
     from resect.checks import check_numbers
+    from resect.errors import UsageError
 
     check_numbers({"top": top, "context": context, "batch_size": batch_size, "max_tokens_per_label": max_tokens_per_label})
     if top < 1:
