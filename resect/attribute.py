@@ -31,7 +31,6 @@ import torch
 
 from .corpus import Corpus, Document, load_corpus
 from .errors import UsageError
-from .evaluate import scoped_env
 from .mask import ExpertMask
 
 
@@ -117,16 +116,17 @@ def frozen(model):
     """The model in eval mode with every parameter frozen, its masked layers on the pure-torch path
     (the accelerated kernels have no backward); its mask, mode and parameters' requires_grad
     restored on the way out."""
-    previous, was_training = model.expert_mask_state(), model.training
+    previous, was_training, kernel = model.expert_mask_state(), model.training, model.mask_kernel()
     params = list(model.parameters())
     grads = [p.requires_grad for p in params]
     model.eval()
     for p in params:
         p.requires_grad_(False)
+    model.set_mask_kernel("torch")
     try:
-        with scoped_env("RESECT_MASK_KERNEL", "torch"):
-            yield model
+        yield model
     finally:
+        model.set_mask_kernel(kernel)
         for p, g in zip(params, grads):
             p.requires_grad_(g)
         model.set_expert_mask(previous)

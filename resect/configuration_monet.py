@@ -10,6 +10,7 @@ from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
 DECOMPOSITIONS = ("vertical", "horizontal")
+MASK_KERNELS = ("auto", "torch", "numba", "triton", "reference")  # the masked experts' implementations
 
 
 @strict
@@ -44,6 +45,7 @@ class MonetConfig(PreTrainedConfig):
     moe_groups: int = 4
     moe_decompose: str = "vertical"
     output_router_probs: bool = False
+    mask_kernel: str = "auto"  # masked experts: auto (Triton on CUDA, numba on CPU, when installed), torch, numba, triton, reference
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None:
@@ -64,6 +66,8 @@ class MonetConfig(PreTrainedConfig):
             raise ValueError(f"moe_topk must lie in (0, moe_experts={self.moe_experts}), got {self.moe_topk}")
         if self.moe_groups < 1:
             raise ValueError(f"moe_groups must be >= 1, got {self.moe_groups}")
+        if self.mask_kernel not in MASK_KERNELS:
+            raise ValueError(f"mask_kernel must be one of {', '.join(MASK_KERNELS)}, got {self.mask_kernel!r}")
 
     @property
     def num_routing_groups(self) -> int:

@@ -12,6 +12,7 @@ Notation (shape comments): B batch, T tokens, H router heads (`moe_heads`), E ha
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -27,7 +28,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_monet import MonetConfig
+from .configuration_monet import MASK_KERNELS, MonetConfig
 from .kernels.dispatch import masked_moe_forward  # resect:export-import
 
 BN_EPS = 1e-5
@@ -90,13 +91,16 @@ class MonetRouter(nn.Module):
 
 
 class MonetExperts(nn.Module):
-    """Common part of both decompositions: the expert mask of the routing group (None = keep all)."""
+    """Common part of both decompositions: the expert mask of the routing group (None = keep all)
+    and the implementation that runs it (`config.mask_kernel`; RESECT_MASK_KERNEL, read when the
+    model is built, overrides it; `MonetForCausalLM.set_mask_kernel` changes it)."""
 
     expert_mask: torch.Tensor | None
 
-    def __init__(self):
+    def __init__(self, config: MonetConfig):
         super().__init__()
         self.register_buffer("expert_mask", None, persistent=False)  # [E, E] bool, True = removed
+        self.mask_kernel = os.environ.get("RESECT_MASK_KERNEL") or config.mask_kernel
 
     def forward(self, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
         if self.expert_mask is not None:  # the router's own gates: the layers of a group share them
@@ -109,7 +113,7 @@ class MonetMoVDE(MonetExperts):
     V21_j a1_i + V22_j a2_j + b2_j], weighted by w[i, j] = sum_h g1[h, i] g2[h, j]."""
 
     def __init__(self, config: MonetConfig):
-        super().__init__()
+        super().__init__(config)
         self.experts, self.half_dim = config.moe_experts, config.moe_dim // 2
         width, out = config.moe_experts * self.half_dim, config.hidden_size // 2
         self.u1 = nn.Linear(config.hidden_size, width)
@@ -157,7 +161,7 @@ class MonetMoHDE(MonetExperts):
     """Horizontal decomposition: expert (i, j) = V_j relu2(U_i x) + b_j."""
 
     def __init__(self, config: MonetConfig):
-        super().__init__()
+        super().__init__(config)
         self.experts, self.dim = config.moe_experts, config.moe_dim
         width = config.moe_experts * config.moe_dim
         self.u = nn.Linear(config.hidden_size, width)
@@ -405,6 +409,18 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
         for index, layer in enumerate(self.model.layers):
             found = masks.get(index // self.config.moe_groups)
             layer.moe.expert_mask = None if found is None else found.to(next(layer.moe.parameters()).device)
+
+    def set_mask_kernel(self, kernel: str) -> None:
+        """Run the masked experts with `kernel` (one of MASK_KERNELS), as `config.mask_kernel` would."""
+        if kernel not in MASK_KERNELS:
+            raise ValueError(f"mask_kernel must be one of {', '.join(MASK_KERNELS)}, got {kernel!r}")
+        self.config.mask_kernel = kernel
+        for layer in self.model.layers:
+            layer.moe.mask_kernel = kernel
+
+    def mask_kernel(self) -> str:
+        """The kernel the masked experts run with."""
+        return self.model.layers[0].moe.mask_kernel
 
     def expert_mask_state(self):
         """The mask set on this model (an ExpertMask), or None when every expert is kept."""

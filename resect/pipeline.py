@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, UsageError, unknown
+from .report import Report
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +464,7 @@ class RunResult:
     mask_counts: dict[int, int]
     mask_total: int
     experts_total: int
-    rows: list[dict]
+    report: Report | None  # the verification (None for a dry run)
     timings: dict[str, float]
     stats_cached: bool
     token_counts: dict[str, int] = field(default_factory=dict)  # profiling tokens per label
@@ -515,7 +516,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     experts_total = stats.num_groups * stats.moe_experts**2
     r.say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
     if spec.dry_run:
-        return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, [], timings, cached, dict(stats.token_counts))
+        return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, None, timings, cached, dict(stats.token_counts))
     baseline = _baseline(source, tok, p, r)
     del source
     release_memory()
@@ -535,8 +536,9 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
         r.say("evaluating the edited checkpoint")
         report = _verify(p, edited, work, baseline, r)
         lap("verify")
-        result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, report["rows"], timings, cached, dict(stats.token_counts))
-        write_report(work, p, result, report)
+        result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, Report.from_dict(report), timings, cached,
+                           dict(stats.token_counts))  # fmt: skip
+        write_report(work, p, result)
         finish(work, p.out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -608,13 +610,10 @@ def _verify(p: Plan, edited: Path, out: Path, baseline: dict, r) -> dict:
 # ---------------------------------------------------------------- report
 
 
-def _stderr(row: dict) -> str:
-    se = row.get("drop_stderr")
-    return "" if se is None or math.isnan(se) else f" ± {se:.2g}{' (paired)' if row.get('paired') else ''}"
+def write_report(folder: Path, p: Plan, result: RunResult) -> None:
+    """report.md with the verdict, the per-task table (as in verify.md) and two plots."""
+    from .report import LEGEND, markdown_table
 
-
-def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) -> None:
-    """report.md with the verdict, the per-task table and two plots."""
     plots = _plots(folder, p, result)
     low, high = p.gates()
     lines = [
@@ -633,21 +632,14 @@ def write_report(folder: Path, p: Plan, result: RunResult, verify_report: dict) 
         "- profiling tokens per label: " + ", ".join(f"{label} {n:,}" for label, n in sorted(result.token_counts.items())),
         "- time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()),
         "",
-        "| task | role | metric | before | after | drop | threshold | ok |",
-        "|---|---|---|---|---|---|---|---|",
+        *markdown_table(result.report.rows),
+        "",
+        LEGEND,
+        "",
+        *[f"![{name}]({name})" for name in plots],
+        "",
     ]
-    for r in result.rows:
-        lines.append(
-            f"| {r['task']} | {r['role']} | {r['metric']} | {_num(r.get('baseline'))} | {_num(r.get('edited'))} | "
-            f"{_num(r.get('drop'))}{' points' if r.get('unit') == 'points' else r.get('unit', '')}{_stderr(r)} | {_num(r.get('threshold'))} | {'yes' if r.get('passed') else 'NO'} |"
-        )
-    lines += ["", "± is one standard error of the drop; paired ones come from per-question differences.", ""]
-    lines += [*[f"![{name}]({name})" for name in plots], ""]
     (folder / "report.md").write_text("\n".join(lines))
-
-
-def _num(value: Any) -> str:
-    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _plots(folder: Path, p: Plan, result: RunResult) -> list[str]:
@@ -657,14 +649,14 @@ def _plots(folder: Path, p: Plan, result: RunResult) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    rows = [r for r in result.rows if r.get("baseline") is not None and r.get("edited") is not None]
+    rows = [r for r in result.report.rows if r.baseline is not None and r.edited is not None]
     if rows:
         fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows)), 3.5))
         xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [r["baseline"] for r in rows], width=0.4, label="before")
-        ax.bar([x + 0.2 for x in xs], [r["edited"] for r in rows], width=0.4, label="after")
-        ax.set_xticks(list(xs), [r["task"].removeprefix("world_") for r in rows], rotation=30, ha="right")
-        ax.set_ylabel(rows[0]["metric"])
+        ax.bar([x - 0.2 for x in xs], [r.baseline for r in rows], width=0.4, label="before")
+        ax.bar([x + 0.2 for x in xs], [r.edited for r in rows], width=0.4, label="after")
+        ax.set_xticks(list(xs), [r.task.removeprefix("world_") for r in rows], rotation=30, ha="right")
+        ax.set_ylabel(rows[0].metric)
         ax.set_title(f"{p.spec.kind}: before and after the edit")
         ax.legend()
         fig.tight_layout()

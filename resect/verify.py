@@ -35,6 +35,7 @@ from typing import Any
 
 from .errors import CheckpointError, EvalError, OutputError, UsageError
 from .paths import write_atomic
+from .report import Report, Row, verify_chart, verify_markdown
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +45,6 @@ GEOMETRY_KEYS = (
 )  # fmt: skip
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "toxicity")
 PREFERRED_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "bits_per_byte")
-
-
-@dataclass
-class Row:
-    """One task's comparison: values, drop with its standard error, and whether it passed."""
-
-    task: str
-    role: str  # "target" | "general"
-    metric: str
-    unit: str  # "points" | "%"
-    baseline: float
-    edited: float
-    baseline_stderr: float | None
-    edited_stderr: float | None
-    drop: float
-    drop_stderr: float | None
-    threshold: float
-    passed: bool
-    paired: bool = False  # drop_stderr from per-document differences on the same documents
 
 
 # ----------------------------------------------------------------------------- cache
@@ -506,73 +488,7 @@ def write_outputs(report: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "verify.json", "md": out / "verify.md", "png": out / "verify.png"}
     write_atomic(files["json"], json.dumps(report, indent=2, sort_keys=False, default=str))
-    write_atomic(files["md"], render_markdown(report))
-    write_atomic(files["png"], render_chart(report))
+    typed = Report.from_dict(report)
+    write_atomic(files["md"], verify_markdown(typed))
+    write_atomic(files["png"], verify_chart(typed))
     return files
-
-
-def _fmt(value: float, se: float | None, unit: str = "") -> str:
-    text = f"{value:.4g}" if not unit else f"{value:+.2f}{' pts' if unit == 'points' else ' %'}"
-    return text if se is None or math.isnan(se) else f"{text} ± {se:.2g}"
-
-
-def render_markdown(report: dict) -> str:
-    """A table for $GITHUB_STEP_SUMMARY: one row per task, breached rows marked."""
-    ok = report["verdict"] == "pass"
-    lines = [
-        f"## resect verify: {'PASS ✅' if ok else 'FAIL ❌'}",
-        "",
-        f"Edited `{report['edited']['path']}` (`{report['edited']['fingerprint']}`) against baseline "
-        f"`{report['baseline']['path']}` (`{report['baseline']['fingerprint']}`"
-        f"{', cached' if report['baseline']['cached'] else ''}).",
-        "",
-        "| task | role | metric | baseline | edited | drop | threshold | result |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
-        unit = " pts" if r["unit"] == "points" else " %"
-        rule = ("≥ " if r["role"] == "target" else "≤ ") + f"{r['threshold']:g}{unit}"
-        lines.append(
-            f"| {r['task']} | {r['role']} | {r['metric']} | {_fmt(r['baseline'], r['baseline_stderr'])} | "
-            f"{_fmt(r['edited'], r['edited_stderr'])} | {_fmt(r['drop'], r['drop_stderr'], r['unit'])}{' (paired)' if r.get('paired') else ''} | {rule} | "
-            f"{'pass' if r['passed'] else '**BREACHED**'} |"
-        )
-    lines += [
-        "",
-        "Drop = how much worse the edited model does (positive = worse): points, 100 × (baseline − edited), for "
-        "higher-is-better scores and toxicity; percent, 100 × (edited − baseline) / baseline, for perplexity-like metrics. "
-        "± is one standard error; a paired one comes from per-document differences, both models scored on the same documents.",
-        f"lm-eval {report['versions']['lm_eval']}, resect {report['versions']['resect']}, limit {report['settings']['limit']}, "
-        f"seed {report['settings']['seed']}.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def render_chart(report: dict) -> bytes:
-    """A horizontal bar chart of drops with their standard errors and thresholds, as PNG bytes."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    fig, ax = plt.subplots(figsize=(7, 1 + 0.5 * max(len(rows), 1)))
-    labels = [f"{r['task']} ({r['role']}, {'pts' if r['unit'] == 'points' else '%'})" for r in rows]
-    errors = [r["drop_stderr"] or 0.0 for r in rows]
-    colors = ["tab:green" if r["passed"] else "tab:red" for r in rows]
-    ax.barh(range(len(rows)), [r["drop"] for r in rows], xerr=errors, color=colors)
-    for i, r in enumerate(rows):
-        ax.plot([r["threshold"]] * 2, [i - 0.4, i + 0.4], color="black", linestyle="--")
-    ax.set_yticks(range(len(rows)), labels)
-    ax.invert_yaxis()  # same order as the table
-    ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("drop (positive = edited model worse); dashed = threshold")
-    ax.set_title(f"resect verify: {report['verdict'].upper()}")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()

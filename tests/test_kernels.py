@@ -350,9 +350,10 @@ def test_masked_model_matches_reference_kernel_and_cached_generation(models, dec
     try:
         assert model.expert_mask_state() is mask
         fast = logits(model, ids)
-        monkeypatch.setenv("RESECT_MASK_KERNEL", "reference")
+        kernel = model.mask_kernel()
+        model.set_mask_kernel("reference")
         assert max_err(fast, logits(model, ids)) < TOL
-        monkeypatch.delenv("RESECT_MASK_KERNEL")
+        model.set_mask_kernel(kernel)
         with torch.no_grad():
             cached = model.generate(ids[:1, :5], max_new_tokens=8, do_sample=False, use_cache=True)
             uncached = model.generate(ids[:1, :5], max_new_tokens=8, do_sample=False, use_cache=False)
@@ -431,3 +432,38 @@ def test_triton_kernel_matches_naive_under_interpreter(tiny_vd, tiny_hd, tmp_pat
     assert report.pop("buffers_finite") and report.pop("skipped_row_is_nan")
     assert len(report) == 8
     assert all(err < TOL for err in report.values()), report
+
+
+def test_the_kernel_comes_from_the_config_and_the_environment_overrides_it(tiny_vd, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    import resect.kernels.dispatch as dispatch_module
+
+    monkeypatch.delenv("RESECT_MASK_KERNEL", raising=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_vd, mask_kernel="reference")
+    assert model.config.mask_kernel == "reference" and {layer.moe.mask_kernel for layer in model.model.layers} == {"reference"}
+    calls = []
+    real = dispatch_module.choose
+    monkeypatch.setattr(dispatch_module, "choose", lambda x, kernel=None: calls.append(kernel) or real(x, kernel))
+    model.set_expert_mask(ExpertMask(16, model.config.num_routing_groups, {0: [1, 2, 3]}))
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        model(ids)
+    assert set(calls) == {"reference"}  # the layers' own kernel, not the environment's
+    monkeypatch.setenv("RESECT_MASK_KERNEL", "torch")
+    assert AutoModelForCausalLM.from_pretrained(tiny_vd, mask_kernel="reference").mask_kernel() == "torch"  # read when built
+    with pytest.raises(ValueError, match="mask_kernel must be one of"):
+        model.set_mask_kernel("fast")
+
+
+def test_inputs_that_need_a_gradient_take_pure_torch(models, monkeypatch):
+    moe, x, g1, g2 = layer_inputs(models["vertical"], 9, seed=2)
+    mask = random_mask(g1.shape[-1], 0.3, 1)
+    used = []
+    monkeypatch.setattr(masked_torch, "masked_moe_forward", lambda *a: used.append("torch") or torch.zeros(()))
+    monkeypatch.setattr(moe, "mask_kernel", "reference")
+    with torch.no_grad():
+        dispatch.masked_moe_forward(moe, x, g1, g2, mask)
+    assert used == []  # no gradient needed: the layer's kernel
+    dispatch.masked_moe_forward(moe, x.clone().requires_grad_(True), g1, g2, mask)
+    assert used == ["torch"]

@@ -131,7 +131,7 @@ def test_an_edit_loads_the_model_twice_at_most_and_never_holds_two(monkeypatch, 
     again = run_edit(RunSpec("domain", "biology", max_tokens_per_label=300, limit=4, out=str(tmp_path / "run2")))
     assert len(loads) == 3 and again.stats_cached  # statistics and baseline from the cache: only the edited checkpoint loads
     assert json.loads((tmp_path / "run2" / "verify.json").read_text())["baseline"]["cached"] is True
-    assert again.mask_total == result.mask_total and again.rows == result.rows
+    assert again.mask_total == result.mask_total and again.report.rows == result.report.rows
 
 
 def test_the_baseline_cache_key_is_one_per_request(tiny_vd, tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def execute(spec) -> None:
 
 
 def render(result, console) -> None:
-    from rich.table import Table
+    from resect.report import print_verdict
 
     share = 100 * result.mask_total / max(result.experts_total, 1)
     console.print(f"masked {result.mask_total:,} of {result.experts_total:,} experts ({share:.2f}%): "
@@ -55,13 +55,7 @@ def render(result, console) -> None:
     if result.verdict == "dry-run":
         console.print("dry run: nothing written")
         return
-    table = Table(title=f"verdict: {result.verdict.upper()}")
-    for col in ("task", "role", "metric", "before", "after", "drop", "threshold", "ok"):
-        table.add_column(col, justify="right" if col in ("before", "after", "drop", "threshold") else "left")
-    for r in result.rows:
-        table.add_row(r["task"], r["role"], r["metric"], f"{r['baseline']:.4g}", f"{r['edited']:.4g}",
-                      f"{r['drop']:+.2f} {r['unit']}", f"{r['threshold']:g}", "[green]yes[/]" if r["passed"] else "[red]NO[/]")
-    console.print(table)
+    print_verdict(result.report, console, title=f"verdict: {result.verdict.upper()}")
     console.print(f"run directory: {result.out}  (report.md, verify.json, mask.json, checkpoint/)")
 
 

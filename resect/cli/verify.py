@@ -79,24 +79,13 @@ def verify(
 
 def _print(report: dict, out: Path) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from resect.report import Report, print_verdict
 
     console = Console()
     if not console.is_terminal:  # CI logs: wide enough for the table
         console = Console(width=140)
-    table = Table(title=f"{Path(report['edited']['path']).name} vs baseline {Path(report['baseline']['path']).name}")
-    for col in ("task", "role", "metric", "baseline", "edited", "drop", "threshold", "result"):
-        table.add_column(col, no_wrap=col in ("task", "result"))
-    for r in report["rows"]:
-        unit = " pts" if r["unit"] == "points" else " %"
-        se = f" ± {r['drop_stderr']:.2g}{' paired' if r.get('paired') else ''}" if r["drop_stderr"] is not None else ""
-        rule = ("≥ " if r["role"] == "target" else "≤ ") + f"{r['threshold']:g}{unit}"
-        result = "[green]pass[/green]" if r["passed"] else "[bold red]BREACHED[/bold red]"
-        table.add_row(r["task"], r["role"], r["metric"], f"{r['baseline']:.4g}", f"{r['edited']:.4g}", f"{r['drop']:+.2f}{unit}{se}", rule, result)
-    console.print(table)
-    if report["baseline"]["cached"]:
-        console.print("baseline results: from cache")
-    if report["verdict"] == "pass":
-        console.print(f"[bold green]PASS[/bold green]  report in {out}/verify.json, verify.md, verify.png")
-    else:
-        console.print(f"[bold red]FAIL[/bold red]  breached: {', '.join(report['breached'])}  (report in {out})")
+    typed = Report.from_dict(report)
+    title = f"{Path(typed.edited['path']).name} vs baseline {Path(typed.baseline['path']).name}"
+    where = f"report in {out}/verify.json, verify.md, verify.png" if typed.verdict == "pass" else f"report in {out}"
+    print_verdict(typed, console, title=title, where=where)
