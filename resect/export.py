@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 MASKING_MODULE = "monet_masking"
 EXPORT_IMPORT = "from .kernels.dispatch import masked_moe_forward  # resect:export-import"
 AUTO_MAP = {"AutoConfig": "configuration_monet.MonetConfig", "AutoModelForCausalLM": "modeling_monet.MonetForCausalLM"}
-OWN_FILES = {"config.json", "README.md", MASK_FILE, "configuration_monet.py", "modeling_monet.py", f"{MASKING_MODULE}.py"}
+OWN_FILES = {"config.json", "README.md", MASK_FILE, "configuration_monet.py", "modeling_monet.py", f"{MASKING_MODULE}.py",
+             "resect_run.yaml"}  # fmt: skip  (the last: a run's configuration, not carried into a further edit)
 
 
 @dataclass
@@ -52,6 +53,16 @@ def load_masks(masks: list[str | os.PathLike | ExpertMask], config: dict[str, An
         mask.validate_for(config)
         union = union | mask
     return union
+
+
+def _selection_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the checkpoint's own mask file says about how its experts were chosen: the one mask's
+    selection (rule, target, parameters, statistics fingerprints), or each united mask's."""
+    metas = [{k: v for k, v in m.items() if k not in ("source", "resect_version")} for m in metas]
+    metas = [m for m in metas if m]
+    if len(metas) == 1:
+        return metas[0]
+    return {"united": metas} if metas else {}
 
 
 def _check_masks_fit(masks: list[str | os.PathLike | ExpertMask], source: Path, fingerprint: str) -> None:
@@ -162,9 +173,12 @@ def apply_masks(
     _check_output(source, out, masks, force)
     provenance = info.config.get("resect") if isinstance(info.config.get("resect"), dict) else None
     mask = load_masks(masks, info.config)
+    selections = [m.meta for m in (x if isinstance(x, ExpertMask) else ExpertMask.load(x) for x in masks) if m.meta]
     if provenance and provenance.get("mask"):
-        mask = load_masks([source / provenance["mask"]["file"]], info.config) | mask
-    mask.meta = {"source": str(source.resolve()), "resect_version": __version__}
+        earlier = ExpertMask.load(source / provenance["mask"]["file"])
+        mask = load_masks([earlier], info.config) | mask
+        selections = [earlier.meta, *selections] if earlier.meta else selections
+    mask.meta = {"source": str(source.resolve()), "resect_version": __version__, **_selection_meta(selections)}
     record = {
         "version": __version__,
         "source": (provenance or {}).get("source") or str(source.resolve()),

@@ -7,10 +7,12 @@ The run directory is built beside its destination and moved into place when comp
 (resect.paths: --force replaces only an earlier run directory, and only once the new one is whole).
 
 Run directory:
-    run.yaml            the resolved configuration (re-runnable with `resect run run.yaml`)
+    run.yaml            what was asked, the defaults' choices written out (`resect run RUN/run.yaml` redoes
+                        the edit, also after the caches are gone: it names no cache path)
     stats.safetensors   routing statistics (also cached by model and corpus fingerprint)
     mask.json           the selected experts (resect.mask/v1)
-    checkpoint/         the edited checkpoint (loads with AutoModelForCausalLM)
+    checkpoint/         the edited checkpoint (loads with AutoModelForCausalLM); its resect_mask.json keeps
+                        the selection's metadata, resect_run.yaml the fully resolved configuration
     verify.json/.md/.png  both evaluations, deltas, thresholds, verdict
     report.md           the summary, with plots accuracy.png and experts.png
 """
@@ -131,10 +133,34 @@ class Plan:
             data.pop(once)
         return data
 
+    def request(self) -> dict[str, Any]:
+        """run.yaml: the resolved choices (rule, its parameters, tasks, gates, settings) with the
+        paths as the user gave them (absolute when local; None where a default chose them, which
+        resolves again the same way): never a cache folder, which may be gone when it is rerun."""
+        data = self.resolved()
+        for name in ("model", "corpus", "include_path", "toxicity_prompts"):
+            data[name] = _lasting(getattr(self.spec, name))
+        return data
+
     def gates(self) -> tuple[float, float]:
         low, high = DEFAULT_GATES[self.spec.kind]
         s = self.spec
         return (low if s.min_target_drop is None else s.min_target_drop, high if s.max_general_drop is None else s.max_general_drop)
+
+
+RUN_FILE = "resect_run.yaml"  # in an edited checkpoint written by a run: the run's resolved configuration
+
+
+def _lasting(value: str | None) -> str | None:
+    """A path as it can be found again from anywhere (absolute), or the value itself (a repo id,
+    task:NAME, a folder list)."""
+    if value is None:
+        return None
+    parts = []
+    for part in str(value).split(","):
+        path = Path(part).expanduser()
+        parts.append(str(path.resolve()) if not part.startswith("task:") and path.exists() else part)
+    return ",".join(parts)
 
 
 # ---------------------------------------------------------------- planning (no writes)
@@ -527,11 +553,13 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     try:
         import yaml
 
-        (work / "run.yaml").write_text(yaml.safe_dump(p.resolved(), sort_keys=False))
+        header = f"# resect run {p.out / 'run.yaml'} out=DIR    (redoes this edit into DIR)\n"
+        (work / "run.yaml").write_text(header + yaml.safe_dump(p.request(), sort_keys=False))
         stats.save(work / "stats.safetensors")
         mask.save(work / "mask.json")
         r.say("writing the edited checkpoint")
         edited = apply_mask(p, work / "mask.json", work / "checkpoint")
+        (edited / RUN_FILE).write_text(yaml.safe_dump(p.resolved(), sort_keys=False))
         lap("apply")
         r.say("evaluating the edited checkpoint")
         report = _verify(p, edited, work, baseline, r)

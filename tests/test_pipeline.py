@@ -190,3 +190,15 @@ def test_domain_biology_end_to_end(tmp_path, cache):
     assert any(u > 0 for u in unpaired)  # a quiz answered perfectly before and after has no error either way
     assert all(r["drop_stderr"] < u for r, u in zip(held, unpaired) if u > 0)
     assert "(paired)" in (first / "report.md").read_text()
+    # provenance that survives: the checkpoint's mask keeps the selection, the run's configuration sits beside the weights,
+    # and run.yaml names no cache folder: it redoes the edit once the caches are gone
+    own = json.loads((first / "checkpoint" / "resect_mask.json").read_text())
+    run_mask = json.loads((first / "mask.json").read_text())
+    assert {k: own[k] for k in ("rule", "target", "params", "stats_model_fingerprint")} == {k: run_mask[k] for k in ("rule", "target", "params", "stats_model_fingerprint")}
+    assert yaml.safe_load((first / "checkpoint" / "resect_run.yaml").read_text())["target"] == "biology"
+    request = (first / "run.yaml").read_text()
+    assert str(cache) not in request and request.startswith("# resect run ")
+    fresh = tmp_path / "fresh-cache"
+    res = resect("run", str(first / "run.yaml"), f"out={tmp_path / 'rerun'}", env_cache=fresh, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "rerun" / "mask.json").read_text())["experts"] == run_mask["experts"]
