@@ -356,7 +356,8 @@ MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
 def downloads(spec) -> list[Download]:
     """What a run of `spec` (a RunSpec) reads from the Hub: its checkpoint, the datasets of its
     lm-eval tasks (corpus task sources included) and the collections it names."""
-    from .pipeline import MIRRORED_COLLECTIONS, published_defaults
+    from .pipeline import published_defaults
+    from .spec import MIRRORED_COLLECTIONS
 
     out: dict[tuple[str, str], Download] = {}
     if spec.model and not Path(spec.model).exists() and spec.model.count("/") == 1:

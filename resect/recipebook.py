@@ -85,7 +85,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def spec_from(data: dict[str, Any], overrides: dict[str, Any] | None = None):
     """A RunSpec from recipe data and overrides; unknown keys get a 'did you mean'."""
-    from .pipeline import RunSpec
+    from .spec import RunSpec
 
     merged = {**data}
     for key, value in (overrides or {}).items():
@@ -115,7 +115,7 @@ def is_training(data: dict[str, Any]) -> bool:
 
 def validate_recipe(name_or_path: str) -> None:
     """Raise when a shipped recipe is malformed (option names, kind, ranges, first-line command)."""
-    from .pipeline import check_spec
+    from .spec import check_spec
 
     path = find_recipe(name_or_path)
     first = path.read_text().splitlines()[0] if path.read_text() else ""

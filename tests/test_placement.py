@@ -110,7 +110,8 @@ def test_statistics_of_another_checkpoint_are_refused_without_loading(tiny_vd, t
 def test_an_edit_loads_the_model_twice_at_most_and_never_holds_two(monkeypatch, tmp_path):
     """Profiling, selection and the baseline share one load; the written checkpoint is loaded once
     for its own evaluation, after the first model is gone."""
-    from resect.pipeline import RunSpec, run_edit
+    from resect.pipeline import run_edit
+    from resect.spec import RunSpec
 
     real, alive, loads = resect.loading.load_model, [], []
 
@@ -165,8 +166,9 @@ def test_interrupted_profiling_of_an_edit_resumes(monkeypatch, tmp_path):
     import resect.pipeline as pipeline
     from resect.corpus import load_corpus
     from resect.loading import load_tokenizer
-    from resect.pipeline import RunSpec, plan, profile_cached, stats_cache_dir
+    from resect.pipeline import plan, profile_cached, stats_cache_dir
     from resect.profile import profile_corpus
+    from resect.spec import RunSpec
 
     monkeypatch.setattr(pipeline, "PARTIAL_EVERY", 1)
     p = plan(RunSpec("domain", "biology", max_tokens_per_label=300, out=str(tmp_path / "run")))

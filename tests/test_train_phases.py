@@ -98,7 +98,8 @@ def test_a_trained_world_model_brings_its_world_to_the_edit_commands(tmp_path):
 
     import yaml
 
-    from resect.pipeline import RunSpec, plan
+    from resect.pipeline import plan
+    from resect.spec import RunSpec
 
     run = tmp_path / "run"
     run_recipe(load_recipe(RECIPE, [*TINY, "train.steps=2", "pretrain.steps=0", "world.names=hyphenated"]), run)

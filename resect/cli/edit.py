@@ -71,8 +71,8 @@ def domain(
     refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
 ) -> None:  # fmt: skip
     """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's (or the others' mean)."""
-    from resect.pipeline import RunSpec
     from resect.select import parse_groups
+    from resect.spec import RunSpec
 
     execute(RunSpec("domain", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
@@ -92,8 +92,8 @@ def language(
     refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
 ) -> None:  # fmt: skip
     """Remove a programming (or natural) language; verified by perplexity (relative %) and quizzes."""
-    from resect.pipeline import RunSpec
     from resect.select import parse_groups
+    from resect.spec import RunSpec
 
     execute(RunSpec("language", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
                     target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
@@ -116,8 +116,8 @@ def toxicity(
     device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
-    from resect.pipeline import RunSpec
     from resect.select import parse_groups
+    from resect.spec import RunSpec
 
     execute(RunSpec("toxicity", None, model, "correlation", threshold=threshold, toxicity_prompts=prompts,
                     toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer, "profile_samples": profile_samples},

@@ -24,8 +24,8 @@ def mirror(
 
     from resect.errors import OutputError
     from resect.mirror import downloads, fetch
-    from resect.pipeline import check_spec
     from resect.recipebook import parse_overrides, read_recipe, spec_from
+    from resect.spec import check_spec
 
     data = read_recipe(recipe)
     spec = spec_from(data, parse_overrides(overrides or []))

@@ -1,0 +1,158 @@
+"""One run's specification: `RunSpec` (what `resect domain|language|toxicity` and a recipe ask
+for), the defaults every command shares, and the checks that need neither model nor data.
+
+`resect.pipeline.plan()` resolves a RunSpec against the model and its data; recipes
+(`resect.recipebook`) are YAML dumps of it. This module imports neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError, unknown
+
+KINDS = ("domain", "language", "toxicity")
+DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
+# Gates for the built-in world: quiz points for domains; relative perplexity (%) for languages.
+DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0.0, 2.0)}
+PAPER_RATIO = 2.0
+# Domains of a generated world: the paper's rule (2x the runner-up domain) leaves 52-77% of the
+# removed quiz standing on the shipped model, because most of a domain's routing goes through experts
+# that one other domain also uses. Against the mean of the other domains, 1.25x takes four of the six
+# quizzes to within 10 points of chance with every other quiz within 2 points (bench_end_to_end.py).
+WORLD_DOMAIN_RULE, SKEW_MEAN_RATIO = "skew-mean", 1.25
+# The built-in world's three languages share most of their syntax: at the paper's ratio the experts
+# a language uses twice as much as the next one include shared syntax (removing python raises the
+# others' word perplexity 8-10%); 3x keeps to what is specific (the shipped model: python x12.0,
+# javascript x5.2, lua x2.1, others under +5%).
+BUILTIN_LANGUAGE_RATIO = 3.0
+TOXICITY_DEFAULTS = {
+    "samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity",
+    "score_window": 32,
+    "top_k": 50,  # sampling keeps the 50 likeliest tokens before top-p (transformers' default); 1 decodes greedily
+    "profile_samples": 8,  # generations per prompt profiled (4 gave noisier correlations: -33% at 0.1 instead of -40%)
+}  # fmt: skip
+PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the profiling step, not of the measurement
+# Profiled generations are drawn from their own seeds, so that the measured samples are not the ones
+# the experts were selected on.
+PROFILE_SEED_OFFSET = 1_000_003
+CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
+MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol")  # resect.mirror's
+
+
+@dataclass
+class RunSpec:
+    """Everything one edit needs; recipes are YAML dumps of this, command lines override fields."""
+
+    kind: str
+    target: str | None = None
+    model: str | None = None
+    rule: str | None = None
+    ratio: float | None = None  # skew rules; None: skew 2.0 (the paper's; 3.0 for languages of a generated world), skew-mean 1.25
+    threshold: float = 0.1
+    groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
+    refine: int | None = None  # experts per group added by attribution after the rule (resect.attribute); None/0: none
+    tune: int | None = None  # steps of mask tuning after the rule (and refine) (resect.tune); None/0: none
+    corpus: str | None = None
+    include_path: str | None = None
+    target_tasks: list[str] | None = None
+    general_tasks: list[str] | None = None
+    min_target_drop: float | None = None
+    max_general_drop: float | None = None
+    toxicity_prompts: str | None = None
+    toxicity: dict[str, Any] = field(default_factory=dict)
+    max_tokens_per_label: int | None = None
+    min_tokens: int | None = None  # per-label token floor of the selection rules (their default when None)
+    limit: int | float | None = None
+    batch_size: int = 16
+    seed: int = 0
+    mirror: str | None = None  # a local mirror (resect.mirror) of the checkpoint and datasets a run reads
+    device: str = "auto"  # auto: a CUDA GPU when present, else the CPU
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
+    out: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    no_cache: bool = False  # profile and evaluate the baseline again instead of reading the caches
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out", "device", "dtype", "mirror")
+_NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
+_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune")
+_FLAGS = ("force", "dry_run", "no_cache")
+_LISTS = ("target_tasks", "general_tasks")
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a RunSpec field's type (a recipe or key=value override can hold anything)."""
+    if value is None:
+        return None if name not in ("kind", "threshold", "batch_size", "seed", "force", "dry_run", "no_cache", "device", "dtype") else "a value"
+    if name in _TEXT:
+        return None if isinstance(value, str) else "text"
+    if name in _NUMBERS:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if name in _WHOLE:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if name in _FLAGS:
+        return None if isinstance(value, bool) else "true or false"
+    if name in _LISTS:
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of task names"
+    if name == "toxicity":
+        return None if isinstance(value, dict) else "a mapping of toxicity settings"
+    return None
+
+
+def check_spec(spec: RunSpec) -> None:
+    from .checks import check_number
+    from .scoring import SCORERS
+    from .toxicity import check_settings
+
+    for f in dataclasses.fields(spec):
+        expected = _type_problem(f.name, getattr(spec, f.name))
+        if expected:
+            raise UsageError(f"'{f.name}' must be {expected}, found {getattr(spec, f.name)!r}.")
+    if spec.kind not in KINDS:
+        raise UsageError(unknown("kind", spec.kind, KINDS))
+    from .checks import check_numbers
+
+    check_numbers({name: getattr(spec, name) for name in (*_NUMBERS, *_WHOLE)})
+    if spec.kind != "toxicity" and not spec.target:
+        raise UsageError(f"Say what to remove: --remove NAME (resect {spec.kind} --remove ...).")
+    for name in ("refine", "tune"):
+        if getattr(spec, name) and spec.kind == "toxicity":
+            raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
+    _check_rule(spec)
+    from .loading import resolve_placement
+
+    resolve_placement(spec.device, spec.dtype)  # a missing GPU or an unknown dtype, before anything loads
+    for key, value in dict(spec.toxicity).items():
+        if key not in TOXICITY_DEFAULTS:
+            raise UsageError(unknown("toxicity setting", key, TOXICITY_DEFAULTS))
+        default = TOXICITY_DEFAULTS[key]
+        if isinstance(default, (int, float)):
+            check_number(key, value, option=f"toxicity.{key}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise UsageError(f"toxicity.{key} must be text, got {value!r}.")
+    settings = TOXICITY_DEFAULTS | dict(spec.toxicity)
+    check_settings(settings["samples"], settings["max_new_tokens"], settings["temperature"], settings["top_p"], None)
+    if spec.kind == "toxicity" and settings["scorer"] not in SCORERS:  # before any generation
+        raise UsageError(unknown("scorer", settings["scorer"], SCORERS))
+
+
+def _check_rule(spec: RunSpec) -> None:
+    """The selection rule exists and fits the kind of edit (before anything is profiled)."""
+    from .select import RULES
+
+    if spec.rule is None:
+        return
+    if spec.rule not in RULES:
+        raise UsageError(unknown("rule", spec.rule, RULES))
+    fits = {"toxicity": ("correlation",), "domain": ("skew", "skew-mean", "topk", "quantile"), "language": ("skew", "skew-mean", "topk", "quantile")}
+    if spec.rule not in fits[spec.kind]:
+        raise UsageError(f"Rule '{spec.rule}' does not fit 'resect {spec.kind}': use {' or '.join(fits[spec.kind])}.")
