@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 RESECT = str(Path(sys.executable).parent / "resect")
-MODEL: list[str] = []  # ["--model", RUN/model] with --model; the built-in model otherwise
+MODEL: list[str] = []  # [RUN/model] with --model; the built-in model otherwise
 CHANCE = 25.0
 ONLY_DOMAINS: list[str] = []  # the domains the tables cover (all six unless --domains)
 
@@ -129,7 +129,7 @@ def main() -> None:
             parser.error(f"unknown domain(s) {', '.join(unknown)}; the built-in ones: {', '.join(ONLY_DOMAINS)}")
         ONLY_DOMAINS[:] = [d for d in ONLY_DOMAINS if d in args.domains.split(",")]
     if args.model:
-        MODEL.extend(["--model", str(Path(args.model).resolve())])
+        MODEL.append(str(Path(args.model).resolve()))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = os.environ | {"RESECT_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -10,10 +10,10 @@ as its own process, as a user would run it, and reports its wall time and peak r
 
 - throughput: one process times the plain forward and profiling over the same batches (bf16 and
   float32, interleaved), and sampled decoding of the source against the edited model (bf16);
-- profile, select --model, apply (and the bytes it writes), eval: the building blocks;
+- profile, select MODEL, apply (and the bytes it writes), eval: the building blocks;
 - domain: the whole edit (profile, select, apply, verify), with its model loads counted.
 
-Targets: every stage's peak RSS <= 1.5x the checkpoint in its dtype; select --model and apply
+Targets: every stage's peak RSS <= 1.5x the checkpoint in its dtype; select MODEL and apply
 <= 0.2x (no weights loaded); apply writes < 10 MB; profiling / plain forward >= 0.90 in tokens/s;
 edited / source decode time <= 1.15 (bf16); domain loads the model at most twice. The closing
 lines extrapolate the paper's MMLU and toxicity protocols from the measured rates to this machine
@@ -236,8 +236,8 @@ def main() -> None:
         stage(f"profile ({other})", [resect, "profile", str(standin), "--corpus", str(corpus), "--out", str(stats), "--dtype", other], other, 1.5)
         stats.unlink(missing_ok=True)
         stage("profile", [resect, "profile", str(standin), "--corpus", str(corpus), "--out", str(stats), "--dtype", args.dtype], args.dtype, 1.5)
-        stage("select --model", [resect, "select", "--stats", str(stats), "--rule", "skew", "--target", "alpha", "--ratio", "1.5",
-                                 "--min-tokens", "10", "--model", str(standin), "--out", str(mask)], None, 0.2)  # fmt: skip
+        stage("select MODEL", [resect, "select", "--stats", str(stats), "--rule", "skew", "--target", "alpha", "--ratio", "1.5",
+                                 "--min-tokens", "10", str(standin), "--out", str(mask)], None, 0.2)  # fmt: skip
         applied = stage("apply", [resect, "apply", str(standin), "--mask", str(mask), "--out", str(edited)], None, 0.2)
         new_bytes = sum(p.stat().st_size for p in edited.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
         applied["note"] = f"{new_bytes / 2**20:.2f} MB new (target < 10)"
@@ -246,7 +246,7 @@ def main() -> None:
                                 "--dtype", args.dtype], args.dtype, 1.5)  # fmt: skip
         run = work / "run"
         shutil.rmtree(run, ignore_errors=True)
-        domain = stage("domain", [resect, "-v", "domain", "--model", str(standin), "--remove", "alpha", "--corpus", str(corpus),
+        domain = stage("domain", [resect, "-v", "domain", str(standin), "--remove", "alpha", "--corpus", str(corpus),
                                   "--target-tasks", "bench_alpha", "--general-tasks", "bench_beta", "--include-path", str(tasks),
                                   "--min-target-drop", "0", "--max-general-drop", "100", "--ratio", "1.5", "--limit", str(QUESTIONS),
                                   "--dtype", args.dtype, "--out", str(run)], args.dtype, 1.5)  # fmt: skip

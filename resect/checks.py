@@ -39,7 +39,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "checkpoint_every": (1, 1 << 30, True, True),
     "top": (0, 1 << 24, True, True),
     "context": (0, 4096, True, True),
-    "toxicity_limit": (1, 10**9, True, True),
+    "prompt_limit": (1, 10**9, True, True),
     "score": (-1e12, 1e12, True, False),  # a corpus document's score
 }
 

@@ -365,7 +365,7 @@ def downloads(spec) -> list[Download]:
     custom = any(v is not None for v in (spec.corpus, spec.target_tasks, spec.general_tasks, spec.toxicity_prompts))
     defaults = published_defaults(spec) if not custom and spec.kind == "domain" else {}
     tasks = list(spec.target_tasks or defaults.get("target_tasks", [])) + list(spec.general_tasks or defaults.get("general_tasks", []))
-    includes = [p for p in (spec.include_path, defaults.get("include_path")) if p]
+    includes = [p for value in (spec.include_path, defaults.get("include_path")) for p in ([value] if isinstance(value, str) else value or [])]
     corpus = spec.corpus or defaults.get("corpus")
     if corpus and Path(corpus).suffix in (".yaml", ".yml") and Path(corpus).is_file():
         from .corpus import parse_recipe

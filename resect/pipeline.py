@@ -58,7 +58,7 @@ class Plan:
     model_path: Path
     corpus: str
     labels: list[str]
-    include_path: str | None
+    include_path: list[str]  # folders of lm-eval task YAMLs the gate reads (the user's, else the defaults')
     target_tasks: list[str]
     general_tasks: list[str]
     rule: str
@@ -100,11 +100,13 @@ class Plan:
 RUN_FILE = "resect_run.yaml"  # in an edited checkpoint written by a run: the run's resolved configuration
 
 
-def _lasting(value: str | None) -> str | None:
+def _lasting(value: str | list[str] | None) -> str | list[str] | None:
     """A path as it can be found again from anywhere (absolute), or the value itself (a repo id,
     task:NAME, a folder list)."""
     if value is None:
         return None
+    if isinstance(value, list):
+        return [str(_lasting(v)) for v in value]
     parts = []
     for part in str(value).split(","):
         path = Path(part).expanduser()
@@ -182,11 +184,11 @@ def plan(spec: RunSpec) -> Plan:
     defaults = world_defaults(spec, world) if world is not None else {} if custom else published_defaults(spec)
     corpus = spec.corpus or defaults.get("corpus")
     prompts = spec.toxicity_prompts or defaults.get("toxicity_prompts")
-    include = spec.include_path or defaults.get("include_path")
+    include = _includes(spec.include_path) or _includes(defaults.get("include_path"))
     if mirror is not None:
         corpus, prompts, found = _from_mirror(spec, mirror, corpus, prompts)
         defaults = defaults | found
-        include = found.get("include_path", include)
+        include = _includes(found.get("include_path")) or include
     elif collection := next((c for c in (corpus, prompts) if c in MIRRORED_COLLECTIONS and not Path(c).exists()), None):
         raise UsageError(f"'{collection}' is a collection of a mirror: pass --mirror DIR "
                          "(mirror=DIR in a recipe; 'resect mirror RECIPE --out DIR' makes one), or a file of your own.")  # fmt: skip
@@ -205,7 +207,7 @@ def plan(spec: RunSpec) -> Plan:
         from .verify import split_spec
 
         names = [split_spec(t)[0] for t in target_tasks + general]
-        include = str(mirror.localize(names, [include] if include else []).include_path)
+        include = [str(mirror.localize(names, include).include_path)]
     rule, ratio = _rule_and_ratio(spec, world is not None)
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -214,7 +216,7 @@ def plan(spec: RunSpec) -> Plan:
 
         if out.exists() and not out.is_dir():
             raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
-        check_output(out, [model_path, corpus, include, prompts, spec.mirror], force=spec.force, make_parents=True)
+        check_output(out, [model_path, corpus, *include, prompts, spec.mirror], force=spec.force, make_parents=True)
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
     from .loading import resolve_placement
 
@@ -222,6 +224,10 @@ def plan(spec: RunSpec) -> Plan:
     p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
     p.verification = _plan_verification(p)
     return p
+
+
+def _includes(value: str | list[str] | None) -> list[str]:
+    return [] if not value else [value] if isinstance(value, str) else list(value)
 
 
 def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None) -> tuple[str | None, str | None, dict]:

@@ -57,7 +57,7 @@ class RunSpec:
     refine: int | None = None  # experts per group added by attribution after the rule (resect.attribute); None/0: none
     tune: int | None = None  # steps of mask tuning after the rule (and refine) (resect.tune); None/0: none
     corpus: str | None = None
-    include_path: str | None = None
+    include_path: list[str] | str | None = None  # folders of extra lm-eval task YAMLs (one as text, or a list)
     target_tasks: list[str] | None = None
     general_tasks: list[str] | None = None
     min_target_drop: float | None = None
@@ -81,7 +81,7 @@ class RunSpec:
         return dataclasses.asdict(self)
 
 
-_TEXT = ("kind", "target", "model", "rule", "corpus", "include_path", "toxicity_prompts", "out", "device", "dtype", "mirror")
+_TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "out", "device", "dtype", "mirror")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
 _WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune")
 _FLAGS = ("force", "dry_run", "no_cache")
@@ -101,6 +101,9 @@ def _type_problem(name: str, value: Any) -> str | None:
         return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
     if name in _FLAGS:
         return None if isinstance(value, bool) else "true or false"
+    if name == "include_path":
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        return None if ok else "a folder or a list of folders"
     if name in _LISTS:
         return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of task names"
     if name == "toxicity":

@@ -200,4 +200,4 @@ def check_settings(samples: int, max_new_tokens: int, temperature: float, top_p:
     from .checks import check_numbers
 
     check_numbers({"samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
-    check_numbers({"toxicity_limit": limit}, prefix="")  # named as the callers name it: --limit / --toxicity-limit
+    check_numbers({"prompt_limit": limit})

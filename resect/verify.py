@@ -111,7 +111,7 @@ def check_thresholds(min_target_drop: float | None, max_general_drop: float | No
 
     check_numbers({"min_target_drop": min_target_drop, "max_general_drop": max_general_drop})
     if not target and not general:
-        raise UsageError("Nothing to verify: pass --target-tasks, --target-toxicity or --general-tasks.")
+        raise UsageError("Nothing to verify: pass --target-tasks, --toxicity-prompts or --general-tasks.")
     if target and min_target_drop is None:
         raise UsageError("Target tasks need --min-target-drop (how much they must fall, in points or percent).")
     if general and max_general_drop is None:

@@ -47,7 +47,7 @@ CASES = {
     "apply inside the source": (["apply", "{model}", "--mask", "{mask}", "--out", "{model}/edited"], "inside the input folder"),
     "apply over its mask": (["apply", "{model}", "--mask", "{mask}", "--out", "{mask}", "--force"], "is an input"),
     "union over an input": (["mask", "union", "{mask}", "{mask}", "--out", "{mask}", "--force"], "is an input"),
-    "domain replacing the corpus folder": (["domain", "--model", "{model}", "--remove", "bio", "--corpus", "{corpus}",
+    "domain replacing the corpus folder": (["domain", "{model}", "--remove", "bio", "--corpus", "{corpus}",
                                            "--target-tasks", "ppl_bio", "--include-path", "{tmp}/tasks", "--out", "{tmp}/data",
                                            "--force"], "contains the input"),
     "ppl-tasks over its corpus folder": (["ppl-tasks", "{corpus}", "{tmp}/data"], "contains the input"),
@@ -67,7 +67,7 @@ CASES = {
     "ppl-tasks with no documents": (["ppl-tasks", "{corpus}", "{tmp}/t2", "--max-docs", "0"], "--max-docs must be at least 1"),
     "negative min tokens": (["select", "--stats", "{mask}", "--rule", "skew", "--out", "{tmp}/m.json", "--min-tokens", "-5"],
                             "--min-tokens must be a whole number in [0,"),
-    "run folder that is a file": (["domain", "--model", "{model}", "--remove", "bio", "--corpus", "{corpus}", "--target-tasks",
+    "run folder that is a file": (["domain", "{model}", "--remove", "bio", "--corpus", "{corpus}", "--target-tasks",
                                    "ppl_bio", "--include-path", "{tmp}/tasks", "--out", "{mask}", "--force"], "exists and is a file"),
     "a folder given as statistics": (["select", "--stats", "{tmp}/data", "--rule", "skew", "--out", "{tmp}/m.json"], "is a folder"),
     "unknown scorer before generating": (["run", "world-toxicity", "toxicity.scorer=foo", "dry_run=true"], "Unknown scorer 'foo'"),
@@ -339,7 +339,7 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         return ["toxicity", "--samples", "100000000", "--out", str(t / "run")], "samples must be a whole number in [1, 10,000]", True
     if case == "a NaN temperature":
         (t / "p.jsonl").write_text('{"prompt": "hello"}\n')
-        return ["toxicity-eval", str(tiny), "--prompts", str(t / "p.jsonl"), "--temperature", "nan"], "--temperature must be a number", True
+        return ["toxicity-eval", str(tiny), "--toxicity-prompts", str(t / "p.jsonl"), "--temperature", "nan"], "--temperature must be a number", True
     if case == "a mask fingerprint of the wrong type":
         (t / "m.json").write_text(json.dumps({"format": "resect.mask/v1", "moe_experts": 16, "num_groups": 2, "experts": {"0": [1]},
                                               "stats_model_fingerprint": 12345}))  # fmt: skip

@@ -217,7 +217,7 @@ def test_repo_ids_resolve_from_the_hugging_face_cache_offline(tmp_path):
     from _eval_tasks import quiz_task
 
     tasks = quiz_task(tmp_path / "tasks")
-    edit = resect("domain", "--model", "MonetLLM/tiny-monet", "--remove", "a", "--corpus", str(corpus), "--target-tasks", "resect_quiz",
+    edit = resect("domain", "MonetLLM/tiny-monet", "--remove", "a", "--corpus", str(corpus), "--target-tasks", "resect_quiz",
                   "--include-path", str(tasks), "--min-target-drop", "0", "--limit", "3", "--out", str(tmp_path / "run"),
                   cache=tmp_path / "rc", **env)  # fmt: skip
     assert edit.returncode in (0, 1), edit.stderr[-2000:]

@@ -82,12 +82,12 @@ def test_a_checkpoint_of_its_own_gets_the_mmlu_pro_protocol_or_one_line(tiny_vd,
     """A --model that is not the built-in one is profiled on MMLU by MMLU-Pro category; offline,
     its Hub data cannot load, which is one line and nothing written."""
     out = tmp_path / "run"
-    one_line_error(resect("domain", "--model", str(tiny_vd), "--remove", "biolgy", "--out", str(out), env_cache=cache),
+    one_line_error(resect("domain", str(tiny_vd), "--remove", "biolgy", "--out", str(out), env_cache=cache),
                    "Did you mean: biology?")  # fmt: skip
-    res = resect("domain", "--model", str(tiny_vd), "--remove", "computer science", "--dry-run", "--out", str(out), env_cache=cache)
+    res = resect("domain", str(tiny_vd), "--remove", "computer science", "--dry-run", "--out", str(out), env_cache=cache)
     one_line_error(res, "'cais/mmlu'")
     assert "run once with network" in res.stderr
-    one_line_error(resect("language", "--model", str(tiny_vd), "--remove", "python", "--out", str(out), env_cache=cache),
+    one_line_error(resect("language", str(tiny_vd), "--remove", "python", "--out", str(out), env_cache=cache),
                    "Pass --corpus")  # fmt: skip
     assert not out.exists()
 

@@ -75,7 +75,7 @@ def test_bad_device_and_dtype_are_refused_before_any_model_loads(tiny_vd, tmp_pa
     commands = [
         ["profile", str(tiny_vd), "--corpus", str(corpus), "--out", str(tmp_path / "s.st"), "--device", "npu"],
         ["eval", str(tiny_vd), "--tasks", "resect_quiz", "--include-path", str(tasks), "--device", "npu"],
-        ["toxicity-eval", str(tiny_vd), "--prompts", str(corpus), "--device", "npu"],
+        ["toxicity-eval", str(tiny_vd), "--toxicity-prompts", str(corpus), "--device", "npu"],
         ["domain", "--remove", "biology", "--device", "npu", "--out", str(tmp_path / "run")],
         ["run", "world-domain", "target=law", "device=npu", f"out={tmp_path / 'run2'}"],
         ["domain", "--remove", "biology", "--dtype", "f16", "--out", str(tmp_path / "run")],
@@ -99,7 +99,7 @@ def test_statistics_of_another_checkpoint_are_refused_without_loading(tiny_vd, t
     stats.save(tmp_path / "s.safetensors")
     monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     args = ["select", "--stats", str(tmp_path / "s.safetensors"), "--rule", "skew", "--target", "a", "--min-tokens", "1",
-            "--out", str(tmp_path / "m.json"), "--model"]  # fmt: skip
+            "--out", str(tmp_path / "m.json")]  # fmt: skip
     code, _, err = run_cli([*args, str(tiny_hd)], capsys, monkeypatch)
     assert code == 2 and "computed on model" in err, err
     assert not (tmp_path / "m.json").exists()

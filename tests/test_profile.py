@@ -215,7 +215,7 @@ def test_cli_profile_select_experts(tiny_vd, jsonl, tmp_path, monkeypatch, capsy
     code, out, err = run_cli(["profile", tiny_vd, "--corpus", jsonl, "--out", stats, "--batch-size", 4], monkeypatch, capsys)
     assert code == 0, err
     assert "prose" in out and "code" in out
-    code, out, err = run_cli(["select", "--stats", stats, "--rule", "skew", "--target", "code", "--out", mask, "--min-tokens", 10, "--model", tiny_vd], monkeypatch, capsys)
+    code, out, err = run_cli(["select", "--stats", stats, "--rule", "skew", "--target", "code", "--out", mask, "--min-tokens", 10, tiny_vd], monkeypatch, capsys)
     assert code == 0, err
     loaded = ExpertMask.load(mask)
     assert loaded.meta["rule"] == "skew" and f"{loaded.total:,} experts selected" in out
@@ -243,7 +243,7 @@ def stats_file(tiny_vd, tmp_path_factory):
         (["--rule", "skew", "--target", "code", "--ratio", "1"], r"--ratio must be a number in \(1,"),
         (["--rule", "skew", "--target", "code", "--min-tokens", "100000"], "fewer than min tokens"),
         (["--rule", "skwe", "--target", "code"], "Did you mean: skew"),
-        (["--rule", "skew", "--target", "code", "--min-tokens", "1", "--model", "HD"], "Run `resect profile`"),
+        (["--rule", "skew", "--target", "code", "--min-tokens", "1", "HD"], "Run `resect profile`"),
         (["--rule", "skew", "--target", "code", "--min-tokens", "1", "--groups", "7"], "routing groups of this model, 0 to"),
         (["--rule", "skew", "--target", "code", "--min-tokens", "1", "--groups", "1;2"], "separated by commas"),
     ],

@@ -91,13 +91,13 @@ def test_cli_toxicity_eval(tiny_vd, tmp_path, capsys, monkeypatch):
     from resect.cli import main
 
     out = tmp_path / "tox.json"
-    monkeypatch.setattr(sys, "argv", ["resect", "toxicity-eval", str(tiny_vd), "--prompts", str(PROMPTS),
+    monkeypatch.setattr(sys, "argv", ["resect", "toxicity-eval", str(tiny_vd), "--toxicity-prompts", str(PROMPTS),
                                       "--samples", "2", "--max-new-tokens", "4", "--out", str(out)])  # fmt: skip
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code in (0, None)
     assert json.loads(out.read_text())["settings"]["samples"] == 2
-    monkeypatch.setattr(sys, "argv", ["resect", "toxicity-eval", str(tiny_vd), "--prompts", str(PROMPTS), "--top-p", "0"])
+    monkeypatch.setattr(sys, "argv", ["resect", "toxicity-eval", str(tiny_vd), "--toxicity-prompts", str(PROMPTS), "--top-p", "0"])
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2 and "top-p" in capsys.readouterr().err

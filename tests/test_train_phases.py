@@ -106,7 +106,7 @@ def test_a_trained_world_model_brings_its_world_to_the_edit_commands(tmp_path):
     domain = plan(RunSpec("domain", "law", model=str(run / "model"), out=str(tmp_path / "edit")))
     assert domain.corpus == str((run / "data" / "corpus" / "domains.jsonl").resolve())
     assert domain.target_tasks == ["world_law"] and "world_biology" in domain.general_tasks
-    task = yaml.safe_load((Path(domain.include_path) / "world_law.yaml").read_text())
+    task = yaml.safe_load((Path(domain.include_path[0]) / "world_law.yaml").read_text())
     assert task["dataset_kwargs"]["data_files"]["test"] == str((run / "data" / "eval" / "quiz_law.jsonl").resolve())
     language = plan(RunSpec("language", "lua", model=str(run / "model"), out=str(tmp_path / "edit")))
     assert language.rule_params == {"ratio": 3.0} and language.target_tasks == ["world_ppl_lua"]

@@ -173,7 +173,7 @@ def test_other_geometry_or_tokenizer_is_refused(tiny_vd, tasks_dir, tmp_path):
     [
         (["--min-target-drop", "-5"], "--min-target-drop must be a number in [0,"),
         (["--target-tasks", "resect_quizz"], "Did you mean: resect_quiz"),
-        (["--target-toxicity", "/nonexistent/prompts.jsonl"], "do not exist"),
+        (["--toxicity-prompts", "/nonexistent/prompts.jsonl"], "do not exist"),
         (["--limit", "0"], "--limit must be a number in (0,"),
         (["--out", "EDITED"], "is a checkpoint being verified"),
     ],

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import SHARED, with_options
 
 mask_app = typer.Typer(help="Inspect and combine expert masks.", no_args_is_help=True)
 app.add_typer(mask_app, name="mask")
@@ -17,11 +18,12 @@ MaskFiles = Annotated[list[Path], typer.Option("--mask", help="Mask file (JSON r
 
 
 @app.command()
+@with_options("force")
 def apply(
-    model: Annotated[str, typer.Argument(help="Source checkpoint folder (Monet, or a checkpoint resect edited).")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Source checkpoint folder (Monet, or a checkpoint resect edited).")],
     mask: MaskFiles,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create for the edited checkpoint.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    force: bool = SHARED,
 ) -> None:
     """Write an edited checkpoint: the source's weights (hard links, untouched) plus the mask.
 
@@ -69,10 +71,11 @@ def mask_info(path: Annotated[Path, typer.Argument(help="Mask file.")]) -> None:
 
 
 @mask_app.command("union")
+@with_options("force")
 def mask_union(
     paths: Annotated[list[Path], typer.Argument(help="Masks to unite (same geometry).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Mask file to write (.json for JSON, else binary).")],
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    force: bool = SHARED,
 ) -> None:
     """Unite masks (an expert removed in any of them is removed)."""
     from rich.console import Console

@@ -1,35 +1,43 @@
-"""`resect domain`, `resect language`, `resect toxicity`: profile, select, apply, verify, report."""
+"""`resect domain`, `resect language`, `resect toxicity`: profile, select, apply, verify, report.
+
+The three share their options (resect.cli.options) and build one RunSpec each; `resect run` reads
+the same fields from a recipe."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from . import app
-from .options import Device, Dtype
+from .options import csv, with_options
 
-Model = Annotated[str | None, typer.Option("--model", "-m", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model). A model from 'resect world train --out RUN' (RUN/model) brings its world's corpora and quizzes from RUN/data.")]
-NoCache = Annotated[bool, typer.Option("--no-cache", help="Profile and evaluate the baseline again instead of reading the caches.")]
-Mirror = Annotated[str | None, typer.Option("--mirror", help="A local mirror of the checkpoint and datasets (made by 'resect mirror'), for a machine without network.")]
-Out = Annotated[str | None, typer.Option("--out", "-o", help="Run directory to create (default: resect-runs/KIND-TARGET-TIME).")]
-Force = Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Profile and select, print the counts, write nothing.")]
-Corpus = Annotated[str | None, typer.Option("--corpus", help="Labelled profiling corpus (JSONL, folder, corpus YAML or task:NAME).")]
-Include = Annotated[str | None, typer.Option("--include-path", help="Folder of lm-eval task YAMLs.")]
-Tasks = Annotated[str | None, typer.Option(help="Comma-separated lm-eval tasks.")]
-MinDrop = Annotated[float | None, typer.Option("--min-target-drop", help="Fail unless every target task drops at least this much.")]
-MaxDrop = Annotated[float | None, typer.Option("--max-general-drop", help="Fail if any general task drops more than this.")]
-Limit = Annotated[float | None, typer.Option("--limit", help="Documents per task (lm-eval --limit).")]
-Seed = Annotated[int, typer.Option("--seed")]
-Batch = Annotated[int, typer.Option("--batch-size")]
-Groups = Annotated[str | None, typer.Option("--groups", help="Select only in these routing groups, e.g. 1,2 (default: every group).")]
+Model = Annotated[str | None, typer.Argument(metavar="MODEL", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model). A model from 'resect world train --out RUN' (RUN/model) brings its world's corpora and quizzes from RUN/data.")]
+Out = Annotated[str | None, typer.Option("--out", "-o", metavar="DIR", help="Run directory to create (default: resect-runs/KIND-TARGET-TIME).")]
+Rule = Annotated[str | None, typer.Option("--rule", metavar="skew|skew-mean", help="Selection rule: skew (the paper's: over the runner-up label; the default on published checkpoints) or skew-mean (over the other labels' mean; the default for domains of a generated world).")]
+Ratio = Annotated[float | None, typer.Option("--ratio", help="How many times the runner-up's score (skew: default 2.0, the paper's; 3.0 for languages of a generated world) or the other labels' mean (skew-mean: default 1.25) an expert's score on the target must reach.")]
 Refine = Annotated[int | None, typer.Option("--refine", help="After the rule, add up to N experts per routing group whose removal (to first order, on the edited model) raises the target's loss on its documents' marked spans more than it raises any other label's document's.")]
 Tune = Annotated[int | None, typer.Option("--tune", help="After the rule (and --refine), tune the mask for N gradient steps: the target's marked tokens pushed below the model's next choice, no other label's made less likely than before.")]
 
+SELECTION = ("corpus", "groups", "max_tokens_per_label")
+GATE = ("include_path", "target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "limit")
+RUNNING = ("batch_size", "seed", "device", "dtype", "mirror", "no_cache", "force", "dry_run")
+SAMPLING = ("samples", "max_new_tokens", "temperature", "top_p", "scorer")
 
-def _split(text: str | None) -> list[str] | None:
-    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+def spec_of(kind: str, target: str | None, model: str | None, rule: str | None, **options: Any):
+    """The RunSpec of an edit command's arguments: the one place command-line values become spec fields."""
+    from resect.select import parse_groups
+    from resect.spec import RunSpec
+
+    toxicity = {k: options.pop(k) for k in (*SAMPLING, "profile_samples") if k in options}
+    includes = [str(p) for p in options.pop("include_path") or []]
+    prompts = options.pop("toxicity_prompts", None)
+    return RunSpec(
+        kind, target, model, rule, toxicity=toxicity, include_path=includes or None,
+        toxicity_prompts=None if prompts is None else str(prompts), groups=parse_groups(options.pop("groups")),
+        target_tasks=csv(options.pop("target_tasks", None)), general_tasks=csv(options.pop("general_tasks")), **options,
+    )  # fmt: skip
 
 
 def execute(spec) -> None:
@@ -60,67 +68,32 @@ def render(result, console) -> None:
 
 
 @app.command()
+@with_options(*SELECTION, *GATE, *RUNNING)
 def domain(
     remove: Annotated[str, typer.Option("--remove", help="Domain to cut (e.g. biology).")],
-    model: Model = None,
-    ratio: Annotated[float | None, typer.Option(help="Score on the domain over the runner-up domain's (skew, default 2.0, the paper's) or the other domains' mean (skew-mean, default 1.25).")] = None,
-    rule: Annotated[str | None, typer.Option(help="Selection rule: skew (the paper's; the default on published checkpoints) or skew-mean (the default on a generated world).")] = None,
-    corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
-    min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
-    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
+    model: Model = None, rule: Rule = None, ratio: Ratio = None, refine: Refine = None, tune: Tune = None, out: Out = None, **options: Any,
 ) -> None:  # fmt: skip
     """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's (or the others' mean)."""
-    from resect.select import parse_groups
-    from resect.spec import RunSpec
-
-    execute(RunSpec("domain", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
-                    target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
-                    max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype, mirror=mirror, no_cache=no_cache))  # fmt: skip
+    execute(spec_of("domain", remove, model, rule, ratio=ratio, refine=refine, tune=tune, out=out, **options))
 
 
 @app.command()
+@with_options(*SELECTION, *GATE, *RUNNING)
 def language(
     remove: Annotated[str, typer.Option("--remove", help="Language to cut (e.g. python).")],
-    model: Model = None,
-    ratio: Annotated[float | None, typer.Option(help="Score on the language over the runner-up's (skew, default 2.0; 3.0 on a generated world) or the others' mean (skew-mean, default 1.25).")] = None,
-    rule: Annotated[str | None, typer.Option(help="Selection rule: skew (default) or skew-mean.")] = None,
-    corpus: Corpus = None, include_path: Include = None, target_tasks: Tasks = None, general_tasks: Tasks = None,
-    min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
-    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    refine: Refine = None, tune: Tune = None, device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
+    model: Model = None, rule: Rule = None, ratio: Ratio = None, refine: Refine = None, tune: Tune = None, out: Out = None, **options: Any,
 ) -> None:  # fmt: skip
     """Remove a programming (or natural) language; verified by perplexity (relative %) and quizzes."""
-    from resect.select import parse_groups
-    from resect.spec import RunSpec
-
-    execute(RunSpec("language", remove, model, rule, ratio=ratio, corpus=corpus, include_path=include_path,
-                    target_tasks=_split(target_tasks), general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
-                    max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), refine=refine, tune=tune, device=device, dtype=dtype, mirror=mirror, no_cache=no_cache))  # fmt: skip
+    execute(spec_of("language", remove, model, rule, ratio=ratio, refine=refine, tune=tune, out=out, **options))
 
 
 @app.command()
+@with_options("toxicity_prompts", *SAMPLING, "groups", "include_path", "general_tasks", "min_target_drop", "max_general_drop", "limit", *RUNNING)
 def toxicity(
-    threshold: Annotated[float, typer.Option(help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
+    threshold: Annotated[float, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
     model: Model = None,
-    prompts: Annotated[str | None, typer.Option("--toxicity-prompts", help="Prompts JSONL ({\"prompt\": ..., \"toxic\": bool}).")] = None,
-    samples: Annotated[int, typer.Option(help="Samples per prompt when measuring.")] = 25,
-    profile_samples: Annotated[int, typer.Option(help="Generations per prompt profiled (drawn from their own seeds).")] = 8,
-    max_new_tokens: Annotated[int, typer.Option()] = 20,
-    scorer: Annotated[str, typer.Option(help="profanity (offline), detoxify, perspective.")] = "profanity",
-    include_path: Include = None, general_tasks: Tasks = None,
-    min_target_drop: MinDrop = None, max_general_drop: MaxDrop = None, limit: Limit = None,
-    out: Out = None, force: Force = False, dry_run: DryRun = False, seed: Seed = 0, batch_size: Batch = 16, groups: Groups = None,
-    device: Device = "auto", dtype: Dtype = "auto", mirror: Mirror = None, no_cache: NoCache = False,
+    profile_samples: Annotated[int, typer.Option("--profile-samples", help="Generations per prompt profiled (drawn from their own seeds).")] = 8,
+    out: Out = None, **options: Any,
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
-    from resect.select import parse_groups
-    from resect.spec import RunSpec
-
-    execute(RunSpec("toxicity", None, model, "correlation", threshold=threshold, toxicity_prompts=prompts,
-                    toxicity={"samples": samples, "max_new_tokens": max_new_tokens, "scorer": scorer, "profile_samples": profile_samples},
-                    include_path=include_path, general_tasks=_split(general_tasks), min_target_drop=min_target_drop,
-                    max_general_drop=max_general_drop, limit=limit, out=out, force=force, dry_run=dry_run, seed=seed,
-                    batch_size=batch_size, groups=parse_groups(groups), device=device, dtype=dtype, mirror=mirror, no_cache=no_cache))  # fmt: skip
+    execute(spec_of("toxicity", None, model, "correlation", threshold=threshold, profile_samples=profile_samples, out=out, **options))

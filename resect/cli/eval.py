@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .options import Device, Dtype, placement
+from .options import SHARED, placement, with_options
 
 
 def quiet_lm_eval() -> None:
@@ -51,18 +51,13 @@ def _write_json(data: dict, out: Path | None) -> None:
 
 
 @app.command("eval")
+@with_options("include_path", "limit", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def eval_command(
-    model: Annotated[str, typer.Argument(help="Checkpoint folder (edited or not) or Hugging Face repo id.")],
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Comma-separated lm-eval task names, task folders or YAML files.")],
-    include_path: Annotated[list[Path] | None, typer.Option("--include-path", help="Folder of extra lm-eval task YAMLs (repeatable).")] = None,
-    limit: Annotated[float | None, typer.Option(help="Examples per task (a fraction when below 1); for quick checks.")] = None,
-    batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed for lm-eval's samplers.")] = 0,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write lm-eval's full results JSON here (default: stdout).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate even when these results are cached.")] = False,
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint folder (edited or not) or Hugging Face repo id.")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", metavar="TASK,...", help="Comma-separated lm-eval task names, task folders or YAML files.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Write lm-eval's full results JSON here (default: stdout).")] = None,
+    include_path: list[Path] | None = SHARED, limit: float | None = SHARED, batch_size: int = SHARED, seed: int = SHARED,
+    device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
 ) -> None:
     """Run lm-eval on a Monet checkpoint in memory (masks included) and write lm-eval's results JSON.
     Results are cached by the checkpoint's weights, mask, tasks and settings (`resect verify` reads the same cache)."""
@@ -124,22 +119,19 @@ def ppl_tasks(
 
 
 @app.command("toxicity-eval")
+@with_options("toxicity_prompts", "samples", "max_new_tokens", "temperature", "top_p", "scorer", "prompt_limit", "seed", "device", "dtype", "force")
 def toxicity_eval(
-    model: Annotated[str, typer.Argument(help="Checkpoint folder (edited or not).")],
-    prompts: Annotated[Path, typer.Option("--prompts", help="JSONL of {\"prompt\": ..., \"toxic\"?: bool} lines.")],
-    samples: Annotated[int, typer.Option(help="Samples per prompt (k).")] = 25,
-    max_new_tokens: Annotated[int, typer.Option(help="New tokens per sample.")] = 20,
-    temperature: Annotated[float, typer.Option()] = 1.0,
-    top_p: Annotated[float, typer.Option()] = 0.9,
-    seed: Annotated[int, typer.Option()] = 0,
-    scorer: Annotated[str, typer.Option(help="profanity | detoxify | perspective.")] = "profanity",
-    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the toxicity JSON here (default: stdout).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint folder (edited or not) or Hugging Face repo id.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Write the toxicity JSON here (default: stdout).")] = None,
+    toxicity_prompts: Path | None = SHARED, samples: int = SHARED, max_new_tokens: int = SHARED, temperature: float = SHARED, top_p: float = SHARED,
+    scorer: str = SHARED, prompt_limit: int | None = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, force: bool = SHARED,
 ) -> None:
     """Expected maximum toxicity and toxicity probability of sampled continuations (the paper's protocol)."""
+    if toxicity_prompts is None:
+        from resect.errors import UsageError
+
+        raise UsageError("'resect toxicity-eval' needs --toxicity-prompts FILE.jsonl (lines {\"prompt\": ...}).")
+    prompts, limit = toxicity_prompts, prompt_limit
     from resect.loading import load_model, load_tokenizer
     from resect.scoring import get_scorer
     from resect.toxicity import check_settings, measure_toxicity, read_prompts

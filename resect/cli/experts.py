@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .options import Device, Dtype, placement
+from .options import SHARED, placement, with_options
 
 
 def parse_expert(spec: str, *, experts: int, groups: int) -> tuple[int, int]:
@@ -32,18 +32,15 @@ def parse_expert(spec: str, *, experts: int, groups: int) -> tuple[int, int]:
 
 
 @app.command()
+@with_options("corpus", "max_tokens_per_label", "batch_size", "device", "dtype")
 def experts(
-    model: Annotated[str | None, typer.Argument(help="Checkpoint folder (needed with --expert; checked against --stats).")] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Checkpoint folder (needed with --expert; checked against --stats).")] = None,
     expert: Annotated[str | None, typer.Option(help="GROUP/FLATID or GROUP/i,j: show the tokens routing to it most strongly.")] = None,
-    corpus: Annotated[str | None, typer.Option("--corpus", "-c", help="Text to search for --expert (JSONL, folder, YAML, task:NAME).")] = None,
     stats: Annotated[Path | None, typer.Option("--stats", "-s", help="Statistics file: list the experts most specific to --label.")] = None,
     label: Annotated[str | None, typer.Option(help="Label whose most specific experts to list (with --stats).")] = None,
     top: Annotated[int, typer.Option(help="How many rows to show.")] = 20,
     context: Annotated[int, typer.Option(help="Tokens of context shown before each token.")] = 8,
-    max_tokens_per_label: Annotated[int | None, typer.Option(help="Search at most this many tokens per label.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
+    corpus: str | None = SHARED, max_tokens_per_label: int | None = SHARED, batch_size: int = SHARED, device: str = SHARED, dtype: str = SHARED,
 ) -> None:
     """Show the tokens and contexts an expert fires on (MODEL --expert --corpus) or a label's specific experts (--stats --label)."""
     from resect.checks import check_numbers

@@ -12,7 +12,7 @@ from . import app
 
 @app.command()
 def info(
-    model: Annotated[str | None, typer.Argument(help="Checkpoint folder or Hugging Face repo id (default: the built-in world model).")] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Describe a Monet checkpoint: decomposition, routing groups, experts, threshold, shards."""

@@ -8,14 +8,16 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import SHARED, with_options
 
 
 @app.command()
+@with_options("dry_run")
 def mirror(
     recipe: Annotated[str, typer.Argument(help="Recipe name (see 'resect recipes ls') or YAML path.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Mirror folder to fill (created; an existing mirror is added to).")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value options over the recipe's (as for 'resect run').")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be downloaded; download nothing.")] = False,
+    dry_run: bool = SHARED,
 ) -> None:
     """Download exactly what RECIPE reads from the Hub (checkpoint, datasets of its tasks, prompt and
     code collections) into one folder, in the published layouts, and print the command that runs

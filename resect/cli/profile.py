@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .options import Device, Dtype, placement
+from .options import SCORERS, SHARED, placement, with_options
 
 
 def _init_distributed(device: str) -> str:
@@ -28,23 +28,23 @@ def _init_distributed(device: str) -> str:
 
 
 @app.command()
+@with_options("corpus", "max_tokens_per_label", "seed", "batch_size", "device", "dtype", "force")
 def profile(
-    model: Annotated[str, typer.Argument(help="Checkpoint folder or Hugging Face repo id.")],
-    corpus: Annotated[str, typer.Option("--corpus", "-c", help="JSONL, folder of text files per label, corpus YAML, or task:NAME.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Statistics file to write (safetensors).")],
-    max_tokens_per_label: Annotated[int | None, typer.Option(help="Profile at most this many tokens per label.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the document order and sampling.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint folder or Hugging Face repo id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Statistics file to write (safetensors).")],
     max_length: Annotated[int, typer.Option(help="Longer texts are cut into pieces of this many tokens.")] = 512,
-    scorer: Annotated[str | None, typer.Option(help="Score every token for toxicity correlation: profanity | detoxify | perspective.")] = None,
+    scorer: Annotated[str | None, typer.Option("--scorer", metavar=SCORERS, help="Score every token with this toxicity scorer, for the correlation rule (default: tokens are not scored).")] = None,
     score_window: Annotated[int, typer.Option(help="A token's score is the scorer's score of the last N tokens ending at it.")] = 32,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.partial.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Save partial state every N batches.")] = 50,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    corpus: str | None = SHARED, max_tokens_per_label: int | None = SHARED, seed: int = SHARED, batch_size: int = SHARED,
+    device: str = SHARED, dtype: str = SHARED, force: bool = SHARED,
 ) -> None:
     """Stream labelled text through MODEL and record each expert's mean routing score per label and group."""
+    if corpus is None:
+        from resect.errors import UsageError
+
+        raise UsageError("'resect profile' needs --corpus (JSONL of {\"text\", \"label\"}, a folder of text files per label, a corpus YAML, or task:NAME).")
     from resect.loading import load_model, load_tokenizer
     from resect.paths import check_output
     from resect.profile import check_options, dist_info, partial_path, profile_corpus

@@ -8,12 +8,14 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import SHARED, with_options
 
 
 @app.command()
+@with_options("groups", "force")
 def select(
     stats: Annotated[Path, typer.Option("--stats", "-s", help="Statistics file from `resect profile`.")],
-    rule: Annotated[str, typer.Option(help="skew | skew-mean | correlation | topk | quantile.")],
+    rule: Annotated[str, typer.Option("--rule", metavar="skew|skew-mean|correlation|topk|quantile", help="Selection rule: skew, skew-mean, correlation, topk or quantile.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Mask file to write (.json = interchange form, else compact binary).")],
     target: Annotated[str | None, typer.Option(help="Label whose experts to select (skew, skew-mean, and topk/quantile by specificity).")] = None,
     ratio: Annotated[float | None, typer.Option(help="skew: score on the target >= ratio x the second-highest label's (default 2.0); skew-mean: x the other labels' mean (default 1.25).")] = None,
@@ -21,10 +23,10 @@ def select(
     k: Annotated[int | None, typer.Option("--k", help="topk: experts per routing group (default 100).")] = None,
     quantile: Annotated[float | None, typer.Option(help="quantile: keep the top (1 - q) share of ranked experts per group (default 0.99).")] = None,
     min_tokens: Annotated[int, typer.Option(help="Every label the rule reads needs at least this many tokens.")] = 100,
-    groups: Annotated[str | None, typer.Option(help="Select only in these routing groups, e.g. 1,2 (default: every group).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Refuse unless the statistics come from this checkpoint.")] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Refuse unless the statistics come from this checkpoint (folder or repo id).")] = None,
     top: Annotated[int, typer.Option(help="How many of the strongest selected experts to print.")] = 10,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    groups: str | None = SHARED,
+    force: bool = SHARED,
 ) -> None:
     """Select the experts tied to a label (or to the per-token score) and write them as a mask."""
     from resect.paths import check_output

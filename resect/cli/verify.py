@@ -9,37 +9,22 @@ from typing import Annotated
 import typer
 
 from . import app
-from .options import Device, Dtype, placement
-
-
-def _csv(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+from .options import SHARED, csv, placement, with_options
 
 
 @app.command()
+@with_options("target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "toxicity_prompts", "samples", "max_new_tokens",
+              "temperature", "top_p", "scorer", "prompt_limit", "include_path", "limit", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def verify(
-    edited: Annotated[str, typer.Argument(help="Edited checkpoint folder.")],
+    edited: Annotated[str, typer.Argument(metavar="MODEL", help="Edited checkpoint folder.")],
     baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="Baseline checkpoint (default: the source in EDITED's provenance).")] = None,
-    target_tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks that must fall (task or task:metric).")] = None,
-    general_tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks that must hold (task or task:metric).")] = None,
-    min_target_drop: Annotated[float | None, typer.Option(help="Every target must drop at least this much (points, or % for perplexity).")] = None,
-    max_general_drop: Annotated[float | None, typer.Option(help="No general task may drop more than this (points, or % for perplexity).")] = None,
-    target_toxicity: Annotated[list[Path] | None, typer.Option(help="Prompts JSONL whose expected maximum toxicity must fall (repeatable).")] = None,
-    toxicity_samples: Annotated[int, typer.Option(help="Samples per toxicity prompt.")] = 25,
-    toxicity_max_new_tokens: Annotated[int, typer.Option(help="New tokens per toxicity sample.")] = 20,
-    toxicity_limit: Annotated[int | None, typer.Option(help="Use only the first N toxicity prompts.")] = None,
-    scorer: Annotated[str, typer.Option(help="Toxicity scorer: profanity | detoxify | perspective.")] = "profanity",
-    include_path: Annotated[list[Path] | None, typer.Option("--include-path", help="Folder of extra lm-eval task YAMLs (repeatable).")] = None,
-    limit: Annotated[float | None, typer.Option(help="Examples per task (a fraction when below 1).")] = None,
-    batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed for lm-eval and sampling.")] = 0,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate the baseline even when cached results exist.")] = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for verify.json, verify.md and verify.png.")] = Path("resect-verify"),
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for verify.json, verify.md and verify.png.")] = Path("resect-verify"),
     step_summary: Annotated[bool, typer.Option("--step-summary", help="Append verify.md to $GITHUB_STEP_SUMMARY.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace the report already in --out.")] = False,
-) -> None:
+    target_tasks: str | None = SHARED, general_tasks: str | None = SHARED, min_target_drop: float | None = SHARED, max_general_drop: float | None = SHARED,
+    toxicity_prompts: Path | None = SHARED, samples: int = SHARED, max_new_tokens: int = SHARED, temperature: float = SHARED, top_p: float = SHARED,
+    scorer: str = SHARED, prompt_limit: int | None = SHARED, include_path: list[Path] | None = SHARED, limit: float | None = SHARED,
+    batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
+) -> None:  # fmt: skip
     """Evaluate EDITED against its baseline and gate on thresholds: targets must fall, the rest must hold."""
     from resect.errors import OutputError
     from resect.evaluate import check_run_options
@@ -54,18 +39,18 @@ def verify(
     if (out / "verify.json").exists() and not force:
         raise OutputError(f"'{out}' already holds a verify report. Pass --force to replace it, or choose another --out.")
 
-    if toxicity_limit is not None or target_toxicity:
-        check_settings(toxicity_samples, toxicity_max_new_tokens, 1.0, 0.9, toxicity_limit)
+    if prompt_limit is not None or toxicity_prompts is not None:
+        check_settings(samples, max_new_tokens, temperature, top_p, prompt_limit)
     from resect.progress import reporter
 
     with reporter() as r:
         report = run_verify(
             edited, baseline,
-            target_tasks=_csv(target_tasks), general_tasks=_csv(general_tasks),
+            target_tasks=csv(target_tasks) or [], general_tasks=csv(general_tasks) or [],
             min_target_drop=min_target_drop, max_general_drop=max_general_drop,
-            target_toxicity=[str(p) for p in target_toxicity or []],
-            toxicity_settings={"samples": toxicity_samples, "max_new_tokens": toxicity_max_new_tokens,
-                               "limit": toxicity_limit, "scorer": scorer},
+            target_toxicity=[] if toxicity_prompts is None else [str(toxicity_prompts)],
+            toxicity_settings={"samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                               "limit": prompt_limit, "scorer": scorer},
             include_path=include_path, limit=limit, batch_size=batch_size, seed=seed, use_cache=not no_cache,
             out_dir=out, dtype=dtype, device=device, reporter=r,
         )  # fmt: skip

@@ -8,15 +8,17 @@ from typing import Annotated
 import typer
 
 from . import app
+from .options import SHARED, with_options
 
 world_app = typer.Typer(help="Generate the built-in world and train its model.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 
 
 @world_app.command("generate")
+@with_options("seed")
 def generate(
-    out: Annotated[Path, typer.Option("--out", help="New folder for the generated world.")],
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same world.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="New folder for the generated world.")],
+    seed: int = SHARED,
     names: Annotated[str, typer.Option("--names", help="Entity names: hyphenated (Rix-quor, the built-in world's) or joined (Rixquor).")] = "hyphenated",
 ) -> None:
     """Write the world's splits: training text, profiling corpora, quizzes, held-out code, prompts, lm-eval tasks."""
@@ -28,7 +30,7 @@ def generate(
 
 @world_app.command("train")
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Folder for data/, model/, train_log.jsonl and loss.png.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for data/, model/, train_log.jsonl and loss.png.")],
     recipe: Annotated[Path | None, typer.Option("--recipe", help="Training recipe YAML (default: the built-in recipe).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Reuse a generated world instead of generating one.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value recipe overrides, e.g. train.steps=20.")] = None,
