@@ -293,8 +293,7 @@ def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = N
     """Routing statistics keyed by the checkpoint's and the corpus's fingerprints (and profiling
     settings). `source`: the model, or a `Source` that loads it only when the cache misses.
     Partial statistics are kept beside the cache entry while profiling, so an interrupted run resumes."""
-    import hashlib
-
+    from .cache import digest
     from .corpus import load_corpus
     from .errors import StatsError
     from .loading import checkpoint_fingerprint
@@ -302,9 +301,7 @@ def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = N
     from .stats import RoutingStats
 
     corpus = load_corpus(corpus)
-    key = hashlib.sha256(
-        json.dumps([checkpoint_fingerprint(p.model_path), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window]).encode()
-    ).hexdigest()[:24]
+    key = digest([checkpoint_fingerprint(p.model_path), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window], 24)
     cached = stats_cache_dir() / f"{key}.safetensors"
     if cached.is_file() and not p.spec.no_cache:
         try:
@@ -389,6 +386,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
 
     r = reporter or quiet()
     p = plan(spec)
+    spec = p.spec  # the resolved spec: everything below reads what plan() checked, never the caller's
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -21,8 +21,6 @@ end and only rank 0 writes files. Partial state is checkpointed atomically every
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
@@ -242,7 +240,9 @@ def _all_reduce(stats: RoutingStats, counts: torch.Tensor) -> None:
 
 
 def _plan_fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from .cache import digest
+
+    return digest(list(parts))
 
 
 def _load_partial(path: Path, plan: str, stats: RoutingStats) -> int:

@@ -58,7 +58,9 @@ def cache_dir() -> Path:
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    from .cache import digest
+
+    return digest(parts, 24)
 
 
 def cache_load(key: str) -> dict | None:

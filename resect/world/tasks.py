@@ -13,7 +13,6 @@ from .code import LANGUAGES
 from .domains import DOMAINS
 
 QUIZ_METRICS = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]
-PPL_METRICS = [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")]
 
 
 def _dataset(file: Path) -> dict:
@@ -36,16 +35,11 @@ def quiz_task(domain: str, data: Path) -> dict:
 
 
 def ppl_task(language: str, data: Path) -> dict:
-    """A rolling-loglikelihood (perplexity) task over eval/code_<language>.jsonl."""
-    return {
-        "task": f"world_ppl_{language}",
-        **_dataset(data / "eval" / f"code_{language}.jsonl"),
-        "output_type": "loglikelihood_rolling",
-        "doc_to_text": "",
-        "doc_to_target": "{{text}}",
-        "metric_list": PPL_METRICS,
-        "metadata": {"version": 1.0},
-    }
+    """A rolling-loglikelihood (perplexity) task over eval/code_<language>.jsonl: the one builder of
+    perplexity tasks (`resect ppl-tasks` writes the same)."""
+    from ..tasks import perplexity_task_config
+
+    return perplexity_task_config(f"world_ppl_{language}", data / "eval" / f"code_{language}.jsonl")
 
 
 def write_tasks(data: str | Path, out: str | Path) -> Path:
