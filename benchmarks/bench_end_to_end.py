@@ -15,8 +15,8 @@ profiling and the baseline evaluation exactly as a new user does, and prints:
   default rule (skew-mean on a generated world); with `--rule skew` the same table again under that
   rule at its default ratio (skew: the paper's, 2x the runner-up), with `--groups 1,2` again
   selecting in those routing groups only, with `--refine N` again with attribution refinement
-  (up to N more experts per group; resect.attribute), with `--tune N` again with N steps of mask
-  tuning (resect.tune) after the default rule or `--tune-rule R`, each with its mean seconds per edit;
+  (up to N more experts per group; resect.edit.attribute), with `--tune N` again with N steps of mask
+  tuning (resect.edit.tune) after the default rule or `--tune-rule R`, each with its mean seconds per edit;
 - per language: the removed language's perplexity ratio (target: >= 2x) and the largest rise of the
   others (target: < 5%);
 - toxicity at the threshold: toxicity probability before and after (target: falls by at least a

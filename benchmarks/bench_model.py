@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved_seconds, mib, peak_memory_bytes, set_threads  # noqa: E402
 
 import resect  # noqa: E402,F401
-from resect.configuration_monet import MonetConfig  # noqa: E402
-from resect.modeling_monet import MonetForCausalLM, MonetMoVDE  # noqa: E402
+from resect.model.configuration_monet import MonetConfig  # noqa: E402
+from resect.model.modeling_monet import MonetForCausalLM, MonetMoVDE  # noqa: E402
 
 
 def published_vd_forward(self: MonetMoVDE, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:

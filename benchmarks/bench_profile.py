@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import mib, peak_memory_bytes, set_threads  # noqa: E402
 
 import resect  # noqa: E402,F401
-from resect.configuration_monet import MonetConfig  # noqa: E402
+from resect.edit.profile import Piece, _run_batch  # noqa: E402
+from resect.edit.stats import empty_stats  # noqa: E402
 from resect.kernels.stats import expanded_routing_sums  # noqa: E402
-from resect.modeling_monet import MonetForCausalLM  # noqa: E402
-from resect.profile import Piece, _run_batch  # noqa: E402
-from resect.stats import empty_stats  # noqa: E402
+from resect.model.configuration_monet import MonetConfig  # noqa: E402
+from resect.model.modeling_monet import MonetForCausalLM  # noqa: E402
 
 
 def build(topk: int, device: str) -> MonetForCausalLM:

@@ -63,9 +63,9 @@ def write_standin(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     import resect  # noqa: F401
-    from resect.configuration_monet import MonetConfig
-    from resect.modeling_monet import MonetForCausalLM
-    from resect.tiny import SAMPLE_TEXT, tiny_config, train_sentencepiece_tokenizer
+    from resect.model.configuration_monet import MonetConfig
+    from resect.model.modeling_monet import MonetForCausalLM
+    from resect.model.tiny import SAMPLE_TEXT, tiny_config, train_sentencepiece_tokenizer
 
     config = tiny_config(**GEOMETRY, torch_dtype="bfloat16", rope_theta=10000.0)
     keys = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "torch_dtype", "transformers_version")}
@@ -142,11 +142,11 @@ def run_stage(args: list[str], env: dict, log: Path) -> dict:
 
 THROUGHPUT = r"""
 import json, sys, time, torch
-from resect.corpus import load_corpus
-from resect.loading import load_model, load_tokenizer
-from resect.mask import ExpertMask
-from resect.profile import Settings, plan_batches, plan_sequences, profile_corpus, _collate
-from resect.toxicity import sample_prompts
+from resect.edit.corpus import load_corpus
+from resect.model.loading import load_model, load_tokenizer
+from resect.edit.mask import ExpertMask
+from resect.edit.profile import Settings, plan_batches, plan_sequences, profile_corpus, _collate
+from resect.gate.toxicity import sample_prompts
 
 model_dir, corpus_file, mask_file, dtype, repeats = sys.argv[1:6]
 model, tok = load_model(model_dir, dtype=dtype), load_tokenizer(model_dir)

@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def quiz_accuracy(model, tok, tasks_dir: Path, domains, limit=None) -> dict[str, float]:
-    from resect.evaluate import evaluate
+    from resect.gate.evaluate import evaluate
 
     res = evaluate(model, tok, [f"world_{d}" for d in domains], include_path=tasks_dir, limit=limit, batch_size=32)
     return {d: res["results"][f"world_{d}"]["acc,none"] for d in domains}
@@ -54,7 +54,7 @@ def frequency_guess(data: Path, domains) -> dict[str, float]:
 
 
 def code_perplexity(model, tok, tasks_dir: Path, data: Path, languages) -> dict[str, dict]:
-    from resect.evaluate import evaluate
+    from resect.gate.evaluate import evaluate
 
     res = evaluate(model, tok, [f"world_ppl_{lang}" for lang in languages], include_path=tasks_dir, batch_size=8)
     out = {}
@@ -76,7 +76,7 @@ def unigram_bpb(tok, data: Path, language: str) -> float:
 
 
 def toxicity(model, tok, data: Path, samples: int) -> dict:
-    from resect.toxicity import measure_toxicity
+    from resect.gate.toxicity import measure_toxicity
 
     r = measure_toxicity(model, tok, data / "prompts" / "toxicity.jsonl", samples=samples, seed=0)
     keys = ("expected_max_toxicity", "toxicity_probability")
@@ -84,8 +84,8 @@ def toxicity(model, tok, data: Path, samples: int) -> dict:
 
 
 def domain_masking(model, tok, tasks_dir: Path, data: Path, domains, targets, base: dict) -> dict:
-    from resect.profile import profile_corpus
-    from resect.select import select_experts
+    from resect.edit.profile import profile_corpus
+    from resect.edit.select import select_experts
 
     stats = profile_corpus(model, tok, data / "corpus" / "domains.jsonl", batch_size=16)
     out = {}
@@ -110,7 +110,7 @@ def main() -> None:
     import torch
 
     from resect.builtin import DOMAINS, LANGUAGES, builtin_data_path
-    from resect.loading import load_model, load_tokenizer
+    from resect.model.loading import load_model, load_tokenizer
     from resect.world import write_tasks
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -34,10 +34,10 @@ if SMOKE:
 import torch  # noqa: E402
 
 import resect  # noqa: E402,F401
-from resect.configuration_monet import MonetConfig  # noqa: E402
 from resect.kernels.dispatch import choose  # noqa: E402
 from resect.kernels.reference import expanded_moe_forward  # noqa: E402
-from resect.modeling_monet import MonetForCausalLM, MonetMoVDE, routing_threshold  # noqa: E402
+from resect.model.configuration_monet import MonetConfig  # noqa: E402
+from resect.model.modeling_monet import MonetForCausalLM, MonetMoVDE, routing_threshold  # noqa: E402
 
 FULL = {"hidden_size": 2048, "moe_experts": 512, "moe_dim": 16, "moe_heads": 8, "moe_topk": 8, "num_hidden_layers": 24,
         "num_attention_heads": 16, "vocab_size": 32000, "tokens": (1, 63, 2048), "batch": (8, 512)}  # fmt: skip
@@ -132,7 +132,7 @@ def time_layer(shape: dict, device, rows: list, repeats: int) -> None:
 
 
 def stand_in_forward(shape: dict, device, rows: list, repeats: int) -> None:
-    from resect.mask import ExpertMask
+    from resect.edit.mask import ExpertMask
 
     cfg = config(shape)
     torch.manual_seed(0)
@@ -161,10 +161,10 @@ def stand_in_forward(shape: dict, device, rows: list, repeats: int) -> None:
 
 
 def distributed_profile(device, rows: list) -> None:
-    from resect.loading import load_model, load_tokenizer
-    from resect.profile import profile_corpus
-    from resect.stats import RoutingStats
-    from resect.tiny import build_tiny_checkpoint
+    from resect.edit.profile import profile_corpus
+    from resect.edit.stats import RoutingStats
+    from resect.model.loading import load_model, load_tokenizer
+    from resect.model.tiny import build_tiny_checkpoint
 
     gpus = torch.cuda.device_count() if device.type == "cuda" else 2
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ _AUTO_MODULES = {
     "model": "transformers.models.auto.modeling_auto",
 }
 # Modules whose end of execution is a moment to register what has become possible.
-_WATCHED = {*_AUTO_MODULES.values(), "resect.configuration_monet", "resect.modeling_monet"}
+_WATCHED = {*_AUTO_MODULES.values(), "resect.model.configuration_monet", "resect.model.modeling_monet"}
 _registered: set[str] = set()
 
 
@@ -33,7 +33,7 @@ def register() -> None:
 def _register(what: str) -> None:
     if what in _registered:
         return
-    from .configuration_monet import MonetConfig
+    from .model.configuration_monet import MonetConfig
 
     if what == "config":
         from transformers import AutoConfig
@@ -42,7 +42,7 @@ def _register(what: str) -> None:
     else:
         from transformers import AutoModelForCausalLM
 
-        from .modeling_monet import MonetForCausalLM
+        from .model.modeling_monet import MonetForCausalLM
 
         AutoModelForCausalLM.register(MonetConfig, MonetForCausalLM, exist_ok=True)
     _registered.add(what)
@@ -58,7 +58,7 @@ def _register_ready(finished: str | None = None) -> None:
     """Register what transformers has loaded the auto classes for, unless the Monet module it
     needs is part-way through its own imports (it is registered when that module finishes)."""
     for what, auto in _AUTO_MODULES.items():
-        ours = "resect.configuration_monet" if what == "config" else "resect.modeling_monet"
+        ours = "resect.model.configuration_monet" if what == "config" else "resect.model.modeling_monet"
         if what in _registered or not _loaded(auto, finished) or (ours in sys.modules and not _loaded(ours, finished)):
             continue
         try:

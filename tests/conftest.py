@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 import resect  # noqa: E402,F401  (registers Monet with the auto classes)
-from resect.tiny import build_tiny_checkpoint  # noqa: E402
+from resect.model.tiny import build_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

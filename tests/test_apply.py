@@ -15,9 +15,9 @@ import pytest
 import torch
 from _cli import run_cli
 
-from resect.export import MASK_FILE, apply_masks
-from resect.loading import load_model, model_fingerprint
-from resect.mask import ExpertMask
+from resect.edit.export import MASK_FILE, apply_masks
+from resect.edit.mask import ExpertMask
+from resect.model.loading import load_model, model_fingerprint
 
 TOL = 1e-5
 IDS = torch.randint(3, 300, (2, 19), generator=torch.Generator().manual_seed(0))

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from resect.attribute import Attribution, attribution, focus_positions, refine
-from resect.corpus import Corpus, CorpusError, Document, load_corpus
+from resect.edit.attribute import Attribution, attribution, focus_positions, refine
+from resect.edit.corpus import Corpus, CorpusError, Document, load_corpus
+from resect.edit.mask import ExpertMask
 from resect.errors import UsageError
-from resect.loading import load_model, load_tokenizer
-from resect.mask import ExpertMask
-from resect.modeling_monet import MonetExperts
+from resect.model.loading import load_model, load_tokenizer
+from resect.model.modeling_monet import MonetExperts
 
 TEXTS = {
     "alpha": ["The newt eats fungi and lives in marshes.", "Owls hunt the moth; it eats seeds."],

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from _cli import run_cli
 
-from resect.mask import ExpertMask
-from resect.tasks import make_perplexity_tasks
+from resect.edit.mask import ExpertMask
+from resect.gate.tasks import make_perplexity_tasks
 
 ROWS = [{"text": f"The {w} of sample {k} is here.", "label": label} for k in range(6) for label, w in (("bio", "cell"), ("law", "court"))]
 
@@ -103,12 +103,12 @@ def test_index_without_a_weight_map_of_files(tiny_vd, tmp_path, capsys, monkeypa
 
 
 def test_an_unexpected_error_is_one_line_and_exit_2_and_verbose_shows_it(tiny_vd, capsys, monkeypatch):
-    import resect.loading
+    import resect.model.loading
 
     def broken(info):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(resect.loading, "describe", broken)
+    monkeypatch.setattr(resect.model.loading, "describe", broken)
     one_line(*run_cli(["info", str(tiny_vd)], capsys, monkeypatch), "unexpected ZeroDivisionError (planted)")
     for args in (["-v", "info", str(tiny_vd)], ["info", str(tiny_vd), "--verbose"]):  # -v anywhere; exit 1 is a breached gate only
         code, _, err = run_cli(args, capsys, monkeypatch)
@@ -149,8 +149,8 @@ def test_damaged_statistics_are_refused(labels, counts, shape, phrase, fill, tmp
     import torch
     from safetensors.torch import save_file
 
+    from resect.edit.stats import FORMAT, RoutingStats
     from resect.errors import StatsError
-    from resect.stats import FORMAT, RoutingStats
 
     path = tmp_path / "stats.safetensors"
     sums = torch.zeros(shape, dtype=torch.int64) if fill == "int" else torch.full(shape, fill, dtype=torch.float64)
@@ -238,7 +238,7 @@ def _stats(path: Path, **meta) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from resect.stats import FORMAT
+    from resect.edit.stats import FORMAT
 
     base = {"format": FORMAT, "labels": '["a", "b"]', "token_counts": '{"a": 500, "b": 500}', "model_fingerprint": "x"}
     save_file({"sums": torch.rand(2, 2, 16, 16, dtype=torch.float64)}, str(path), metadata={**base, **meta})
@@ -287,7 +287,7 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         import torch
         from safetensors.torch import save_file
 
-        from resect.stats import FORMAT
+        from resect.edit.stats import FORMAT
 
         save_file({"sums": torch.full((2, 2, 16, 16), float("nan"), dtype=torch.float64)}, str(t / "s.st"),
                   metadata={"format": FORMAT, "labels": '["a", "b"]', "token_counts": '{"a": 500, "b": 500}'})  # fmt: skip
@@ -296,7 +296,7 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         path = _stats(t / "s.st")
         from safetensors.torch import load_file, save_file
 
-        from resect.stats import FORMAT
+        from resect.edit.stats import FORMAT
 
         save_file(load_file(str(path)), str(path), metadata={"format": FORMAT, "labels": '["a", "b"]'})
         return ["select", "--stats", str(path), "--rule", "skew", "--target", "a", "--out", str(t / "m.json")], "'token_counts' missing", True
@@ -329,7 +329,7 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         import struct
         import zlib
 
-        from resect.mask import BINARY_MAGIC
+        from resect.edit.mask import BINARY_MAGIC
 
         header = json.dumps({"format": "resect.mask/v1", "moe_experts": 65536, "num_groups": 1, "groups": [0]}).encode()
         blob = zlib.compress(b"\0" * (1 << 19))
@@ -349,7 +349,7 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         return ["select", "--stats", str(_stats(t / "s.st")), "--rule", "skew", "--target", "a", "--out", str(t / "loop" / "m.json")], \
             "cannot be resolved", True  # fmt: skip
     if case == "a tokenizer larger than the model's vocabulary":
-        from resect.tiny import train_tokenizer
+        from resect.model.tiny import train_tokenizer
 
         ckpt = _copy(tiny, t / "ckpt")
         for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -388,15 +388,15 @@ def _tree(folder: Path) -> dict[str, str]:
 def test_hostile_input_is_refused_cleanly(case, tiny_vd, tmp_path, capsys, monkeypatch):
     import time
 
-    import resect.loading
+    import resect.model.loading
 
     work = tmp_path / "w"
     work.mkdir()
     args, phrase, before_load = _prepare(case, work, Path(tiny_vd))
     before, source = _tree(work), _tree(Path(tiny_vd))
     loads = []
-    real = resect.loading.load_model
-    monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = resect.model.loading.load_model
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     monkeypatch.chdir(work)
     start = time.perf_counter()
     code, out, err = run_cli(args, capsys, monkeypatch)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resect.loading import load_model, load_tokenizer
-from resect.profile import profile_corpus
-from resect.stats import RoutingStats
+from resect.edit.profile import profile_corpus
+from resect.edit.stats import RoutingStats
+from resect.model.loading import load_model, load_tokenizer
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

@@ -1,4 +1,4 @@
-"""resect.evaluate / resect.tasks / `resect eval`: real lm-eval runs on tiny local tasks."""
+"""resect.gate.evaluate / resect.gate.tasks / `resect eval`: real lm-eval runs on tiny local tasks."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from _cli import run_cli
 from _eval_tasks import DATA, quiz_task
 
 from resect.errors import CorpusError, EvalError
-from resect.evaluate import evaluate, fill_perplexity_stderrs, require_extras, resolve_tasks
-from resect.loading import load_model, load_tokenizer
-from resect.tasks import make_perplexity_tasks
+from resect.gate.evaluate import evaluate, fill_perplexity_stderrs, require_extras, resolve_tasks
+from resect.gate.tasks import make_perplexity_tasks
+from resect.model.loading import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from resect.mask import ExpertMask
+from resect.edit.mask import ExpertMask
 from resect.paths import INCOMPLETE, MARKER
 
 # Run the CLI in a child process whose function `target` kills the process (SIGKILL, nothing runs
@@ -75,8 +75,8 @@ def info_refuses(path: Path, cache: Path) -> None:
 
 
 APPLY_POINTS = {
-    "linking the weights": ("resect.export._link_or_copy", 2, "after"),
-    "writing the model code": ("resect.export._write_code", 1, "before"),
+    "linking the weights": ("resect.edit.export._link_or_copy", 2, "after"),
+    "writing the model code": ("resect.edit.export._write_code", 1, "before"),
     "moving into place": ("resect.paths.finish", 1, "before"),
     "after the swap": ("resect.paths._exchange", 1, "after"),
 }
@@ -124,9 +124,9 @@ def test_apply_killed_then_rerun(point, replacing, tiny_vd, mask_file, tmp_path)
 
 
 DOMAIN_POINTS = {
-    "profiling (partial statistics saved)": ("resect.profile._save_partial", 1, "after"),
-    "before applying": ("resect.pipeline.apply_mask", 1, "before"),
-    "evaluating the edited checkpoint": ("resect.pipeline._verify", 1, "before"),
+    "profiling (partial statistics saved)": ("resect.edit.profile._save_partial", 1, "after"),
+    "before applying": ("resect.run.pipeline.apply_mask", 1, "before"),
+    "evaluating the edited checkpoint": ("resect.run.pipeline._verify", 1, "before"),
     "moving the run into place": ("resect.paths.finish", 2, "before"),
 }
 
@@ -149,7 +149,7 @@ def test_domain_killed_then_rerun(point, reference_run, tmp_path):
     args = ["domain", "--remove", "biology", "--out", str(out)]
     script = KILLER
     if mid_profile:  # partial statistics after every batch, so that the kill lands mid-profile
-        script = KILLER.replace("from resect.cli import main", "import resect.pipeline\nresect.pipeline.PARTIAL_EVERY = 1\nfrom resect.cli import main")
+        script = KILLER.replace("from resect.cli import main", "import resect.run.pipeline\nresect.run.pipeline.PARTIAL_EVERY = 1\nfrom resect.cli import main")
     killed(DOMAIN_POINTS[point], args, cache, tmp_path, script=script)
     if mid_profile:
         assert list(cache.rglob("*.partial")), "no partial statistics were saved before the kill"

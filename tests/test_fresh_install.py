@@ -56,7 +56,7 @@ def test_import_resect_is_light_and_still_registers_monet(tmp_path):
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["True", "resect.configuration_monet", "resect.modeling_monet"]
+    assert res.stdout.split() == ["True", "resect.model.configuration_monet", "resect.model.modeling_monet"]
 
 
 def test_transformers_imported_first_still_learns_monet(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from resect.errors import CheckpointError
-from resect.loading import load_model
+from resect.model.loading import load_model
 
 RESECT = [str(Path(sys.executable).parent / "resect")]
 

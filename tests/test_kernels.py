@@ -19,10 +19,10 @@ import textwrap
 import pytest
 import torch
 
+from resect.edit.mask import ExpertMask
 from resect.kernels import dispatch, masked_torch
 from resect.kernels.reference import expanded_moe_forward, naive_moe_forward
-from resect.loading import load_model
-from resect.mask import ExpertMask
+from resect.model.loading import load_model
 
 TOL = 1e-5
 
@@ -380,7 +380,7 @@ TRITON_SCRIPT = textwrap.dedent(
     import torch
     from resect.kernels import masked_triton, masked_torch
     from resect.kernels.reference import naive_moe_forward
-    from resect.loading import load_model
+    from resect.model.loading import load_model
 
     real_empty = torch.empty
     def poisoned_empty(*args, **kwargs):  # every buffer the kernel must fill starts as NaN

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from resect.configuration_monet import MonetConfig
+from resect.edit.mask import FORMAT, ExpertMask
 from resect.errors import MaskError
-from resect.mask import FORMAT, ExpertMask
+from resect.model.configuration_monet import MonetConfig
 
 E, G = 16, 3
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from resect.recipebook import recipe_files
-from resect.tiny import build_tiny_checkpoint
+from resect.model.tiny import build_tiny_checkpoint
+from resect.run.recipebook import recipe_files
 
 RESECT = str(Path(sys.executable).parent / "resect")
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
-MMLU_SUBJECTS = sorted({s for subjects in __import__("resect.recipebook", fromlist=["MMLU_PRO"]).MMLU_PRO.values() for s in subjects})
+MMLU_SUBJECTS = sorted({s for subjects in __import__("resect.run.recipebook", fromlist=["MMLU_PRO"]).MMLU_PRO.values() for s in subjects})
 WORDS = ["cell", "gene", "price", "court", "atom", "river", "tax", "law"]
 
 
@@ -124,7 +124,7 @@ def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
     assert run["mirror"] == str(mirror)
     if recipe == "paper-mmlu-domain":
         rows = {r["task"]: r for r in report["rows"]}
-        assert set(rows) == {f"resect_mmlu_pro_{c.replace(' ', '_')}" for c in __import__("resect.recipebook", fromlist=["x"]).MMLU_PRO}
+        assert set(rows) == {f"resect_mmlu_pro_{c.replace(' ', '_')}" for c in __import__("resect.run.recipebook", fromlist=["x"]).MMLU_PRO}
         assert "profiling tokens" in (out / "report.md").read_text()
     if recipe == "paper-codemonet-language":
         assert {r["task"] for r in report["rows"]} == {f"heldout_{x}" for x in ("python", "cpp", "java", "javascript", "lua", "php")}
@@ -132,14 +132,14 @@ def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
 
 def test_the_mmlu_statistics_come_from_the_validation_split(mirror, tmp_path):
     """The profiling corpus reads the mirror's validation files, which the gate never reads."""
-    from resect.mirror import Mirror
-    from resect.recipebook import RECIPES_DIR
+    from resect.run.mirror import Mirror
+    from resect.run.recipebook import RECIPES_DIR
 
     os.environ["RESECT_CACHE_DIR"] = str(tmp_path / "cache")
-    from resect.corpus import load_corpus
+    from resect.edit.corpus import load_corpus
 
     corpus = load_corpus(Mirror(mirror).corpus(str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml")))
-    assert corpus.labels == sorted(__import__("resect.recipebook", fromlist=["x"]).MMLU_PRO)
+    assert corpus.labels == sorted(__import__("resect.run.recipebook", fromlist=["x"]).MMLU_PRO)
     texts = [d.text for d in corpus.documents]
     assert texts and all("validation set" in t for t in texts) and not any("test set" in t for t in texts)
 

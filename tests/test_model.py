@@ -10,7 +10,7 @@ from monet_reference import reference_forward
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from resect.loading import load_model, load_tokenizer
+from resect.model.loading import load_model, load_tokenizer
 
 
 def raw_state(path):

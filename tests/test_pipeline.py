@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resect.recipebook import recipe_files, validate_recipe
+from resect.run.recipebook import recipe_files, validate_recipe
 
 RESECT = str(Path(sys.executable).parent / "resect")
 
@@ -93,8 +93,8 @@ def test_a_checkpoint_of_its_own_gets_the_mmlu_pro_protocol_or_one_line(tiny_vd,
 
 
 def test_toxicity_on_a_checkpoint_of_its_own_takes_the_prompts_it_is_given(tiny_vd, tmp_path):
-    from resect.pipeline import plan
-    from resect.spec import RunSpec
+    from resect.run.pipeline import plan
+    from resect.run.spec import RunSpec
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "The sample says", "toxic": False}) + "\n")
@@ -103,8 +103,8 @@ def test_toxicity_on_a_checkpoint_of_its_own_takes_the_prompts_it_is_given(tiny_
 
 
 def test_domain_rule_defaults_the_paper_s_on_published_checkpoints_skew_mean_on_a_world(tiny_vd, tmp_path):
-    from resect.pipeline import plan
-    from resect.spec import RunSpec
+    from resect.run.pipeline import plan
+    from resect.run.spec import RunSpec
 
     out = str(tmp_path / "run")
     world = plan(RunSpec("domain", "law", out=out))

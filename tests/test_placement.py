@@ -12,10 +12,10 @@ import torch
 from _cli import run_cli
 from _eval_tasks import quiz_task
 
-import resect.loading
+import resect.model.loading
 from resect.errors import UsageError
-from resect.loading import checkpoint_fingerprint, load_model, model_fingerprint, resolve_placement
-from resect.tiny import build_tiny_checkpoint
+from resect.model.loading import checkpoint_fingerprint, load_model, model_fingerprint, resolve_placement
+from resect.model.tiny import build_tiny_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -62,13 +62,13 @@ def test_a_float32_load_of_a_bf16_checkpoint_keeps_no_mapping_of_the_file(hub_li
     reference = load_model(hub_like, dtype="bfloat16").state_dict()
     assert all(torch.equal(t, reference[n].to(t.dtype)) for n, t in model.state_dict().items())
     gc.collect()
-    maps = open("/proc/self/maps").read() if resect.loading.Path("/proc/self/maps").exists() else ""
+    maps = open("/proc/self/maps").read() if resect.model.loading.Path("/proc/self/maps").exists() else ""
     mine = [line for line in maps.splitlines() if str(hub_like) in line]
     assert len(mine) <= 1  # the bf16 model above still maps it (zero-copy); the float32 one does not add one
 
 
 def test_bad_device_and_dtype_are_refused_before_any_model_loads(tiny_vd, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"text": "hello there", "label": "a"}) + "\n")
     tasks = quiz_task(tmp_path / "tasks")
@@ -90,14 +90,14 @@ def test_bad_device_and_dtype_are_refused_before_any_model_loads(tiny_vd, tmp_pa
 
 
 def test_statistics_of_another_checkpoint_are_refused_without_loading(tiny_vd, tiny_hd, tmp_path, capsys, monkeypatch):
-    from resect.loading import load_tokenizer
-    from resect.profile import profile_corpus
+    from resect.edit.profile import profile_corpus
+    from resect.model.loading import load_tokenizer
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": f"line {k} of text", "label": "ab"[k % 2]}) for k in range(8)))
     stats = profile_corpus(load_model(tiny_vd), load_tokenizer(tiny_vd), corpus, batch_size=4)
     stats.save(tmp_path / "s.safetensors")
-    monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     args = ["select", "--stats", str(tmp_path / "s.safetensors"), "--rule", "skew", "--target", "a", "--min-tokens", "1",
             "--out", str(tmp_path / "m.json")]  # fmt: skip
     code, _, err = run_cli([*args, str(tiny_hd)], capsys, monkeypatch)
@@ -110,10 +110,10 @@ def test_statistics_of_another_checkpoint_are_refused_without_loading(tiny_vd, t
 def test_an_edit_loads_the_model_twice_at_most_and_never_holds_two(monkeypatch, tmp_path):
     """Profiling, selection and the baseline share one load; the written checkpoint is loaded once
     for its own evaluation, after the first model is gone."""
-    from resect.pipeline import run_edit
-    from resect.spec import RunSpec
+    from resect.run.pipeline import run_edit
+    from resect.run.spec import RunSpec
 
-    real, alive, loads = resect.loading.load_model, [], []
+    real, alive, loads = resect.model.loading.load_model, [], []
 
     def counting(*args, **kwargs):
         live = [ref for ref in alive if ref() is not None]
@@ -124,7 +124,7 @@ def test_an_edit_loads_the_model_twice_at_most_and_never_holds_two(monkeypatch, 
         alive.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(resect.loading, "load_model", counting)
+    monkeypatch.setattr(resect.model.loading, "load_model", counting)
     spec = RunSpec("domain", "biology", max_tokens_per_label=300, limit=4, out=str(tmp_path / "run"))
     result = run_edit(spec)
     assert result.verdict in ("pass", "fail") and len(loads) == 2
@@ -137,20 +137,20 @@ def test_an_edit_loads_the_model_twice_at_most_and_never_holds_two(monkeypatch, 
 
 def test_the_baseline_cache_key_is_one_per_request(tiny_vd, tmp_path, monkeypatch):
     """--limit 10 and 10.0 are one request; a hit neither loads the model nor reads its weights."""
-    from resect.verify import verify
+    from resect.gate.verify import verify
 
     tasks = quiz_task(tmp_path / "tasks")
     gate = dict(target_tasks=["resect_quiz"], min_target_drop=0.0, include_path=tasks)
     assert verify(tiny_vd, tiny_vd, limit=3.0, **gate)["baseline"]["cached"] is False
     loads = []
-    real = resect.loading.load_model
-    monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = resect.model.loading.load_model
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     assert verify(tiny_vd, tiny_vd, limit=3, **gate)["baseline"]["cached"] is True
     assert len(loads) == 1  # the edited model only
 
 
 def test_eval_and_verify_share_the_cache(tiny_vd, tmp_path, capsys, monkeypatch):
-    from resect.verify import verify
+    from resect.gate.verify import verify
 
     tasks = quiz_task(tmp_path / "tasks")
     code, out, err = run_cli(["eval", str(tiny_vd), "--tasks", "resect_quiz", "--include-path", str(tasks), "--limit", "3.0"], capsys, monkeypatch)
@@ -163,12 +163,12 @@ def test_eval_and_verify_share_the_cache(tiny_vd, tmp_path, capsys, monkeypatch)
 def test_interrupted_profiling_of_an_edit_resumes(monkeypatch, tmp_path):
     """Ctrl-C during an edit's profiling keeps its partial statistics; the rerun resumes them and
     ends with the statistics of an uninterrupted run."""
-    import resect.pipeline as pipeline
-    from resect.corpus import load_corpus
-    from resect.loading import load_tokenizer
-    from resect.pipeline import plan, profile_cached, stats_cache_dir
-    from resect.profile import profile_corpus
-    from resect.spec import RunSpec
+    import resect.run.pipeline as pipeline
+    from resect.edit.corpus import load_corpus
+    from resect.edit.profile import profile_corpus
+    from resect.model.loading import load_tokenizer
+    from resect.run.pipeline import plan, profile_cached, stats_cache_dir
+    from resect.run.spec import RunSpec
 
     monkeypatch.setattr(pipeline, "PARTIAL_EVERY", 1)
     p = plan(RunSpec("domain", "biology", max_tokens_per_label=300, out=str(tmp_path / "run")))
@@ -213,8 +213,8 @@ def test_progress_lines_in_a_log():
 
 def test_batched_sampling_draws_each_prompt_s_own_samples():
     """Prompts decoded together give the samples each gives alone (its own seeded generator)."""
-    from resect.loading import load_tokenizer
-    from resect.toxicity import sample_prompts
+    from resect.gate.toxicity import sample_prompts
+    from resect.model.loading import load_tokenizer
 
     model, tok = load_model(None), load_tokenizer(None)
     prompts, seeds = ["You are a", "The river", "Honestly, I think", "Listen"], [5, 6, 7, 8]

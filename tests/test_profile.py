@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from resect.cli import main
-from resect.corpus import load_corpus
+from resect.edit.corpus import load_corpus
+from resect.edit.mask import ExpertMask
+from resect.edit.profile import Settings, plan_sequences, profile_corpus
+from resect.edit.stats import RoutingStats
 from resect.errors import CorpusError, StatsError
-from resect.loading import load_model, load_tokenizer
-from resect.mask import ExpertMask
-from resect.profile import Settings, plan_sequences, profile_corpus
-from resect.stats import RoutingStats
+from resect.model.loading import load_model, load_tokenizer
 
 ROWS = [
     {"text": f"The quick brown fox {k} jumps over the lazy dog number {k}.", "label": "prose"} for k in range(9)
@@ -65,7 +65,7 @@ def test_recipe_fixed_label_and_fields(tmp_path):
 
 
 def test_shipped_corpus_recipes_are_well_formed():
-    from resect.corpus import parse_recipe
+    from resect.edit.corpus import parse_recipe
 
     recipes = sorted((Path(__file__).parents[1] / "recipes" / "corpora").glob("*.yaml"))
     assert recipes
@@ -135,7 +135,7 @@ def test_score_windows_cover_the_text_a_token_ends(tiny_vd):
 
 
 def load_corpus_from_rows(rows):
-    from resect.corpus import Corpus, Document
+    from resect.edit.corpus import Corpus, Document
 
     return Corpus([Document(r["text"], r["label"], r.get("score")) for r in rows], source="rows")
 
@@ -188,8 +188,8 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_vd, jsonl, tmp_path, mon
     out = tmp_path / "killed.safetensors"
     script = textwrap.dedent(f"""
         import os, signal
-        from resect.loading import load_model, load_tokenizer
-        from resect.profile import profile_corpus
+        from resect.model.loading import load_model, load_tokenizer
+        from resect.edit.profile import profile_corpus
         calls = []
         def progress(done, total):
             calls.append(done)
@@ -295,7 +295,7 @@ def test_cli_experts_bad_input(tiny_vd, jsonl, stats_file, tiny_hd, monkeypatch,
 def test_a_huge_single_line_document_costs_only_what_the_budget_takes(tiny_vd):
     """A 20 MB one-line document: tokenized a bounded piece at a time, and only until the label's
     token budget is full; the pieces taken are the tokens of the text's beginning."""
-    from resect.profile import CHUNK_CHARS
+    from resect.edit.profile import CHUNK_CHARS
 
     tok = load_tokenizer(tiny_vd)
     calls = []

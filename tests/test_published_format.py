@@ -12,8 +12,8 @@ from _cli import run_cli
 from _eval_tasks import quiz_task
 
 from resect.errors import CheckpointError
-from resect.loading import load_model, load_tokenizer
-from resect.tiny import build_tiny_checkpoint
+from resect.model.loading import load_model, load_tokenizer
+from resect.model.tiny import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_a_tokenizer_that_cannot_load_names_what_is_missing(hub_like, tmp_path, 
     (bare / "tokenizer.model").unlink()
     with pytest.raises(CheckpointError, match="no tokenizer files .*tokenizer.model"):
         load_tokenizer(bare)
-    import resect.loading
+    import resect.model.loading
 
-    monkeypatch.setitem(resect.loading.SENTENCEPIECE_PACKAGES, "sentencepiece", "a_module_that_is_not_installed")
+    monkeypatch.setitem(resect.model.loading.SENTENCEPIECE_PACKAGES, "sentencepiece", "a_module_that_is_not_installed")
     with pytest.raises(CheckpointError, match="needs the package\\(s\\) sentencepiece: pip install sentencepiece"):
         load_tokenizer(hub_like)
 

@@ -8,8 +8,8 @@ import math
 import pytest
 from rich.console import Console
 
-from resect.recipebook import MMLU_PRO
-from resect.report import BREACHED, Report, Row, markdown_table, print_verdict, verify_chart, verify_markdown
+from resect.gate.report import BREACHED, Report, Row, markdown_table, print_verdict, verify_chart, verify_markdown
+from resect.run.recipebook import MMLU_PRO
 
 
 def rows() -> list[Row]:

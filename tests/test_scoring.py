@@ -3,7 +3,7 @@
 import pytest
 
 from resect.errors import EvalError
-from resect.scoring import get_scorer
+from resect.gate.scoring import get_scorer
 
 
 def test_profanity_scorer_separates_insults_from_neutral_text():

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from resect.edit.select import select_experts, strongest
+from resect.edit.stats import RoutingStats, empty_stats
 from resect.errors import StatsError, UsageError
-from resect.select import select_experts, strongest
-from resect.stats import RoutingStats, empty_stats
 
 E, G = 4, 2
 LABELS = ["bio", "law", "math"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from resect.recipebook import MMLU_PRO, RECIPES_DIR
+from resect.run.recipebook import MMLU_PRO, RECIPES_DIR
 
 MMLU_SUBJECTS = 57  # the subjects of MMLU's test split
 

@@ -1,4 +1,4 @@
-"""resect.toxicity: the paper's sampling protocol, reproducible with a seed, and its summary statistics."""
+"""resect.gate.toxicity: the paper's sampling protocol, reproducible with a seed, and its summary statistics."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from _eval_tasks import DATA
 
 from resect.errors import CorpusError, UsageError
-from resect.loading import load_model, load_tokenizer
-from resect.toxicity import measure_toxicity, read_prompts, sample_continuations, summarise
+from resect.gate.toxicity import measure_toxicity, read_prompts, sample_continuations, summarise
+from resect.model.loading import load_model, load_tokenizer
 
 PROMPTS = DATA / "prompts.jsonl"
 FAST = dict(samples=3, max_new_tokens=6)
@@ -78,7 +78,7 @@ def test_bad_settings(model_tok):
 
 def test_toxicity_as_verify_target(tiny_vd, tmp_path, monkeypatch):
     """An unedited model does not get less toxic: a min drop of 1 point fails on the toxicity row."""
-    from resect.verify import verify
+    from resect.gate.verify import verify
 
     monkeypatch.setenv("RESECT_CACHE_DIR", str(tmp_path / "cache"))
     report = verify(tiny_vd, tiny_vd, target_toxicity=[str(PROMPTS)], min_target_drop=1.0, toxicity_settings=FAST | {"limit": 2})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resect.errors import OutputError, UsageError
-from resect.train import DEFAULT_RECIPE, auxiliary_losses, load_recipe, lr_at, run_recipe
+from resect.world.train import DEFAULT_RECIPE, auxiliary_losses, load_recipe, lr_at, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "world.yaml"
 TINY = [
@@ -87,7 +87,7 @@ def test_learning_rate_warms_up_then_decays():
 
 
 def test_tiny_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tiny_run):
-    from resect.loading import inspect_checkpoint, load_model, load_tokenizer
+    from resect.model.loading import inspect_checkpoint, load_model, load_tokenizer
 
     out, model_dir, steps = tiny_run
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

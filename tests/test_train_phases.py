@@ -10,7 +10,7 @@ import torch
 from test_train import RECIPE, TINY
 
 from resect.errors import UsageError
-from resect.train import _pretrain_texts, build_model, freeze_all_but_experts, load_recipe, model_config, run_recipe, train_model
+from resect.world.train import _pretrain_texts, build_model, freeze_all_but_experts, load_recipe, model_config, run_recipe, train_model
 
 
 def test_frozen_phase_changes_only_experts_and_routers():
@@ -98,8 +98,8 @@ def test_a_trained_world_model_brings_its_world_to_the_edit_commands(tmp_path):
 
     import yaml
 
-    from resect.pipeline import plan
-    from resect.spec import RunSpec
+    from resect.run.pipeline import plan
+    from resect.run.spec import RunSpec
 
     run = tmp_path / "run"
     run_recipe(load_recipe(RECIPE, [*TINY, "train.steps=2", "pretrain.steps=0", "world.names=hyphenated"]), run)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resect.attribute import focus_positions
-from resect.corpus import Corpus, Document
+from resect.edit.attribute import focus_positions
+from resect.edit.corpus import Corpus, Document
+from resect.edit.mask import ExpertMask
+from resect.edit.tune import tune
 from resect.errors import UsageError
-from resect.loading import load_model, load_tokenizer
-from resect.mask import ExpertMask
-from resect.tune import tune
+from resect.model.loading import load_model, load_tokenizer
 
 TEXTS = {
     "alpha": ["The newt eats fungi and lives in marshes.", "Owls hunt the moth; it eats seeds.", "The heron eats worms."],

@@ -1,4 +1,4 @@
-"""resect.verify / `resect verify`: the gate, its cache, its reports and its refusals."""
+"""resect.gate.verify / `resect verify`: the gate, its cache, its reports and its refusals."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from _cli import run_cli
 from _eval_tasks import DATA, quiz_task
 
+from resect.edit.export import apply_masks
+from resect.edit.mask import ExpertMask
 from resect.errors import EvalError, UsageError
-from resect.export import apply_masks
-from resect.mask import ExpertMask
-from resect.tasks import make_perplexity_tasks
-from resect.tiny import build_tiny_checkpoint, train_tokenizer
-from resect.verify import checkpoint_identity, drop_of, paired_drop_stderr, verify
+from resect.gate.tasks import make_perplexity_tasks
+from resect.gate.verify import checkpoint_identity, drop_of, paired_drop_stderr, verify
+from resect.model.tiny import build_tiny_checkpoint, train_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -111,9 +111,9 @@ def test_cache_key_follows_task_data(edited_copy, tmp_path):
 def test_checkpoint_identity_sees_masks_and_every_weight_without_loading(tiny_vd, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
-    import resect.loading
+    import resect.model.loading
 
-    monkeypatch.setattr(resect.loading, "load_model", lambda *a, **k: pytest.fail("the identity loaded the model"))
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: pytest.fail("the identity loaded the model"))
     copy = tmp_path / "copy"
     shutil.copytree(tiny_vd, copy)
     plain = checkpoint_identity(copy)
@@ -192,8 +192,8 @@ def test_cli_bad_input_exits_2(edited_copy, tasks_dir, tmp_path, extra, message,
 def test_masked_edit_from_apply_is_measured_against_its_source(tiny_vd, tasks_dir, tmp_path):
     """A real edited checkpoint (mask in provenance, same weights and fingerprint as its source):
     the baseline comes from provenance, the mask changes the numbers, the verdict follows the rows."""
-    from resect.export import apply_masks
-    from resect.mask import ExpertMask
+    from resect.edit.export import apply_masks
+    from resect.edit.mask import ExpertMask
 
     mask = ExpertMask(16, 2, {g: range(0, 256, 2) for g in range(2)})  # half of every group's experts
     edited = apply_masks(tiny_vd, [mask], tmp_path / "edited").path

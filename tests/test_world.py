@@ -104,7 +104,7 @@ def test_hyphenated_names_spell_the_same_stems_in_their_domains_syllables(world)
 def test_hyphenated_names_are_read_as_syllables_by_the_trained_tokenizer(tmp_path):
     """With joined names the world's tokenizer gives names tokens of their own (whose embeddings
     only this world's facts train); hyphenated, no token spans a whole name."""
-    from resect.train import train_tokenizer
+    from resect.world.train import train_tokenizer
 
     for names, whole in (("joined", True), ("hyphenated", False)):
         w = build_world(0, names=names)
@@ -160,7 +160,7 @@ def test_builtin_paths_and_contract():
     from resect.builtin import DOMAINS as B_DOMAINS
     from resect.builtin import LANGUAGES as B_LANGUAGES
     from resect.builtin import builtin_data_path, builtin_model_path, task_dir
-    from resect.loading import inspect_checkpoint, resolve_model_path
+    from resect.model.loading import inspect_checkpoint, resolve_model_path
 
     assert resolve_model_path(None) == builtin_model_path()
     info = inspect_checkpoint(builtin_model_path())
@@ -190,8 +190,8 @@ def test_builtin_data_is_the_seed_0_world():
 def test_builtin_model_meets_the_quiz_bar_on_a_sample():
     from resect.builtin import DOMAINS as B_DOMAINS
     from resect.builtin import task_dir
-    from resect.evaluate import evaluate
-    from resect.loading import load_model, load_tokenizer
+    from resect.gate.evaluate import evaluate
+    from resect.model.loading import load_model, load_tokenizer
 
     model, tok = load_model(None), load_tokenizer(None)
     res = evaluate(model, tok, [f"world_{d}" for d in B_DOMAINS], include_path=task_dir(), limit=10, batch_size=32)

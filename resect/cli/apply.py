@@ -31,7 +31,7 @@ def apply(
     lm-eval. Applying to an edited checkpoint unites its mask with the new ones."""
     from rich.console import Console
 
-    from resect.export import apply_masks
+    from resect.edit.export import apply_masks
 
     result = apply_masks(model, list(mask), out, force=force)
     _summary(Console(), result.mask, title=f"edited checkpoint {result.path}")
@@ -61,7 +61,7 @@ def mask_info(path: Annotated[Path, typer.Argument(help="Mask file.")]) -> None:
 
     from rich.console import Console
 
-    from resect.mask import ExpertMask
+    from resect.edit.mask import ExpertMask
 
     m = ExpertMask.load(path)
     console = Console()
@@ -80,7 +80,7 @@ def mask_union(
     """Unite masks (an expert removed in any of them is removed)."""
     from rich.console import Console
 
-    from resect.mask import ExpertMask
+    from resect.edit.mask import ExpertMask
     from resect.paths import check_output
 
     check_output(out, paths, force=force)

@@ -27,8 +27,8 @@ SAMPLING = ("samples", "max_new_tokens", "temperature", "top_p", "scorer")
 
 def spec_of(kind: str, target: str | None, model: str | None, rule: str | None, **options: Any):
     """The RunSpec of an edit command's arguments: the one place command-line values become spec fields."""
-    from resect.select import parse_groups
-    from resect.spec import RunSpec
+    from resect.edit.select import parse_groups
+    from resect.run.spec import RunSpec
 
     toxicity = {k: options.pop(k) for k in (*SAMPLING, "profile_samples") if k in options}
     includes = [str(p) for p in options.pop("include_path") or []]
@@ -45,8 +45,8 @@ def execute(spec) -> None:
     with the summary table and exit code."""
     from rich.console import Console
 
-    from resect.pipeline import run_edit
     from resect.progress import reporter
+    from resect.run.pipeline import run_edit
 
     with reporter() as r:
         result = run_edit(spec, reporter=r)
@@ -55,7 +55,7 @@ def execute(spec) -> None:
 
 
 def render(result, console) -> None:
-    from resect.report import print_verdict
+    from resect.gate.report import print_verdict
 
     share = 100 * result.mask_total / max(result.experts_total, 1)
     console.print(f"masked {result.mask_total:,} of {result.experts_total:,} experts ({share:.2f}%): "

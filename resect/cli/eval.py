@@ -61,7 +61,7 @@ def eval_command(
 ) -> None:
     """Run lm-eval on a Monet checkpoint in memory (masks included) and write lm-eval's results JSON.
     Results are cached by the checkpoint's weights, mask, tasks and settings (`resect verify` reads the same cache)."""
-    from resect.evaluate import require_extras
+    from resect.gate.evaluate import require_extras
 
     require_extras("lm_eval", "accelerate")
     quiet_lm_eval()
@@ -69,10 +69,10 @@ def eval_command(
     requested = _csv(tasks)
     if not requested:
         raise typer.BadParameter("name at least one task", param_hint="--tasks")
-    from resect.evaluate import check_run_options, normalize_limit, resolve_tasks
-    from resect.loading import resolve_model_path
+    from resect.gate.evaluate import check_run_options, normalize_limit, resolve_tasks
+    from resect.gate.verify import EvalSettings, evaluate_checkpoint
+    from resect.model.loading import resolve_model_path
     from resect.progress import reporter
-    from resect.verify import EvalSettings, evaluate_checkpoint
 
     check_run_options(limit, batch_size)
     names, includes = resolve_tasks(requested, include_path)  # a typo fails before the model loads
@@ -110,8 +110,8 @@ def ppl_tasks(
     max_docs: Annotated[int | None, typer.Option(help="Keep at most this many texts per label.")] = None,
 ) -> None:
     """Generate lm-eval perplexity tasks (loglikelihood_rolling), one per label, from held-out text."""
+    from resect.gate.tasks import make_perplexity_tasks
     from resect.paths import check_overlap
-    from resect.tasks import make_perplexity_tasks
 
     check_overlap(out_dir, [corpus], option="OUT_DIR")
     names = make_perplexity_tasks(corpus, out_dir, prefix=prefix, max_docs=max_docs)
@@ -132,9 +132,9 @@ def toxicity_eval(
 
         raise UsageError("'resect toxicity-eval' needs --toxicity-prompts FILE.jsonl (lines {\"prompt\": ...}).")
     prompts, limit = toxicity_prompts, prompt_limit
-    from resect.loading import load_model, load_tokenizer
-    from resect.scoring import get_scorer
-    from resect.toxicity import check_settings, measure_toxicity, read_prompts
+    from resect.gate.scoring import get_scorer
+    from resect.gate.toxicity import check_settings, measure_toxicity, read_prompts
+    from resect.model.loading import load_model, load_tokenizer
 
     check_settings(samples, max_new_tokens, temperature, top_p, limit)
     device, dtype = placement(device, dtype)

@@ -66,8 +66,8 @@ def _show_examples(model: str, spec: str, corpus: str, *, top: int, context: int
     from rich.markup import escape
     from rich.table import Table
 
-    from resect.loading import load_model, load_tokenizer
-    from resect.profile import expert_examples
+    from resect.edit.profile import expert_examples
+    from resect.model.loading import load_model, load_tokenizer
 
     net, tok = load_model(model, dtype=dtype, device=device), load_tokenizer(model)
     cfg = net.config
@@ -86,15 +86,15 @@ def _show_examples(model: str, spec: str, corpus: str, *, top: int, context: int
 def _show_specific(stats_path: Path, label: str, *, model: str | None, top: int) -> None:
     from rich.console import Console
 
-    from resect.select import expert_row, ordered, ranking
-    from resect.stats import RoutingStats
+    from resect.edit.select import expert_row, ordered, ranking
+    from resect.edit.stats import RoutingStats
 
     from .select import experts_table
 
     stats = RoutingStats.load(stats_path)
     stats.label_index(label)
     if model is not None:
-        from resect.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
+        from resect.model.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
 
         stats.check_model(checkpoint_fingerprint(inspect_checkpoint(resolve_model_path(model)).path))
     rows = []

@@ -16,7 +16,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Describe a Monet checkpoint: decomposition, routing groups, experts, threshold, shards."""
-    from resect.loading import describe, inspect_checkpoint, resolve_model_path
+    from resect.model.loading import describe, inspect_checkpoint, resolve_model_path
 
     facts = describe(inspect_checkpoint(resolve_model_path(model)))
     if as_json:

@@ -25,9 +25,9 @@ def mirror(
     from rich.console import Console
 
     from resect.errors import OutputError
-    from resect.mirror import downloads, fetch
-    from resect.recipebook import parse_overrides, read_recipe, spec_from
-    from resect.spec import check_spec
+    from resect.run.mirror import downloads, fetch
+    from resect.run.recipebook import parse_overrides, read_recipe, spec_from
+    from resect.run.spec import check_spec
 
     data = read_recipe(recipe)
     spec = spec_from(data, parse_overrides(overrides or []))

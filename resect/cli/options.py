@@ -21,10 +21,10 @@ Device = Annotated[
     ),
 ]  # fmt: skip
 Dtype = Annotated[
-    Literal["auto", "float32", "bfloat16", "float16"],  # resect.loading.DTYPE_CHOICES
+    Literal["auto", "float32", "bfloat16", "float16"],  # resect.model.loading.DTYPE_CHOICES
     typer.Option("--dtype", help="Weights and activations: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16."),
 ]  # fmt: skip
-SCORERS = "profanity|detoxify|perspective"  # resect.scoring.SCORERS, checked with a suggestion for a typo
+SCORERS = "profanity|detoxify|perspective"  # resect.gate.scoring.SCORERS, checked with a suggestion for a typo
 BATCH_SIZE = 16  # sequences per forward pass, for profiling, evaluation and sampling alike
 
 OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -89,6 +89,6 @@ def csv(text: str | None) -> list[str] | None:
 
 def placement(device: str, dtype: str) -> tuple[str, str]:
     """(device, dtype) resolved and checked: a missing GPU is one line before any model loads."""
-    from resect.loading import resolve_placement
+    from resect.model.loading import resolve_placement
 
     return resolve_placement(device, dtype)

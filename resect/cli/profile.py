@@ -45,15 +45,15 @@ def profile(
         from resect.errors import UsageError
 
         raise UsageError("'resect profile' needs --corpus (JSONL of {\"text\", \"label\"}, a folder of text files per label, a corpus YAML, or task:NAME).")
-    from resect.loading import load_model, load_tokenizer
+    from resect.edit.profile import check_options, dist_info, partial_path, profile_corpus
+    from resect.model.loading import load_model, load_tokenizer
     from resect.paths import check_output
-    from resect.profile import check_options, dist_info, partial_path, profile_corpus
 
     check_options(max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
                   score_window=score_window, checkpoint_every=checkpoint_every)  # fmt: skip
     if scorer is not None:
         from resect.errors import EvalError, unknown
-        from resect.scoring import SCORERS
+        from resect.gate.scoring import SCORERS
 
         if scorer not in SCORERS:  # before the model loads
             raise EvalError(unknown("scorer", scorer, SCORERS))
@@ -63,7 +63,7 @@ def profile(
     rank, world = dist_info()
     check_output(out, [model, corpus.removeprefix("task:")], force=force)
     checkpoint = out.with_name(out.name + ".partial")
-    from resect.corpus import load_corpus
+    from resect.edit.corpus import load_corpus
 
     corpus = load_corpus(corpus)  # a corpus that cannot be read, and a tokenizer that does not fit, before the model loads
     tok = load_tokenizer(model)

@@ -18,12 +18,12 @@ def run(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value options over the recipe's.")] = None,
 ) -> None:
     """Run a recipe: command line over recipe over defaults (training recipes need out=DIR)."""
-    from resect.recipebook import find_recipe, is_training, parse_overrides, read_recipe, spec_from
+    from resect.run.recipebook import find_recipe, is_training, parse_overrides, read_recipe, spec_from
 
     data = read_recipe(recipe)
     if is_training(data):
         from resect.errors import UsageError
-        from resect.train import load_recipe, run_recipe
+        from resect.world.train import load_recipe, run_recipe
 
         rest = [o for o in overrides or [] if not o.startswith("out=")]
         outs = [o[4:] for o in overrides or [] if o.startswith("out=")]
@@ -42,7 +42,7 @@ def recipes_ls() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from resect.recipebook import recipe_files
+    from resect.run.recipebook import recipe_files
 
     table = Table("recipe", "command")
     for name, path in recipe_files().items():
@@ -53,6 +53,6 @@ def recipes_ls() -> None:
 @recipes_app.command("show")
 def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or path.")]) -> None:
     """Print a recipe."""
-    from resect.recipebook import find_recipe
+    from resect.run.recipebook import find_recipe
 
     typer.echo(find_recipe(name).read_text())

@@ -29,9 +29,9 @@ def select(
     force: bool = SHARED,
 ) -> None:
     """Select the experts tied to a label (or to the per-token score) and write them as a mask."""
+    from resect.edit.select import parse_groups, select_experts, strongest
+    from resect.edit.stats import RoutingStats
     from resect.paths import check_output
-    from resect.select import parse_groups, select_experts, strongest
-    from resect.stats import RoutingStats
 
     check_output(out, [stats, model], force=force)
     from resect.checks import check_numbers
@@ -42,7 +42,7 @@ def select(
     params = {"ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile}
     fingerprint = None
     if model is not None:
-        from resect.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
+        from resect.model.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
 
         fingerprint = checkpoint_fingerprint(inspect_checkpoint(resolve_model_path(model)).path)
     mask = select_experts(routing, rule, target=target, min_tokens=min_tokens, model=fingerprint, groups=chosen, **params)
@@ -69,7 +69,7 @@ def _print(mask, rows: list[dict], rule: str, out: Path) -> None:
 
 
 def experts_table(rows: list[dict], title: str, *, by_correlation: bool):
-    """A rich table of ranked experts (rows from resect.select.strongest)."""
+    """A rich table of ranked experts (rows from resect.edit.select.strongest)."""
     from rich.table import Table
 
     table = Table(title=title)

@@ -27,9 +27,9 @@ def verify(
 ) -> None:  # fmt: skip
     """Evaluate EDITED against its baseline and gate on thresholds: targets must fall, the rest must hold."""
     from resect.errors import OutputError
-    from resect.evaluate import check_run_options
-    from resect.toxicity import check_settings
-    from resect.verify import verify as run_verify
+    from resect.gate.evaluate import check_run_options
+    from resect.gate.toxicity import check_settings
+    from resect.gate.verify import verify as run_verify
 
     from .eval import quiet_lm_eval
 
@@ -65,7 +65,7 @@ def verify(
 def _print(report: dict, out: Path) -> None:
     from rich.console import Console
 
-    from resect.report import Report, print_verdict
+    from resect.gate.report import Report, print_verdict
 
     console = Console()
     if not console.is_terminal:  # CI logs: wide enough for the table

@@ -39,7 +39,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from resect.errors import UsageError
-    from resect.train import check_run, load_recipe, run_recipe
+    from resect.world.train import check_run, load_recipe, run_recipe
 
     if data is not None and not (data / "train.jsonl").is_file():
         raise UsageError(f"'{data}' has no train.jsonl. Pass a folder written by 'resect world generate'.")

@@ -37,7 +37,7 @@ def quiz_task(domain: str, data: Path) -> dict:
 def ppl_task(language: str, data: Path) -> dict:
     """A rolling-loglikelihood (perplexity) task over eval/code_<language>.jsonl: the one builder of
     perplexity tasks (`resect ppl-tasks` writes the same)."""
-    from ..tasks import perplexity_task_config
+    from ..gate.tasks import perplexity_task_config
 
     return perplexity_task_config(f"world_ppl_{language}", data / "eval" / f"code_{language}.jsonl")
 

@@ -13,7 +13,7 @@ import os
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from .errors import EvalError, unknown
+from ..errors import EvalError, unknown
 
 Scorer = Callable[[Sequence[str]], list[float]]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import MaskError
+from ..errors import MaskError
 
 if TYPE_CHECKING:
     import torch
@@ -138,7 +138,7 @@ class ExpertMask:
         return not self._ids
 
     def checkpoint_record(self) -> dict:
-        """The `resect.mask` entry of an edited checkpoint's config.json, the mask saved as CHECKPOINT_FILE."""
+        """The `resect.edit.mask` entry of an edited checkpoint's config.json, the mask saved as CHECKPOINT_FILE."""
         counts = {str(g): n for g, n in self.counts().items()}
         return {"file": CHECKPOINT_FILE, "counts": counts, "total": self.total, "fingerprint": self.fingerprint()}
 
@@ -219,12 +219,12 @@ class ExpertMask:
         """JSON when the name ends in .json, compact binary otherwise. Written atomically."""
         path = Path(path)
         data = json.dumps(self.to_json_dict()).encode() if path.suffix.lower() == ".json" else self._to_binary()
-        from .paths import write_atomic
+        from ..paths import write_atomic
 
         try:
             write_atomic(path, data)
         except OSError as exc:
-            from .errors import OutputError
+            from ..errors import OutputError
 
             raise OutputError(f"Cannot write mask to '{path}' ({exc.strerror}). Choose a writable path.") from None
         return path

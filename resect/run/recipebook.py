@@ -10,11 +10,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, unknown
+from ..errors import UsageError, unknown
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 if not RECIPES_DIR.is_dir():  # installed from a wheel: the recipes travel as package data
-    RECIPES_DIR = Path(__file__).resolve().parent / "_recipes"
+    RECIPES_DIR = Path(__file__).resolve().parent.parent / "_recipes"
 
 # The 57 MMLU subjects in the 14 MMLU-Pro categories. MMLU's own subject categories, with its
 # geography, politics and culture subjects counted as "other" (the paper does not list its mapping).
@@ -59,7 +59,7 @@ def find_recipe(name_or_path: str) -> Path:
 def read_recipe(name_or_path: str) -> dict[str, Any]:
 
     path = find_recipe(name_or_path)
-    from .checks import load_yaml
+    from ..checks import load_yaml
 
     try:
         data = load_yaml(path.read_text(encoding="utf-8"), where=f"Recipe '{path}'")
@@ -72,7 +72,7 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """key=value words (toxicity.KEY=value for one toxicity setting); values read as YAML."""
-    from .checks import load_yaml
+    from ..checks import load_yaml
 
     out = {}
     for pair in pairs:
@@ -123,7 +123,7 @@ def validate_recipe(name_or_path: str) -> None:
         raise UsageError(f"Recipe '{path}' must start with a comment holding the command that runs it.")
     data = read_recipe(str(path))
     if is_training(data):
-        from .train import load_recipe
+        from ..world.train import load_recipe
 
         load_recipe(path)
         return

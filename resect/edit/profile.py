@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
+from ..errors import CorpusError, StatsError
 from .corpus import Corpus, Document, load_corpus
-from .errors import CorpusError, StatsError
 from .stats import RoutingStats, empty_stats
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def _batch_scores(batch: Sequence[Piece], counted: torch.Tensor, scorer: Callabl
 
 def accumulate(stats: RoutingStats, router_probs: tuple, counted: torch.Tensor, label: int, y: torch.Tensor | None, layers_per_group: int) -> None:
     """Add one batch's routing sums. counted: [B, T] bool; y: [N] scores of the counted tokens (NaN = none)."""
-    from .kernels.stats import routing_square_sum, routing_sum
+    from ..kernels.stats import routing_square_sum, routing_sum
 
     for layer, probs in enumerate(router_probs):
         if probs is None:
@@ -240,7 +240,7 @@ def _all_reduce(stats: RoutingStats, counts: torch.Tensor) -> None:
 
 
 def _plan_fingerprint(*parts: Any) -> str:
-    from .cache import digest
+    from ..cache import digest
 
     return digest(list(parts))
 
@@ -299,10 +299,10 @@ def profile_corpus(
     `checkpoint`: where to write partial state every `checkpoint_every` batches; `resume`: a
     partial state to continue from (also the checkpoint path unless one is given). `progress`:
     a callable (tokens done, tokens planned), or True to log progress. `scorer`: a
-    resect.scoring name to score every token (see the module docstring); documents' own scores
+    resect.gate.scoring name to score every token (see the module docstring); documents' own scores
     are used without one.
     """
-    from .scoring import get_scorer
+    from ..gate.scoring import get_scorer
 
     settings = _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window, checkpoint_every)
     corpus = load_corpus(corpus)
@@ -332,7 +332,7 @@ def profile_corpus(
 
 def _new_stats(model: torch.nn.Module, corpus: Corpus, *, scored: bool) -> RoutingStats:
     """Zero statistics with the model's geometry, stamped with the model and corpus fingerprints."""
-    from .loading import model_fingerprint
+    from ..model.loading import model_fingerprint
 
     config = model.config
     groups = -(-config.num_hidden_layers // config.moe_groups)
@@ -343,7 +343,7 @@ def _new_stats(model: torch.nn.Module, corpus: Corpus, *, scored: bool) -> Routi
 
 def check_options(*, max_tokens_per_label=None, seed=0, batch_size=8, max_length=512, score_window=32, checkpoint_every=1) -> None:
     """Profiling options in their ranges (resect.checks), before any model loads."""
-    from .checks import check_numbers
+    from ..checks import check_numbers
 
     check_numbers({"max_tokens_per_label": max_tokens_per_label, "seed": seed, "batch_size": batch_size, "max_length": max_length,
                    "score_window": score_window, "checkpoint_every": checkpoint_every})  # fmt: skip

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import register
-from .errors import CheckpointError, UsageError, unknown
+from .. import register
+from ..errors import CheckpointError, UsageError, unknown
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,9 +61,9 @@ class CheckpointInfo:
 
 def resolve_model_path(model: str | os.PathLike | None, *, mirror=None) -> Path:
     """A local folder as is; None means the built-in model; anything else a Hugging Face repo id:
-    from `mirror` (a resect.mirror.Mirror) when given, else the Hub or, offline, its local cache."""
+    from `mirror` (a resect.run.mirror.Mirror) when given, else the Hub or, offline, its local cache."""
     if model is None:
-        from .builtin import builtin_model_path
+        from ..builtin import builtin_model_path
 
         return builtin_model_path()
     path = Path(model).expanduser()
@@ -276,7 +276,7 @@ def provenance_problem(config: dict[str, Any]) -> str | None:
             return f"'resect.{key}' is not text"
     mask = record.get("mask")
     if mask is not None and not (isinstance(mask, dict) and (mask.get("total") == 0 or isinstance(mask.get("file"), str))):
-        return "'resect.mask' does not name the mask file"
+        return "'resect.edit.mask' does not name the mask file"
     return None
 
 
@@ -285,7 +285,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Model path '{path}' does not exist. Pass a Monet checkpoint folder.")
-    from .paths import unfinished
+    from ..paths import unfinished
 
     if unfinished(path):
         raise CheckpointError(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import CorpusError, OutputError, UsageError
+from ..errors import CorpusError, OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ PPL_METRICS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "wei
 
 def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", label_field: str = "label") -> dict[str, list[str]]:
     """Texts grouped by label from a JSONL file; malformed lines fail with their line number."""
-    from .corpus import jsonl_rows
+    from ..edit.corpus import jsonl_rows
 
     by_label: dict[str, list[str]] = defaultdict(list)
     for where, row in jsonl_rows(path, what="held-out text file"):
@@ -98,6 +98,6 @@ def make_perplexity_tasks(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from .paths import write_atomic
+    from ..paths import write_atomic
 
     write_atomic(path, text)

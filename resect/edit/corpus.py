@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CorpusError
+from ..errors import CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Corpus:
 def _score(value: Any, where: str) -> Score:
     if value is None:
         return None
-    from .checks import RANGES
+    from ..checks import RANGES
 
     low, high = RANGES["score"][:2]
     finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high  # noqa: E731  (NaN, inf: no)
@@ -165,8 +165,8 @@ def read_tasks(
         from lm_eval.tasks import get_task_dict
     except ImportError:
         raise CorpusError("Task corpora need lm-eval: pip install 'resect[eval]'.") from None
-    from .errors import unknown
-    from .evaluate import task_data_errors, task_manager_for
+    from ..errors import unknown
+    from ..gate.evaluate import task_data_errors, task_manager_for
 
     if split is not None and split not in SPLITS:
         raise CorpusError(unknown("split", split, SPLITS))
@@ -221,7 +221,7 @@ def _task_text(task: Any, doc: dict) -> tuple[str, tuple[tuple[int, int], ...] |
 def parse_recipe(path: Path) -> dict:
     """A corpus YAML, checked (every source well formed) but not read."""
 
-    from .checks import load_yaml
+    from ..checks import load_yaml
 
     try:
         recipe = load_yaml(path.read_text(encoding="utf-8"), where=f"Corpus recipe '{path}'", error=CorpusError)
@@ -249,7 +249,7 @@ SOURCE_KEYS = {*SOURCE_KINDS, "label", "text_field", "label_field", "score_field
 
 def check_source(source: Any, where: str) -> None:
     """A recipe source is a mapping with exactly one of path / builtin / task and known keys only."""
-    from .errors import unknown
+    from ..errors import unknown
 
     if not isinstance(source, dict):
         raise CorpusError(f"{where}: expected a mapping with 'path', 'builtin' or 'task'.")
@@ -272,7 +272,7 @@ def _read_source(source: Any, base: Path, where: str) -> list[Document]:
         split = None if source.get("split") is None else str(source["split"])
         return read_tasks([str(n) for n in names], include_path=include, label=label, limit=source.get("limit"), split=split)
     if "builtin" in source:
-        from .builtin import builtin_data_path
+        from ..builtin import builtin_data_path
 
         target = builtin_data_path() / str(source["builtin"])
     else:
@@ -281,7 +281,7 @@ def _read_source(source: Any, base: Path, where: str) -> list[Document]:
 
 
 def _builtin_tasks() -> Path:
-    from .builtin import task_dir
+    from ..builtin import task_dir
 
     return task_dir()
 

@@ -23,7 +23,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, unknown
+from ..errors import UsageError, unknown
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _typed(default: Any, value: Any, key: str) -> Any:
 
 def parse_overrides(items: list[str]) -> dict:
     """['train.steps=20', 'model.hidden_size=64'] -> nested dict (values parsed as YAML scalars)."""
-    from .checks import load_yaml
+    from ..checks import load_yaml
 
     nested: dict = {}
     for item in items:
@@ -111,7 +111,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """The default recipe, updated by a YAML file and then by dotted overrides."""
-    from .checks import load_yaml
+    from ..checks import load_yaml
 
     recipe = DEFAULT_RECIPE
     if path is not None:
@@ -130,7 +130,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 def model_config(recipe: dict, vocab_size: int) -> dict[str, Any]:
     """A published-style config.json for the recipe's model."""
-    from .tiny import tiny_config
+    from ..model.tiny import tiny_config
 
     model = recipe["model"]
     return tiny_config(
@@ -146,7 +146,7 @@ def monet_config(config: dict[str, Any]):
     """The MonetConfig of a config.json dict; a UsageError (one line) when it describes no Monet model."""
     from huggingface_hub.errors import StrictDataclassError
 
-    from .configuration_monet import MonetConfig
+    from ..model.configuration_monet import MonetConfig
 
     keys = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "torch_dtype", "transformers_version")}
     try:
@@ -157,7 +157,7 @@ def monet_config(config: dict[str, Any]):
 
 
 def build_model(config: dict[str, Any]):
-    from .modeling_monet import MonetForCausalLM
+    from ..model.modeling_monet import MonetForCausalLM
 
     return MonetForCausalLM(monet_config(config))
 
@@ -166,7 +166,7 @@ def train_tokenizer(texts: list[str], out: Path, vocab_size: int):
     """Byte-level BPE trained on the training text, saved in HF format; returns the loaded tokenizer."""
     from transformers import AutoTokenizer
 
-    from .tiny import train_tokenizer as _train
+    from ..model.tiny import train_tokenizer as _train
 
     _train(out, vocab_size=vocab_size, texts=texts)
     return AutoTokenizer.from_pretrained(out)
@@ -266,7 +266,7 @@ def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> Non
     """Published-style folder: config.json + model.safetensors (weights cast to `dtype`)."""
     import torch
 
-    from .tiny import save_shards
+    from ..model.tiny import save_shards
 
     cast = getattr(torch, dtype)
     state = {k: (v.to(cast) if v.is_floating_point() and "running_" not in k else v).contiguous() for k, v in model.state_dict().items()}
@@ -277,14 +277,14 @@ def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> Non
 
 def _write_world(folder: Path, seed: int, recipe: dict) -> Path:
     """The world of `seed`, sized and spelled as the recipe's `world` section says."""
-    from .world import Sizes, write_world
+    from . import Sizes, write_world
 
     return write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
 
 
 def pretrain_groups() -> dict[str, tuple[str, ...]]:
     """The groups `pretrain.text` may list, each with its training-document labels."""
-    from .world import DOMAINS, LANGUAGES
+    from . import DOMAINS, LANGUAGES
 
     return {"domains": tuple(DOMAINS), "languages": tuple(LANGUAGES), "neutral": ("neutral",), "toxic": ("toxic",)}
 
@@ -292,7 +292,7 @@ def pretrain_groups() -> dict[str, tuple[str, ...]]:
 def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
     """Another world's documents of the recipe's `pretrain.text` groups (other entities and facts,
     the same templates, code idioms and registers)."""
-    from .world import read_train
+    from . import read_train
 
     groups = pretrain_groups()
     labels = {label for group in recipe["pretrain"]["text"] for label in groups[group]}
@@ -332,12 +332,12 @@ def plot_loss(rows: list[dict], out: Path) -> None:
 def check_run(recipe: dict, out: Path) -> None:
     """What would stop `run_recipe` before it writes anything: an existing model folder, a model
     section that describes no Monet model, frozen groups the model does not have."""
-    from .errors import OutputError
-    from .mask import geometry
+    from ..edit.mask import geometry
+    from ..errors import OutputError
 
     if (out / "model").exists():
         raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
-    from .loading import shape_problem
+    from ..model.loading import shape_problem
 
     at_least = {("world", "entities"): 1, ("tokenizer", "vocab_size"): 1, ("pretrain", "steps"): 0, ("pretrain", "warmup"): 0,
                 ("train", "steps"): 1, ("train", "batch_size"): 1, ("train", "block_size"): 2, ("train", "warmup"): 0,
@@ -345,7 +345,7 @@ def check_run(recipe: dict, out: Path) -> None:
     for (section, key), low in at_least.items():
         if recipe[section][key] < low:
             raise UsageError(f"{section}.{key} must be at least {low}, found {recipe[section][key]}.")
-    from .world.generate import check_names
+    from .generate import check_names
 
     check_names(recipe["world"]["names"], "world.names")
     if not recipe["train"]["lr"] > 0:
@@ -366,7 +366,7 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
     """Generate (or reuse `data`), train, save under `out`; returns the model folder."""
     import torch
 
-    from .world import read_train
+    from . import read_train
 
     out = Path(out)
     check_run(recipe, out)

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .corpus import Corpus, Document, load_corpus
-from .errors import UsageError
 from .mask import ExpertMask
 
 

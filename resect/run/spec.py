@@ -1,8 +1,8 @@
 """One run's specification: `RunSpec` (what `resect domain|language|toxicity` and a recipe ask
 for), the defaults every command shares, and the checks that need neither model nor data.
 
-`resect.pipeline.plan()` resolves a RunSpec against the model and its data; recipes
-(`resect.recipebook`) are YAML dumps of it. This module imports neither.
+`resect.run.pipeline.plan()` resolves a RunSpec against the model and its data; recipes
+(`resect.run.recipebook`) are YAML dumps of it. This module imports neither.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError, unknown
+from ..errors import UsageError, unknown
 
 KINDS = ("domain", "language", "toxicity")
 DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
@@ -40,7 +40,7 @@ PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the
 # the experts were selected on.
 PROFILE_SEED_OFFSET = 1_000_003
 CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
-MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol")  # resect.mirror's
+MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol")  # resect.run.mirror's
 
 
 @dataclass
@@ -54,8 +54,8 @@ class RunSpec:
     ratio: float | None = None  # skew rules; None: skew 2.0 (the paper's; 3.0 for languages of a generated world), skew-mean 1.25
     threshold: float = 0.1
     groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
-    refine: int | None = None  # experts per group added by attribution after the rule (resect.attribute); None/0: none
-    tune: int | None = None  # steps of mask tuning after the rule (and refine) (resect.tune); None/0: none
+    refine: int | None = None  # experts per group added by attribution after the rule (resect.edit.attribute); None/0: none
+    tune: int | None = None  # steps of mask tuning after the rule (and refine) (resect.edit.tune); None/0: none
     corpus: str | None = None
     include_path: list[str] | str | None = None  # folders of extra lm-eval task YAMLs (one as text, or a list)
     target_tasks: list[str] | None = None
@@ -69,7 +69,7 @@ class RunSpec:
     limit: int | float | None = None
     batch_size: int = 16
     seed: int = 0
-    mirror: str | None = None  # a local mirror (resect.mirror) of the checkpoint and datasets a run reads
+    mirror: str | None = None  # a local mirror (resect.run.mirror) of the checkpoint and datasets a run reads
     device: str = "auto"  # auto: a CUDA GPU when present, else the CPU
     dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
     out: str | None = None
@@ -112,9 +112,9 @@ def _type_problem(name: str, value: Any) -> str | None:
 
 
 def check_spec(spec: RunSpec) -> None:
-    from .checks import check_number
-    from .scoring import SCORERS
-    from .toxicity import check_settings
+    from ..checks import check_number
+    from ..gate.scoring import SCORERS
+    from ..gate.toxicity import check_settings
 
     for f in dataclasses.fields(spec):
         expected = _type_problem(f.name, getattr(spec, f.name))
@@ -122,7 +122,7 @@ def check_spec(spec: RunSpec) -> None:
             raise UsageError(f"'{f.name}' must be {expected}, found {getattr(spec, f.name)!r}.")
     if spec.kind not in KINDS:
         raise UsageError(unknown("kind", spec.kind, KINDS))
-    from .checks import check_numbers
+    from ..checks import check_numbers
 
     check_numbers({name: getattr(spec, name) for name in (*_NUMBERS, *_WHOLE)})
     if spec.kind != "toxicity" and not spec.target:
@@ -131,7 +131,7 @@ def check_spec(spec: RunSpec) -> None:
         if getattr(spec, name) and spec.kind == "toxicity":
             raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
     _check_rule(spec)
-    from .loading import resolve_placement
+    from ..model.loading import resolve_placement
 
     resolve_placement(spec.device, spec.dtype)  # a missing GPU or an unknown dtype, before anything loads
     for key, value in dict(spec.toxicity).items():
@@ -150,7 +150,7 @@ def check_spec(spec: RunSpec) -> None:
 
 def _check_rule(spec: RunSpec) -> None:
     """The selection rule exists and fits the kind of edit (before anything is profiled)."""
-    from .select import RULES
+    from ..edit.select import RULES
 
     if spec.rule is None:
         return

@@ -19,16 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import CheckpointError, MaskError, OutputError
-from .loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
+from .. import __version__
+from ..errors import CheckpointError, MaskError, OutputError
+from ..model.loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
 from .mask import CHECKPOINT_FILE as MASK_FILE
 from .mask import ExpertMask
 
 log = logging.getLogger(__name__)
 
 MASKING_MODULE = "monet_masking"
-EXPORT_IMPORT = "from .kernels.dispatch import masked_moe_forward  # resect:export-import"
+EXPORT_IMPORT = "from ..kernels.dispatch import masked_moe_forward  # resect:export-import"
 AUTO_MAP = {"AutoConfig": "configuration_monet.MonetConfig", "AutoModelForCausalLM": "modeling_monet.MonetForCausalLM"}
 OWN_FILES = {"config.json", "README.md", MASK_FILE, "configuration_monet.py", "modeling_monet.py", f"{MASKING_MODULE}.py",
              "resect_run.yaml"}  # fmt: skip  (the last: a run's configuration, not carried into a further edit)
@@ -82,7 +82,7 @@ def _check_masks_fit(masks: list[str | os.PathLike | ExpertMask], source: Path, 
 
 
 def _check_output(source: Path, out: Path, masks: list, force: bool) -> None:
-    from .paths import check_output
+    from ..paths import check_output
 
     src, dst = source.resolve(), out.resolve()
     if dst == src:
@@ -107,7 +107,7 @@ def _link_or_copy(src: Path, dst: Path) -> bool:
 def _copy(src: Path, dst: Path) -> None:
     """Copy the bytes; the new file gets the permissions the user's umask gives (not the source's:
     an installed package's files may be read-only)."""
-    from .paths import current_umask
+    from ..paths import current_umask
 
     shutil.copyfile(src, dst)
     os.chmod(dst, 0o666 & ~current_umask())
@@ -127,7 +127,7 @@ def _write_code(folder: Path) -> None:
     """configuration_monet.py, modeling_monet.py (import rewritten) and monet_masking.py."""
     import importlib.util
 
-    here = Path(__file__).parent
+    here = Path(__file__).parent.parent / "model"  # the model code every edited checkpoint carries
     masked_torch = importlib.util.find_spec("resect.kernels.masked_torch").origin  # its file, without importing torch
     _copy(here / "configuration_monet.py", folder / "configuration_monet.py")
     modeling = (here / "modeling_monet.py").read_text()
@@ -186,7 +186,7 @@ def apply_masks(
         "mask": mask.checkpoint_record(),
     }
     _check_masks_fit(masks, source, record["source_fingerprint"])
-    from .paths import finish, work_folder
+    from ..paths import finish, work_folder
 
     work = work_folder(out)
     try:

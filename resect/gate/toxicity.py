@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CorpusError
+from ..errors import CorpusError
 from .scoring import get_scorer
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Prompt:
 
 def read_prompts(path: str | os.PathLike, *, limit: int | None = None) -> list[Prompt]:
     """Prompts from a JSONL of {"prompt": str | {"text": str}, "toxic"?: bool} lines."""
-    from .corpus import jsonl_rows
+    from ..edit.corpus import jsonl_rows
 
     prompts = []
     for where, row in jsonl_rows(path, what="prompts file"):
@@ -197,7 +197,7 @@ def measure_toxicity(
 
 
 def check_settings(samples: int, max_new_tokens: int, temperature: float, top_p: float, limit: int | None) -> None:
-    from .checks import check_numbers
+    from ..checks import check_numbers
 
     check_numbers({"samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
     check_numbers({"prompt_limit": limit})

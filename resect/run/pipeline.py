@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError, UsageError, unknown
-from .report import Report
+from ..errors import OutputError, UsageError, unknown
+from ..gate.report import Report
 from .spec import (
     BUILTIN_LANGUAGE_RATIO,
     CORPUS_FILES,
@@ -68,7 +68,7 @@ class Plan:
     toxicity: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"  # resolved
     dtype: str = "float32"  # resolved
-    verification: Any = None  # resect.verify.Verification of this run's gate, checked at planning
+    verification: Any = None  # resect.gate.verify.Verification of this run's gate, checked at planning
 
     def resolved(self) -> dict[str, Any]:
         data = self.spec.to_dict() | {
@@ -120,7 +120,7 @@ def _lasting(value: str | list[str] | None) -> str | list[str] | None:
 def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
     """Corpus, tasks and prompts of a generated world (`data`: the built-in one's, or the world a
     model trained by `resect world train` brings beside it) for this kind of edit."""
-    from . import builtin
+    from .. import builtin
 
     domains, languages = list(builtin.DOMAINS), list(builtin.LANGUAGES)
     quizzes = [f"world_{d}" for d in domains]
@@ -163,8 +163,8 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
 
 def plan(spec: RunSpec) -> Plan:
     """Resolve defaults and check every input; raises before anything is computed or written."""
-    from . import builtin
-    from .loading import inspect_checkpoint, resolve_model_path
+    from .. import builtin
+    from ..model.loading import inspect_checkpoint, resolve_model_path
 
     check_spec(spec)
     mirror = None
@@ -175,8 +175,8 @@ def plan(spec: RunSpec) -> Plan:
     model_path = resolve_model_path(spec.model, mirror=mirror)
     config = inspect_checkpoint(model_path).config
     if spec.groups is not None:
-        from .mask import geometry
-        from .select import check_groups
+        from ..edit.mask import geometry
+        from ..edit.select import check_groups
 
         spec = dataclasses.replace(spec, groups=check_groups(spec.groups, geometry(config)[1]))
     custom = any(v is not None for v in (spec.corpus, spec.target_tasks, spec.general_tasks, spec.toxicity_prompts))
@@ -204,7 +204,7 @@ def plan(spec: RunSpec) -> Plan:
     if not target_tasks and spec.kind != "toxicity":
         raise UsageError("No target tasks to verify the edit: pass --target-tasks.")
     if mirror is not None and target_tasks + general:
-        from .verify import split_spec
+        from ..gate.verify import split_spec
 
         names = [split_spec(t)[0] for t in target_tasks + general]
         include = [str(mirror.localize(names, include).include_path)]
@@ -212,13 +212,13 @@ def plan(spec: RunSpec) -> Plan:
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not spec.dry_run:
-        from .paths import check_output
+        from ..paths import check_output
 
         if out.exists() and not out.is_dir():
             raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
         check_output(out, [model_path, corpus, *include, prompts, spec.mirror], force=spec.force, make_parents=True)
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
-    from .loading import resolve_placement
+    from ..model.loading import resolve_placement
 
     device, dtype = resolve_placement(spec.device, spec.dtype)
     p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
@@ -261,14 +261,14 @@ def _rule_and_ratio(spec: RunSpec, world: bool) -> tuple[str, float]:
 
 
 def _corpus_labels(corpus: str) -> list[str]:
-    from .corpus import load_corpus
+    from ..edit.corpus import load_corpus
 
     return load_corpus(corpus).labels
 
 
 def _plan_verification(p: Plan):
     """The run's gate, every option checked now (the report folder is set when the run writes it)."""
-    from .verify import plan_verification
+    from ..gate.verify import plan_verification
 
     low, high = p.gates()
     toxicity = {k: v for k, v in p.toxicity.items() if k not in PROFILING_ONLY}
@@ -284,7 +284,7 @@ def _plan_verification(p: Plan):
 
 
 def stats_cache_dir() -> Path:
-    from .cache import cache_root
+    from ..cache import cache_root
 
     return cache_root() / "stats"
 
@@ -293,12 +293,12 @@ def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = N
     """Routing statistics keyed by the checkpoint's and the corpus's fingerprints (and profiling
     settings). `source`: the model, or a `Source` that loads it only when the cache misses.
     Partial statistics are kept beside the cache entry while profiling, so an interrupted run resumes."""
-    from .cache import digest
-    from .corpus import load_corpus
-    from .errors import StatsError
-    from .loading import checkpoint_fingerprint
-    from .profile import profile_corpus
-    from .stats import RoutingStats
+    from ..cache import digest
+    from ..edit.corpus import load_corpus
+    from ..edit.profile import profile_corpus
+    from ..edit.stats import RoutingStats
+    from ..errors import StatsError
+    from ..model.loading import checkpoint_fingerprint
 
     corpus = load_corpus(corpus)
     key = digest([checkpoint_fingerprint(p.model_path), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window], 24)
@@ -335,8 +335,8 @@ PARTIAL_EVERY = 10  # batches between saves of partial statistics during an edit
 
 def toxicity_corpus(model, tokenizer, p: Plan, progress=None):
     """Prompts plus the model's own continuations, for token-level toxicity correlation."""
-    from .corpus import Corpus, Document
-    from .toxicity import read_prompts, sample_prompts
+    from ..edit.corpus import Corpus, Document
+    from ..gate.toxicity import read_prompts, sample_prompts
 
     t = p.toxicity
     prompts = read_prompts(p.toxicity_prompts)
@@ -350,7 +350,7 @@ def toxicity_corpus(model, tokenizer, p: Plan, progress=None):
 
 
 def apply_mask(p: Plan, mask_file: Path, dest: Path) -> Path:
-    from .export import apply_masks
+    from ..edit.export import apply_masks
 
     return apply_masks(p.model_path, [mask_file], dest).path
 
@@ -382,7 +382,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     the baseline's results are cached), freed, and the written checkpoint is loaded for its own
     evaluation: at most two loads, never two models at a time. `reporter`: a resect.progress
     Reporter for stage messages and meters (quiet when None)."""
-    from .progress import quiet
+    from ..progress import quiet
 
     r = reporter or quiet()
     p = plan(spec)
@@ -396,10 +396,10 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
         timings[name] = round(now - clock, 2)
         clock = now
 
-    from .loading import load_tokenizer, release_memory
+    from ..model.loading import load_tokenizer, release_memory
 
     if spec.kind != "toxicity":
-        from .corpus import load_corpus
+        from ..edit.corpus import load_corpus
 
         corpus, scoring = load_corpus(p.corpus), {}  # read once, before the model: profiling and attribution use it
     tok, source = load_tokenizer(p.model_path), Source(p, r)
@@ -423,7 +423,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     del source
     release_memory()
     lap("baseline")
-    from .paths import finish, work_folder
+    from ..paths import finish, work_folder
 
     work = work_folder(p.out)
     try:
@@ -460,7 +460,7 @@ class Source:
     @property
     def model(self):
         if self._model is None:
-            from .loading import load_model
+            from ..model.loading import load_model
 
             self._r.say(f"loading {self._p.model_path} ({self._p.dtype}, {self._p.device})")
             self._model = load_model(self._p.model_path, dtype=self._p.dtype, device=self._p.device)
@@ -469,8 +469,8 @@ class Source:
 
 def _select(source: Source, tok, corpus, stats, p: Plan, r, lap):
     """The rule's mask, then --refine and --tune on the source model."""
-    from .loading import checkpoint_fingerprint
-    from .select import select_experts
+    from ..edit.select import select_experts
+    from ..model.loading import checkpoint_fingerprint
 
     spec = p.spec
     floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
@@ -478,13 +478,13 @@ def _select(source: Source, tok, corpus, stats, p: Plan, r, lap):
     mask = select_experts(stats, p.rule, target=spec.target, model=fingerprint, groups=spec.groups, **floor, **p.rule_params)
     lap("select")
     if spec.refine:
-        from .attribute import attribution, refine
+        from ..edit.attribute import attribution, refine
 
         r.say(f"attributing each label's loss to the experts left after removing {mask.total:,}")
         mask = refine(mask, attribution(source.model, tok, corpus, mask=mask), spec.target, add=spec.refine)
         lap("refine")
     if spec.tune:
-        from .tune import tune
+        from ..edit.tune import tune
 
         r.say(f"tuning the mask for {spec.tune} steps")
         meter = r.meter("tuning", "steps")
@@ -495,7 +495,7 @@ def _select(source: Source, tok, corpus, stats, p: Plan, r, lap):
 
 def _baseline(source: Source, tok, p: Plan, r) -> dict:
     """The source model's evaluation: from the cache, else on the source model (loaded once)."""
-    from .verify import evaluate_checkpoint
+    from ..gate.verify import evaluate_checkpoint
 
     def loaded():
         r.say("evaluating the source model (the baseline)")
@@ -506,7 +506,7 @@ def _baseline(source: Source, tok, p: Plan, r) -> dict:
 
 
 def _verify(p: Plan, edited: Path, out: Path, baseline: dict, r) -> dict:
-    from .verify import run_verification
+    from ..gate.verify import run_verification
 
     return run_verification(dataclasses.replace(p.verification, out_dir=out), edited, baseline_result=baseline, reporter=r)
 
@@ -516,7 +516,7 @@ def _verify(p: Plan, edited: Path, out: Path, baseline: dict, r) -> dict:
 
 def write_report(folder: Path, p: Plan, result: RunResult) -> None:
     """report.md with the verdict, the per-task table (as in verify.md) and two plots."""
-    from .report import LEGEND, markdown_table
+    from ..gate.report import LEGEND, markdown_table
 
     plots = _plots(folder, p, result)
     low, high = p.gates()

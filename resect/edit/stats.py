@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import StatsError
+from ..errors import StatsError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -60,7 +60,7 @@ class RoutingStats:
 
     def label_index(self, label: str) -> int:
         """Position of a label; StatsError with "did you mean" when absent."""
-        from .errors import unknown
+        from ..errors import unknown
 
         if label not in self.labels:
             raise StatsError(unknown("label", label, self.labels))
@@ -87,7 +87,7 @@ class RoutingStats:
     # ---- provenance ---------------------------------------------------------------------
     def check_model(self, model: nn.Module | str) -> None:
         """Raise StatsError unless these statistics were computed on this model (or its fingerprint)."""
-        from .loading import model_fingerprint
+        from ..model.loading import model_fingerprint
 
         found = model if isinstance(model, str) else model_fingerprint(model)
         if found != self.model_fingerprint:
@@ -102,7 +102,7 @@ class RoutingStats:
 
     def metadata(self) -> dict[str, str]:
         """The safetensors header metadata (all strings)."""
-        from . import __version__
+        from .. import __version__
 
         info = {
             "format": FORMAT,
@@ -128,13 +128,13 @@ class RoutingStats:
         """Write atomically (temporary file, then rename)."""
         from safetensors.torch import save
 
-        from .paths import write_atomic
+        from ..paths import write_atomic
 
         path = Path(path)
         try:
             write_atomic(path, save(self.tensors(), metadata=self.metadata()))
         except OSError as exc:
-            from .errors import OutputError
+            from ..errors import OutputError
 
             raise OutputError(f"Cannot write statistics to '{path}' ({exc.strerror}). Choose a writable path.") from None
         return path

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import StatsError, UsageError, unknown
+from ..errors import StatsError, UsageError, unknown
 from .mask import ExpertMask
 from .stats import RoutingStats
 

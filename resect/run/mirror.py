@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ResectError
+from ..errors import ResectError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Mirror:
         a Hub dataset is written as an `include:` of its own config with local data files; groups
         are written the same way, so the folder alone defines every task named. `splits`: splits a
         reader needs beyond those the tasks' configs name (a corpus's validation split)."""
-        from .evaluate import _task_manager
+        from ..gate.evaluate import _task_manager
 
         manager = _task_manager(tuple(str(p) for p in include_paths or ()))  # with lm-eval's own tasks: groups reach them
         out = self.work / "tasks"
@@ -104,7 +104,7 @@ class Mirror:
             return
         entry = manager._index.get(name)
         if entry is None:
-            from .errors import EvalError, unknown
+            from ..errors import EvalError, unknown
 
             raise EvalError(unknown("lm-eval task", name, manager.all_tasks))
         written.add(name)
@@ -162,7 +162,7 @@ class Mirror:
         corpora (JSONL, folders) unchanged."""
         import yaml
 
-        from .corpus import parse_recipe
+        from ..edit.corpus import parse_recipe
 
         if spec.startswith("task:"):
             recipe, base, stem = {"sources": [{"task": [n for n in spec[5:].split(",") if n]}]}, Path.cwd(), "tasks"
@@ -204,7 +204,7 @@ class Mirror:
         file = self.dataset(REAL_TOXICITY, what="toxicity prompts") / "prompts.jsonl"
         if not file.is_file():
             raise MirrorError(f"Mirror dataset '{REAL_TOXICITY}' lacks prompts.jsonl (looked for {file}).")
-        from .corpus import jsonl_rows
+        from ..edit.corpus import jsonl_rows
 
         rows = []
         for where, row in jsonl_rows(file, what="RealToxicityPrompts file"):
@@ -233,7 +233,7 @@ class Mirror:
     def code(self, languages: list[str]) -> tuple[Path, Localized, dict[str, str]]:
         """A profiling corpus of each language's source files (the last HELD_OUT kept out) and
         held-out perplexity tasks of those kept out; returns (corpus, tasks, task name by language)."""
-        from .tasks import make_perplexity_tasks, task_name
+        from ..gate.tasks import make_perplexity_tasks, task_name
 
         root = self.dataset(STACK_SMOL, what="code corpora") / "data"
         corpus, held_out = self.work / "code-corpus.jsonl", self.work / "code-held-out.jsonl"
@@ -325,8 +325,8 @@ def _file_name(name: str) -> str:
 
 
 def _work_folder(root: Path) -> Path:
-    from . import __version__
-    from .cache import cache_root
+    from .. import __version__
+    from ..cache import cache_root
 
     key = hashlib.sha256(f"{root}:{__version__}".encode()).hexdigest()[:16]
     folder = cache_root() / "mirrors" / key
@@ -368,7 +368,7 @@ def downloads(spec) -> list[Download]:
     includes = [p for value in (spec.include_path, defaults.get("include_path")) for p in ([value] if isinstance(value, str) else value or [])]
     corpus = spec.corpus or defaults.get("corpus")
     if corpus and Path(corpus).suffix in (".yaml", ".yml") and Path(corpus).is_file():
-        from .corpus import parse_recipe
+        from ..edit.corpus import parse_recipe
 
         for source in parse_recipe(Path(corpus))["sources"]:
             if "task" in source:
@@ -392,7 +392,7 @@ def _task_datasets(names: list[str], includes: list[str]) -> set[tuple[str, str 
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from .evaluate import _task_manager
+    from ..gate.evaluate import _task_manager
 
     manager = _task_manager(tuple(str(Path(p).resolve()) for p in includes))
     found, seen, todo = set(), set(), list(names)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import EvalError, ResectError, unknown
+from ..errors import EvalError, ResectError, unknown
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,10 @@ BUILTIN_PREFIX = "world_"
 
 def _builtin_task_dir() -> str | None:
     """The built-in world's task folder, when this installation ships one."""
-    from .errors import ResectError
+    from ..errors import ResectError
 
     try:
-        from .builtin import task_dir
+        from ..builtin import task_dir
 
         return str(task_dir())
     except (ImportError, ResectError):
@@ -248,7 +248,7 @@ def task_data_errors(error: type[ResectError] = EvalError) -> Iterator[None]:
 
 def check_run_options(limit: int | float | None, batch_size: int) -> None:
     """A positive limit (count, or fraction below 1) and batch size."""
-    from .checks import check_numbers
+    from ..checks import check_numbers
 
     check_numbers({"limit": limit, "batch_size": batch_size})
 

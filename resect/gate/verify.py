@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, EvalError, OutputError, UsageError
-from .paths import write_atomic
+from ..errors import CheckpointError, EvalError, OutputError, UsageError
+from ..paths import write_atomic
 from .report import Report, Row, verify_chart, verify_markdown
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,13 @@ PREFERRED_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "bits_
 
 def cache_dir() -> Path:
     """Where baseline results live (under resect.cache.cache_root())."""
-    from .cache import cache_root
+    from ..cache import cache_root
 
     return cache_root() / "baselines"
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    from .cache import digest
+    from ..cache import digest
 
     return digest(parts, 24)
 
@@ -91,7 +91,7 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
     """What a checkpoint computes, read from its files without loading them: the weights'
     fingerprint, each weight file's size and modification time (a weight changed in place changes
     them), and the digest of its expert mask, if it has one."""
-    from .loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint
+    from ..model.loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint
 
     info = inspect_checkpoint(path)
     files = {}
@@ -109,7 +109,7 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
 
 def check_thresholds(min_target_drop: float | None, max_general_drop: float | None, target: list, general: list) -> None:
     """Thresholds are non-negative and present for every role that has tasks."""
-    from .checks import check_numbers
+    from ..checks import check_numbers
 
     check_numbers({"min_target_drop": min_target_drop, "max_general_drop": max_general_drop})
     if not target and not general:
@@ -128,7 +128,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def baseline_from_provenance(edited: Path) -> Path:
     """The source checkpoint named in an edited checkpoint's config.json 'resect' key."""
-    from .loading import inspect_checkpoint
+    from ..model.loading import inspect_checkpoint
 
     source = (inspect_checkpoint(edited).config.get("resect") or {}).get("source")
     if not source:
@@ -140,7 +140,7 @@ def baseline_from_provenance(edited: Path) -> Path:
 
 def check_compatible(edited: Path, baseline: Path) -> None:
     """Same geometry and same tokenizer, else the comparison means nothing."""
-    from .loading import inspect_checkpoint, load_tokenizer
+    from ..model.loading import inspect_checkpoint, load_tokenizer
 
     a, b = inspect_checkpoint(edited).config, inspect_checkpoint(baseline).config
     for key in GEOMETRY_KEYS:
@@ -290,7 +290,7 @@ class EvalSettings:
     device: str
 
     def cache_key(self, path: Path) -> str:
-        from . import __version__
+        from .. import __version__
         from .evaluate import lm_eval_version, task_config_hash
 
         return cache_key({
@@ -305,8 +305,8 @@ def evaluate_checkpoint(path: Path, settings: EvalSettings, *, use_cache: bool, 
     """lm-eval results and toxicity of one checkpoint. With `use_cache`, a cached entry answers
     without loading the model; otherwise `source()` gives (model, tokenizer) of that checkpoint
     (already in memory, masks cleared), else the checkpoint is loaded. `reporter` shows progress."""
+    from ..model.loading import checkpoint_fingerprint, load_model, load_tokenizer, release_memory
     from .evaluate import evaluate
-    from .loading import checkpoint_fingerprint, load_model, load_tokenizer, release_memory
     from .toxicity import measure_toxicity
 
     key = settings.cache_key(path) if use_cache else None
@@ -315,7 +315,7 @@ def evaluate_checkpoint(path: Path, settings: EvalSettings, *, use_cache: bool, 
     if cached is not None:
         log.info("baseline cache hit for %s (%s)", path, key)
         return out | {"results": cached["results"], "toxicity": cached["toxicity"], "cached": True}
-    from .progress import quiet
+    from ..progress import quiet
 
     r = reporter or quiet()
     loaded = source is None
@@ -377,8 +377,8 @@ def plan_verification(
     inputs: tuple = (),
 ) -> Verification:
     """Check every option and resolve the tasks; `inputs` are further paths the report folder must not be."""
+    from ..model.loading import resolve_placement
     from .evaluate import check_run_options, normalize_limit, require_extras, resolve_tasks
-    from .loading import resolve_placement
 
     require_extras()
     check_run_options(limit, batch_size)
@@ -392,7 +392,7 @@ def plan_verification(
     check_metrics(specs, includes)
     if out_dir is not None:
         check_out_dir(Path(out_dir), baseline, *inputs)
-        from .paths import check_overlap
+        from ..paths import check_overlap
 
         check_overlap(out_dir, [baseline, *inputs, *includes, *target_toxicity], may_contain=True)  # adds verify.*
     for p in target_toxicity:
@@ -431,8 +431,8 @@ def verify(
 ) -> dict:
     """Evaluate baseline (cached) and edited, compare, write verify.json/.md/.png; returns the report.
     `options` are plan_verification's."""
-    from . import register
-    from .loading import resolve_model_path
+    from .. import register
+    from ..model.loading import resolve_model_path
 
     register()  # tokenizers are read before any model: transformers must know Monet already
     edited_path = resolve_model_path(edited)
@@ -453,7 +453,7 @@ def build_report(base: dict, edit: dict, rows: list[Row], thresholds: dict, *, l
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
     from .evaluate import lm_eval_version
 
     breached = [r.task for r in rows if not r.passed]

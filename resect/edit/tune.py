@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .attribute import focus_positions, frozen, padded
 from .corpus import Corpus, load_corpus
-from .errors import UsageError
 from .mask import ExpertMask
 
 Piece = tuple[str, list[int], list[int]]  # label, token ids, focus positions
