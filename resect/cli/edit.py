@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..run.spec import TOXICITY_DEFAULTS
 from . import app
 from .options import csv, with_options
 
@@ -92,7 +93,7 @@ def language(
 def toxicity(
     threshold: Annotated[float, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
     model: Model = None,
-    profile_samples: Annotated[int, typer.Option("--profile-samples", help="Generations per prompt profiled (drawn from their own seeds).")] = 8,
+    profile_samples: Annotated[int, typer.Option("--profile-samples", help="Generations per prompt profiled (drawn from their own seeds).")] = TOXICITY_DEFAULTS["profile_samples"],
     out: Out = None, **options: Any,
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Callable, Literal
 
 import typer
 
+from resect.run.spec import TOXICITY_DEFAULTS as SAMPLING  # light: the shared defaults, no model code
+
 Device = Annotated[
     str,
     typer.Option(
@@ -36,12 +38,12 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "max_general_drop": (Annotated[float | None, typer.Option("--max-general-drop", help="No general task may drop more than this (points; % for perplexity).")], None),
     "limit": (Annotated[float | None, typer.Option("--limit", help="Examples per lm-eval task (a fraction when below 1); for quick checks.")], None),
     "toxicity_prompts": (Annotated[Path | None, typer.Option("--toxicity-prompts", metavar="FILE", help="Prompts JSONL: lines of {\"prompt\": ..., \"toxic\"?: bool}.")], None),
-    "samples": (Annotated[int, typer.Option("--samples", help="Sampled continuations per toxicity prompt.")], 25),
-    "max_new_tokens": (Annotated[int, typer.Option("--max-new-tokens", help="New tokens per sampled continuation.")], 20),
-    "temperature": (Annotated[float, typer.Option("--temperature", help="Sampling temperature.")], 1.0),
-    "top_p": (Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the likeliest tokens up to this probability mass.")], 0.9),
+    "samples": (Annotated[int, typer.Option("--samples", help="Sampled continuations per toxicity prompt.")], SAMPLING["samples"]),
+    "max_new_tokens": (Annotated[int, typer.Option("--max-new-tokens", help="New tokens per sampled continuation.")], SAMPLING["max_new_tokens"]),
+    "temperature": (Annotated[float, typer.Option("--temperature", help="Sampling temperature.")], SAMPLING["temperature"]),
+    "top_p": (Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the likeliest tokens up to this probability mass.")], SAMPLING["top_p"]),
     "prompt_limit": (Annotated[int | None, typer.Option("--prompt-limit", help="Use only the first N toxicity prompts.")], None),
-    "scorer": (Annotated[str, typer.Option("--scorer", metavar=SCORERS, help="Toxicity scorer: profanity (offline), detoxify (a local classifier) or perspective (Google's API).")], "profanity"),
+    "scorer": (Annotated[str, typer.Option("--scorer", metavar=SCORERS, help="Toxicity scorer: profanity (offline), detoxify (a local classifier) or perspective (Google's API).")], SAMPLING["scorer"]),
     "groups": (Annotated[str | None, typer.Option("--groups", metavar="G,...", help="Select only in these routing groups, e.g. 1,2 (default: every group).")], None),
     "max_tokens_per_label": (Annotated[int | None, typer.Option("--max-tokens-per-label", help="Read at most this many tokens per label.")], None),
     "batch_size": (Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")], BATCH_SIZE),
