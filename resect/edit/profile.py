@@ -335,7 +335,7 @@ def _new_stats(model: torch.nn.Module, corpus: Corpus, *, scored: bool) -> Routi
     from ..model.loading import model_fingerprint
 
     config = model.config
-    groups = -(-config.num_hidden_layers // config.moe_groups)
+    groups = config.num_routing_groups
     stats = empty_stats(corpus.labels, num_groups=groups, experts=config.moe_experts, scored=scored)
     stats.model_fingerprint, stats.corpus_fingerprint = model_fingerprint(model), corpus.fingerprint()
     return stats

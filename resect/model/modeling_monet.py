@@ -375,7 +375,7 @@ def _check_mask_geometry(mask, config: MonetConfig) -> None:
     if hasattr(mask, "validate_for"):
         mask.validate_for(config)
         return
-    groups = -(-config.num_hidden_layers // config.moe_groups)
+    groups = config.num_routing_groups
     if (mask.moe_experts, mask.num_groups) != (config.moe_experts, groups):
         raise ValueError(
             f"Expert mask for E={mask.moe_experts}, {mask.num_groups} groups does not fit this model "
