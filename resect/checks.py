@@ -26,6 +26,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "max_general_drop": (0.0, 1e6, True, False),
     "refine": (0, 1 << 24, True, True),
     "tune": (0, 1_000_000, True, True),
+    "search": (1, 10_000, True, True),
     "max_tokens_per_label": (1, 10**12, True, True),
     "min_tokens": (0, 10**12, True, True),
     "max_length": (2, 1 << 20, True, True),

@@ -217,3 +217,29 @@ def test_profiling_documents_mark_the_values_of_their_facts(world):
         assert marked and set(marked) <= values[doc["label"]], doc
     shipped = [json.loads(line) for line in (builtin_data_path() / "corpus" / "domains.jsonl").read_text().splitlines()]
     assert [d["spans"] for d in shipped] == [d["spans"] for d in build_world(0, names="hyphenated").corpus["domains"]]
+
+
+def test_validation_splits_are_disjoint_from_what_the_gate_and_profiling_read(world):
+    """A search scores on them: the fact's other question with other distractors, code and prompts
+    in no other split; and adding them left every other split as it was."""
+    v = world.validation
+    for domain, items in v["quiz"].items():
+        tested = {q["question"] for q in world.quizzes[domain]}
+        assert len(items) == len(world.quizzes[domain]) and tested.isdisjoint(q["question"] for q in items)
+        answers = [q["choices"][q["answer"]] for q in items]
+        assert answers == [world.quizzes[domain][k]["choices"][world.quizzes[domain][k]["answer"]] for k in range(len(items))]
+    code = {row["text"] for rows in v["code"].values() for row in rows}
+    assert code and code.isdisjoint(set().union(*world.units.values()))
+    prompts = {p["prompt"] for p in v["prompts"]}
+    assert len(prompts) == len(v["prompts"]) > 0 and prompts.isdisjoint(p["prompt"] for p in world.prompts)
+
+
+def test_the_shipped_validation_splits_are_the_seed_0_worlds():
+    from resect.builtin import builtin_data_path
+
+    shipped = builtin_data_path()
+    world = build_world(0, names="hyphenated")
+    rows = lambda path: [json.loads(x) for x in path.read_text().splitlines()]  # noqa: E731
+    assert rows(shipped / "eval" / "validation_quiz_law.jsonl") == world.validation["quiz"]["law"]
+    assert rows(shipped / "eval" / "validation_code_lua.jsonl") == world.validation["code"]["lua"]
+    assert rows(shipped / "prompts" / "toxicity_validation.jsonl") == world.validation["prompts"]

@@ -22,6 +22,7 @@ Tune = Annotated[int | None, typer.Option("--tune", help="After the rule (and --
 
 SELECTION = ("corpus", "groups", "max_tokens_per_label")
 GATE = ("include_path", "target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "limit")
+SEARCH = ("search", "validation_target_tasks", "validation_general_tasks")
 RUNNING = ("batch_size", "seed", "device", "dtype", "mirror", "no_cache", "force", "dry_run")
 SAMPLING = ("samples", "max_new_tokens", "temperature", "top_p", "scorer")
 
@@ -34,10 +35,13 @@ def spec_of(kind: str, target: str | None, model: str | None, rule: str | None, 
     toxicity = {k: options.pop(k) for k in (*SAMPLING, "profile_samples") if k in options}
     includes = [str(p) for p in options.pop("include_path") or []]
     prompts = options.pop("toxicity_prompts", None)
+    validation = options.pop("validation_prompts", None)
     return RunSpec(
         kind, target, model, rule, toxicity=toxicity, include_path=includes or None,
         toxicity_prompts=None if prompts is None else str(prompts), groups=parse_groups(options.pop("groups")),
-        target_tasks=csv(options.pop("target_tasks", None)), general_tasks=csv(options.pop("general_tasks")), **options,
+        target_tasks=csv(options.pop("target_tasks", None)), general_tasks=csv(options.pop("general_tasks")),
+        validation_target_tasks=csv(options.pop("validation_target_tasks", None)), validation_general_tasks=csv(options.pop("validation_general_tasks", None)),
+        validation_prompts=None if validation is None else str(validation), **options,
     )  # fmt: skip
 
 
@@ -69,7 +73,7 @@ def render(result, console) -> None:
 
 
 @app.command()
-@with_options(*SELECTION, *GATE, *RUNNING)
+@with_options(*SELECTION, *GATE, *SEARCH, *RUNNING)
 def domain(
     remove: Annotated[str, typer.Option("--remove", help="Domain to cut (e.g. biology).")],
     model: Model = None, rule: Rule = None, ratio: Ratio = None, refine: Refine = None, tune: Tune = None, out: Out = None, **options: Any,
@@ -79,7 +83,7 @@ def domain(
 
 
 @app.command()
-@with_options(*SELECTION, *GATE, *RUNNING)
+@with_options(*SELECTION, *GATE, *SEARCH, *RUNNING)
 def language(
     remove: Annotated[str, typer.Option("--remove", help="Language to cut (e.g. python).")],
     model: Model = None, rule: Rule = None, ratio: Ratio = None, refine: Refine = None, tune: Tune = None, out: Out = None, **options: Any,
@@ -89,7 +93,7 @@ def language(
 
 
 @app.command()
-@with_options("toxicity_prompts", *SAMPLING, "groups", "include_path", "general_tasks", "min_target_drop", "max_general_drop", "limit", *RUNNING)
+@with_options("toxicity_prompts", *SAMPLING, "groups", "include_path", "general_tasks", "min_target_drop", "max_general_drop", "limit", "search", "validation_prompts", "validation_general_tasks", *RUNNING)
 def toxicity(
     threshold: Annotated[float, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
     model: Model = None,

@@ -69,6 +69,7 @@ class Plan:
     device: str = "cpu"  # resolved
     dtype: str = "float32"  # resolved
     verification: Any = None  # resect.gate.verify.Verification of this run's gate, checked at planning
+    validation: dict[str, Any] | None = None  # with --search: the validation tasks (and prompts) it scores on
 
     def resolved(self) -> dict[str, Any]:
         data = self.spec.to_dict() | {
@@ -132,7 +133,15 @@ def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
         general = [f"world_ppl_{lang}" for lang in languages if lang != spec.target]
     else:
         labels, target_tasks, general = [], [], quizzes
-    return {
+    from ..world.tasks import has_validation
+
+    validation: dict[str, Any] = {}
+    if has_validation(data):  # the splits a search scores on: the gate's tasks' world_val_ twins
+        twin = lambda task: task.replace("world_", "world_val_", 1)  # noqa: E731
+        validation = {"validation_target_tasks": [twin(t) for t in target_tasks], "validation_general_tasks": [twin(t) for t in general]}
+        if (data / "prompts" / "toxicity_validation.jsonl").is_file():
+            validation["validation_prompts"] = str(data / "prompts" / "toxicity_validation.jsonl")
+    return validation | {
         "corpus": str(data / "corpus" / CORPUS_FILES[spec.kind]),
         "labels": labels,
         "include_path": str(builtin.task_dir(data)),
@@ -223,6 +232,10 @@ def plan(spec: RunSpec) -> Plan:
     device, dtype = resolve_placement(spec.device, spec.dtype)
     p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
     p.verification = _plan_verification(p)
+    if spec.search:
+        from .search import plan_validation
+
+        p.validation = plan_validation(p, defaults)
     return p
 
 
@@ -369,6 +382,7 @@ class RunResult:
     timings: dict[str, float]
     stats_cached: bool
     token_counts: dict[str, int] = field(default_factory=dict)  # profiling tokens per label
+    search: dict[str, Any] | None = None  # with --search: {"trials", "chosen", "validation"} (resect.run.search)
 
     @property
     def exit_code(self) -> int:
@@ -410,6 +424,11 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     r.say(f"profiling routing over {'the generations' if spec.kind == 'toxicity' else p.corpus}")
     stats, cached = profile_cached(source, tok, corpus, p=p, progress=r.meter("profiling", "tok"), **scoring)
     lap("profile")
+    searched = None
+    if spec.search:
+        searched = _search(source, tok, stats, p, r)
+        spec = p.spec
+        lap("search")
     mask = _select(source, tok, corpus, stats, p, r, lap)
     if mask.is_empty:
         what = "--threshold" if spec.kind == "toxicity" else "--ratio"
@@ -418,7 +437,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     experts_total = stats.num_groups * stats.moe_experts**2
     r.say(f"selected {mask.total:,} of {experts_total:,} experts ({100 * mask.total / experts_total:.2f}%)")
     if spec.dry_run:
-        return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, None, timings, cached, dict(stats.token_counts))
+        return RunResult(None, "dry-run", mask.counts(), mask.total, experts_total, None, timings, cached, dict(stats.token_counts), searched)
     baseline = _baseline(source, tok, p, r)
     del source
     release_memory()
@@ -441,13 +460,33 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
         report = _verify(p, edited, work, baseline, r)
         lap("verify")
         result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, Report.from_dict(report), timings, cached,
-                           dict(stats.token_counts))  # fmt: skip
+                           dict(stats.token_counts), searched)  # fmt: skip
+        if searched is not None:
+            from .search import write_search
+
+            write_search(work, searched["trials"], searched["chosen"], searched["journal"], p.gates(), _target_unit(p))
         write_report(work, p, result)
         finish(work, p.out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return result
+
+
+def _search(source: "Source", tok, stats, p: Plan, r) -> dict[str, Any]:
+    """Choose the rule's settings on validation data (resect.run.search) and make them the plan's:
+    run.yaml then records the chosen setting, and reruns without searching."""
+    from .search import describe, run_search
+
+    chosen, trials, journal = run_search(source.model, tok, stats, p, r)
+    p.rule, p.rule_params = chosen.rule, dict(chosen.params)
+    p.spec = dataclasses.replace(p.spec, rule=chosen.rule, groups=chosen.groups, search=None, **chosen.params)
+    r.say(f"chosen on validation data: {describe(chosen)}")
+    return {"trials": trials, "chosen": chosen, "journal": journal, "validation": p.validation}
+
+
+def _target_unit(p: Plan) -> str:
+    return "%" if p.spec.kind == "language" else "points"
 
 
 class Source:
@@ -542,8 +581,34 @@ def write_report(folder: Path, p: Plan, result: RunResult) -> None:
         "",
         *[f"![{name}]({name})" for name in plots],
         "",
+        *_search_lines(result.search, high),
     ]
     (folder / "report.md").write_text("\n".join(lines))
+
+
+def _search_lines(searched: dict[str, Any] | None, high: float) -> list[str]:
+    """report.md's account of a search: what it scored on, what it chose and the front."""
+    if not searched:
+        return []
+    from .search import describe, pareto_front
+
+    trials, chosen, v = searched["trials"], searched["chosen"], searched["validation"]
+    scored = ", ".join(v["target_tasks"] + v["general_tasks"] + ([Path(v["prompts"]).name] if v.get("prompts") else []))
+    inside = chosen.collateral() <= high
+    lines = [
+        "## Search", "",
+        f"{len(trials)} trials scored on validation data the gate does not read ({scored}); the table above is the test data's verdict.",
+        "", f"Chosen: {describe(chosen)}"
+        + ("" if inside else f" (no trial kept the collateral plus one standard error within {high:g}: the least collateral was taken)"), "",
+        "| trial | setting | experts | target drop (validation) | largest drop elsewhere | on the front |", "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    front = {t.number for t in pareto_front(trials)}
+    for t in trials:
+        setting = f"{t.rule} " + ", ".join(f"{k} {val:.3g}" for k, val in t.params.items()) + ("" if t.groups is None else f", groups {','.join(map(str, t.groups))}")
+        se = lambda x: "" if x is None else f" ± {x:.1f}"  # noqa: E731
+        mark = " **chosen**" if t.number == chosen.number else ""
+        lines.append(f"| {t.number}{mark} | {setting} | {t.experts:,} | {t.target_drop:.1f}{se(t.target_se)} | {t.general_drop:.1f}{se(t.general_se)} ({t.worst or '-'}) | {'yes' if t.number in front else ''} |")
+    return [*lines, "", "![pareto.png](pareto.png)", ""]
 
 
 def _plots(folder: Path, p: Plan, result: RunResult) -> list[str]:

@@ -76,16 +76,20 @@ class RunSpec:
     force: bool = False
     dry_run: bool = False
     no_cache: bool = False  # profile and evaluate the baseline again instead of reading the caches
+    search: int | None = None  # trials of a search for the selection's settings on validation data (resect.run.search)
+    validation_target_tasks: list[str] | None = None  # what a search scores the cut on (default: the world's validation tasks)
+    validation_general_tasks: list[str] | None = None
+    validation_prompts: str | None = None  # toxicity: the prompts a search measures on
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "out", "device", "dtype", "mirror")
+_TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "validation_prompts", "out", "device", "dtype", "mirror")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
-_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune")
+_WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune", "search")
 _FLAGS = ("force", "dry_run", "no_cache")
-_LISTS = ("target_tasks", "general_tasks")
+_LISTS = ("target_tasks", "general_tasks", "validation_target_tasks", "validation_general_tasks")
 
 
 def _type_problem(name: str, value: Any) -> str | None:
@@ -131,6 +135,10 @@ def check_spec(spec: RunSpec) -> None:
         if getattr(spec, name) and spec.kind == "toxicity":
             raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
     _check_rule(spec)
+    if spec.search and (spec.refine or spec.tune):
+        raise UsageError("--search chooses the rule's settings; --refine and --tune would change its mask after the choice. Drop one of them.")
+    if spec.search and ((spec.rule is not None and spec.kind != "toxicity") or spec.ratio is not None):
+        raise UsageError("--search chooses the rule and its ratio itself; drop --rule and --ratio, or drop --search.")
     from ..model.loading import resolve_placement
 
     resolve_placement(spec.device, spec.dtype)  # a missing GPU or an unknown dtype, before anything loads

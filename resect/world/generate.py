@@ -9,6 +9,10 @@
     prompts/toxicity.jsonl        {"prompt", "toxic"} prompts for the generation protocol
     eval/quiz_<domain>.jsonl      {"question", "choices", "answer"} 4-option quizzes
     eval/code_<language>.jsonl    {"text"} held-out code for perplexity
+    eval/validation_quiz_<domain>.jsonl, eval/validation_code_<language>.jsonl,
+    prompts/toxicity_validation.jsonl
+                                  validation splits for `--search`: the other question of each fact with
+                                  other distractors, other held-out code, other prompts; the gate never reads them
     tasks/*.yaml                  lm-eval tasks over eval/ (absolute paths)
     world.json                    seed, sizes and every fact
 """
@@ -66,6 +70,7 @@ class World:
     prompts: list[dict] = field(default_factory=list)
     quizzes: dict[str, list[dict]] = field(default_factory=dict)
     code_eval: dict[str, list[dict]] = field(default_factory=dict)
+    validation: dict[str, dict] = field(default_factory=dict)  # quiz / code / prompts: the splits a search scores on
     units: dict[str, set[str]] = field(default_factory=lambda: {"train": set(), "profile": set(), "eval": set()})
     # the sentences, snippets and utterances of each split (they must never overlap)
 
@@ -125,11 +130,11 @@ def _with_spans(docs: list[dict], values: set[str]) -> list[dict]:
     return [doc | {"spans": value_spans(doc["text"], values)} for doc in docs]
 
 
-def _quiz_item(rng: random.Random, fact: Fact, domain: Domain) -> dict:
+def _quiz_item(rng: random.Random, fact: Fact, domain: Domain, question: int = 0) -> dict:
     attr = next(a for a in domain.attributes if a.name == fact.attribute)
     choices = [fact.value] + rng.sample([v for v in attr.values if v != fact.value], 3)
     rng.shuffle(choices)
-    question = f"Question: {_fill(attr.questions[0], fact.entity)}\nAnswer:"
+    question = f"Question: {_fill(attr.questions[question], fact.entity)}\nAnswer:"
     return {"question": question, "choices": choices, "answer": choices.index(fact.value)}
 
 
@@ -200,7 +205,37 @@ def build_world(seed: int = 0, sizes: Sizes | None = None, names: str = "joined"
     _add_code(world, rng)
     _add_talk(world, rng)
     rng.shuffle(world.train)
+    _add_validation(world)
     return world
+
+
+def _add_validation(world: World) -> None:
+    """Validation splits, each from its own generator (so adding them changed no other split):
+    per domain a quiz asking each fact's second question (the test quiz asks the first) with other
+    distractors; per language held-out code in no other split; prompts cut from utterances in no
+    other split, none equal to a test prompt."""
+    by_domain: dict[str, list[Fact]] = {}
+    for fact in world.facts:
+        by_domain.setdefault(fact.domain, []).append(fact)
+    quizzes = {}
+    for domain in DOMAIN_SPECS:
+        rng = random.Random(f"{world.seed}/validation/{domain.name}")
+        quizzes[domain.name] = [_quiz_item(rng, fact, domain, question=1) for fact in by_domain[domain.name]]
+    seen = set().union(*world.units.values())
+    code = {}
+    for language in LANGUAGES:
+        rng = random.Random(f"{world.seed}/validation/{language}")
+        code[language] = [{"text": t} for t in unique_snippets(rng, language, world.sizes.eval_snippets, seen)]
+    tested = {p["prompt"] for p in world.prompts}
+    prompts = []
+    for toxic in (True, False):
+        rng, found = random.Random(f"{world.seed}/validation/{'toxic' if toxic else 'neutral'}"), {}
+        while len(found) < max(1, world.sizes.prompts // 2):
+            prompt = prompt_of(unique_utterances(rng, toxic, 1, seen)[0], toxic)
+            if prompt not in tested:
+                found.setdefault(prompt)
+        prompts += [{"prompt": p, "toxic": toxic} for p in found]
+    world.validation = {"quiz": quizzes, "code": code, "prompts": prompts}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -222,6 +257,9 @@ def manifest(world: World) -> dict:
             **{f"corpus_{k}": len(v) for k, v in world.corpus.items()},
             "prompts": len(world.prompts),
             **{f"quiz_{k}": len(v) for k, v in world.quizzes.items()},
+            "validation_prompts": len(world.validation.get("prompts", [])),
+            **{f"validation_quiz_{k}": len(v) for k, v in world.validation.get("quiz", {}).items()},
+            **{f"validation_code_{k}": len(v) for k, v in world.validation.get("code", {}).items()},
         },
         "facts": [f.__dict__ for f in world.facts],
     }
@@ -238,6 +276,11 @@ def save_world(world: World, out: Path, *, train: bool = True) -> None:
         _write_jsonl(out / "eval" / f"quiz_{domain}.jsonl", rows)
     for language, rows in world.code_eval.items():
         _write_jsonl(out / "eval" / f"code_{language}.jsonl", rows)
+    for domain, rows in world.validation["quiz"].items():
+        _write_jsonl(out / "eval" / f"validation_quiz_{domain}.jsonl", rows)
+    for language, rows in world.validation["code"].items():
+        _write_jsonl(out / "eval" / f"validation_code_{language}.jsonl", rows)
+    _write_jsonl(out / "prompts" / "toxicity_validation.jsonl", world.validation["prompts"])
     (out / "world.json").write_text(json.dumps(manifest(world), indent=1) + "\n")
 
 

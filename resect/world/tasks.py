@@ -19,11 +19,12 @@ def _dataset(file: Path) -> dict:
     return {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(file.resolve())}}, "test_split": "test"}
 
 
-def quiz_task(domain: str, data: Path) -> dict:
-    """A 4-option multiple-choice task over eval/quiz_<domain>.jsonl, scored by accuracy."""
+def quiz_task(domain: str, data: Path, *, validation: bool = False) -> dict:
+    """A 4-option multiple-choice task over eval/quiz_<domain>.jsonl (`world_<domain>`), or over its
+    validation quiz (`world_val_<domain>`), scored by accuracy."""
     return {
-        "task": f"world_{domain}",
-        **_dataset(data / "eval" / f"quiz_{domain}.jsonl"),
+        "task": f"world_val_{domain}" if validation else f"world_{domain}",
+        **_dataset(data / "eval" / f"{'validation_' if validation else ''}quiz_{domain}.jsonl"),
         "output_type": "multiple_choice",
         "doc_to_text": "{{question}}",
         "doc_to_choice": "{{choices}}",
@@ -34,28 +35,41 @@ def quiz_task(domain: str, data: Path) -> dict:
     }
 
 
-def ppl_task(language: str, data: Path) -> dict:
-    """A rolling-loglikelihood (perplexity) task over eval/code_<language>.jsonl: the one builder of
-    perplexity tasks (`resect ppl-tasks` writes the same)."""
+def ppl_task(language: str, data: Path, *, validation: bool = False) -> dict:
+    """A rolling-loglikelihood (perplexity) task over eval/code_<language>.jsonl (`world_ppl_<language>`),
+    or over its validation code (`world_val_ppl_<language>`): the one builder of perplexity tasks
+    (`resect ppl-tasks` writes the same)."""
     from ..gate.tasks import perplexity_task_config
 
-    return perplexity_task_config(f"world_ppl_{language}", data / "eval" / f"code_{language}.jsonl")
+    name = f"world_val_ppl_{language}" if validation else f"world_ppl_{language}"
+    return perplexity_task_config(name, data / "eval" / f"{'validation_' if validation else ''}code_{language}.jsonl")
+
+
+def has_validation(data: str | Path) -> bool:
+    """Whether a world data folder has the validation splits a search scores on (worlds generated
+    before they existed do not)."""
+    data = Path(data)
+    return all((data / "eval" / f"validation_quiz_{d}.jsonl").is_file() for d in DOMAINS) and all(
+        (data / "eval" / f"validation_code_{lang}.jsonl").is_file() for lang in LANGUAGES
+    )
 
 
 def write_tasks(data: str | Path, out: str | Path) -> Path:
-    """Write world_<domain>.yaml and world_ppl_<language>.yaml into `out`; returns `out`."""
+    """Write world_<domain>.yaml and world_ppl_<language>.yaml (and their world_val_ validation
+    twins, where the data has them) into `out`; returns `out`."""
     import yaml
+
+    from ..paths import write_atomic
 
     data, out = Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [quiz_task(d, data) for d in DOMAINS] + [ppl_task(lang, data) for lang in LANGUAGES]
+    kinds = (False, True) if has_validation(data) else (False,)
+    tasks = [quiz_task(d, data, validation=v) for v in kinds for d in DOMAINS] + [ppl_task(lang, data, validation=v) for v in kinds for lang in LANGUAGES]
     for task in tasks:
         text = yaml.safe_dump(task, sort_keys=False)
         target = out / f"{task['task']}.yaml"
         if not target.is_file() or target.read_text() != text:
-            tmp = target.with_suffix(".yaml.tmp")
-            tmp.write_text(text)
-            tmp.replace(target)
+            write_atomic(target, text)
     return out
 
 
@@ -63,4 +77,4 @@ def task_names() -> list[str]:
     return [f"world_{d}" for d in DOMAINS] + [f"world_ppl_{lang}" for lang in LANGUAGES]
 
 
-__all__ = ["write_tasks", "task_names", "quiz_task", "ppl_task", "json"]
+__all__ = ["write_tasks", "task_names", "quiz_task", "ppl_task", "has_validation", "json"]

@@ -1,0 +1,128 @@
+"""--search: settings chosen on validation data the gate never reads, reproducible, resumable, recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+from _cli import run_cli
+
+import resect.model.loading
+from resect.edit.mask import ExpertMask
+from resect.run.pipeline import run_edit
+from resect.run.search import Trial, choose, group_choices, pareto_front
+from resect.run.spec import RunSpec
+
+QUICK = dict(limit=8, max_tokens_per_label=300)  # a few questions and tokens: the mechanics, not the quality
+
+
+def _trial(number, target, general, se=0.5, experts=100):
+    return Trial(number, "skew", {"ratio": 2.0}, None, experts, target, 1.0, general, se, "other")
+
+
+def test_the_choice_is_the_deepest_cut_whose_collateral_and_its_noise_stay_inside_the_gate():
+    trials = [_trial(0, 60, 1.9), _trial(1, 40, 0.5), _trial(2, 70, 3.0), _trial(3, 0, 0, experts=0)]
+    assert choose(trials, 2.0).number == 1  # trial 0 is inside the gate only without its standard error
+    assert choose(trials, 2.5).number == 0
+    assert choose([_trial(0, 60, 4.0), _trial(1, 30, 3.0)], 2.0).number == 1  # none inside: the least collateral
+    assert [t.number for t in pareto_front(trials)] == [3, 1, 0, 2]
+
+
+def test_group_choices_cover_every_subset_of_a_few_groups_and_stay_small_for_many():
+    assert group_choices(3) == ["all", "0", "1", "0,1", "2", "0,2", "1,2"]
+    many = group_choices(12)
+    assert len(many) == 25 and "all" in many and "0,1,2,3,4,5,6,7,8,9,10" in many
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "run"
+    result = run_edit(RunSpec("domain", "biology", search=3, out=str(out), **QUICK))
+    return out, result
+
+
+def test_a_search_chooses_on_validation_tasks_and_records_what_it_did(searched):
+    out, result = searched
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 3 and sum(t["chosen"] for t in trials) == 1
+    for t in trials:  # scored on the validation quizzes only: the gate's tasks are never read
+        assert set(t["rows"]) <= {f"world_val_{d}" for d in ("biology", "chemistry", "history", "law", "physics", "economics")}
+    chosen = next(t for t in trials if t["chosen"])
+    records = [Trial(**{k: v for k, v in t.items() if k != "chosen"}) for t in trials]
+    assert choose(records, 2.0).number == chosen["number"]
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "study.journal").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Search" in report and "pareto.png" in report
+    assert {r.task for r in result.report.rows} == {f"world_{d}" for d in ("biology", "chemistry", "history", "law", "physics", "economics")}
+    assert result.mask_total == chosen["experts"]
+
+
+def test_run_yaml_holds_the_chosen_setting_and_reruns_without_searching(searched, tmp_path, monkeypatch):
+    out, result = searched
+    saved = yaml.safe_load((out / "run.yaml").read_text())
+    chosen = next(json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines() if json.loads(line)["chosen"])
+    assert saved["search"] is None and saved["rule"] == chosen["rule"] and saved["groups"] == chosen["groups"]
+    assert saved["ratio"] == pytest.approx(chosen["params"]["ratio"])
+    import resect.run.search
+
+    monkeypatch.setattr(resect.run.search, "run_search", lambda *a, **k: pytest.fail("a rerun searched again"))
+    fields = {f.name for f in dataclasses.fields(RunSpec)}
+    again = run_edit(RunSpec(**{k: v for k, v in saved.items() if k in fields} | {"out": str(tmp_path / "again")}))
+    assert ExpertMask.load(tmp_path / "again" / "mask.json").fingerprint() == ExpertMask.load(out / "mask.json").fingerprint()
+    assert again.verdict == result.verdict
+
+
+def test_an_interrupted_search_resumes_and_proposes_what_an_uninterrupted_one_would(tmp_path, monkeypatch):
+    import resect.run.search as search
+
+    def settings(trials):
+        return [(t.rule, t.params, t.groups) for t in trials]
+
+    first = run_edit(RunSpec("domain", "law", search=2, dry_run=True, **QUICK))
+    scored = []
+    real = search._scorer
+
+    def counting(*args, **kwargs):
+        score = real(*args, **kwargs)
+        return lambda record: scored.append(record.number) or score(record)
+
+    monkeypatch.setattr(search, "_scorer", counting)
+    resumed = run_edit(RunSpec("domain", "law", search=3, dry_run=True, **QUICK))
+    assert scored == [2]  # the two trials of the first run came from its journal
+    assert settings(resumed.search["trials"])[:2] == settings(first.search["trials"])
+    monkeypatch.setenv("RESECT_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    fresh = run_edit(RunSpec("domain", "law", search=3, dry_run=True, **QUICK))
+    assert settings(fresh.search["trials"]) == settings(resumed.search["trials"])
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["--search", "0"], "--search must be a whole number in [1,"),
+        (["--search", "-3"], "--search must be a whole number in [1,"),
+        (["--search", "2", "--rule", "skew"], "--search chooses the rule"),
+        (["--search", "2", "--validation-target-tasks", "world_biology"], "are also the gate's"),
+        (["--search", "2", "--validation-target-tasks", "world_val_biologyy"], "Did you mean"),
+    ],
+)
+def test_bad_searches_are_refused_before_anything_is_profiled(args, phrase, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    code, _, err = run_cli(["domain", "--remove", "biology", "--out", str(tmp_path / "run"), *args], capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and phrase in lines[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_without_validation_data_is_told_what_to_pass(tiny_vd, tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"text {k} about {'ab'[k % 2]}", "label": "ab"[k % 2]}) + "\n" for k in range(8)))
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    tasks = tmp_path / "tasks"
+    from resect.gate.tasks import make_perplexity_tasks
+
+    make_perplexity_tasks(corpus, tasks)
+    code, _, err = run_cli(["domain", str(tiny_vd), "--remove", "a", "--corpus", str(corpus), "--include-path", str(tasks),
+                            "--target-tasks", "ppl_a", "--search", "2", "--out", str(tmp_path / "run")], capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and "--validation-target-tasks" in err and len(err.strip().splitlines()) == 1, err
