@@ -145,6 +145,7 @@ def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial]
     score = _scorer(model, tokenizer, p, validation, reporter)
     meter = reporter.meter("search", "trials")
     meter(min(len(done), n), n)
+    started, resumed = time.perf_counter(), len(done)
     while len(done) < n:
         k = len(done)
         study.sampler = optuna.samplers.TPESampler(seed=p.spec.seed * 100_003 + k, n_startup_trials=min(10, max(2, n // 3)))
@@ -167,6 +168,10 @@ def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial]
         meter(len(done), n)
         reporter.say(f"trial {len(done)}/{n}: {describe(record)}; best so far: {describe(best)}")
     trials = [_record(t) for t in sorted(done, key=lambda t: t.number)][:n]
+    if len(done) > resumed:
+        spent = time.perf_counter() - started
+        reporter.say(f"search: {len(done) - resumed} trials in {spent:.0f} s ({spent / (len(done) - resumed):.1f} s a trial: a selection and a "
+                     "validation pass on the loaded model, profile reused)")  # fmt: skip
     return choose(trials, p.gates()[1]), trials, journal
 
 
