@@ -130,6 +130,23 @@ def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
         assert {r["task"] for r in report["rows"]} == {f"heldout_{x}" for x in ("python", "cpp", "java", "javascript", "lua", "php")}
 
 
+def test_a_search_on_the_paper_recipe_scores_mmlu_validation_and_gates_on_its_test_split(mirror, tmp_path):
+    """Offline, from the mirror: trials read the validation questions (the 'validation set' marks of
+    the tiny MMLU), the gate the test questions."""
+    out = tmp_path / "run"
+    res = resect("run", "paper-mmlu-domain", f"mirror={mirror}", f"out={out}", *FAST, "target=biology", "rule=null", "ratio=null",
+                 "search=2", "min_target_drop=0", "max_general_drop=100", cache=tmp_path / "cache")  # fmt: skip
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    categories = __import__("resect.run.recipebook", fromlist=["x"]).MMLU_PRO
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 2
+    scored = {task for t in trials for task in t["rows"]}
+    assert scored and scored <= {f"resect_mmlu_pro_val_{c.replace(' ', '_')}" for c in categories}
+    report = json.loads((out / "verify.json").read_text())
+    assert {r["task"] for r in report["rows"]} == {f"resect_mmlu_pro_{c.replace(' ', '_')}" for c in categories}
+    assert "fewer than 100 questions" in (out / "report.md").read_text()  # the tiny MMLU has a few per subject
+
+
 def test_the_mmlu_statistics_come_from_the_validation_split(mirror, tmp_path):
     """The profiling corpus reads the mirror's validation files, which the gate never reads."""
     from resect.run.mirror import Mirror

@@ -159,7 +159,12 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
         what = "--corpus (labelled code or text) and --target-tasks/--general-tasks" if spec.kind == "language" else "--toxicity-prompts"
         raise UsageError(f"This model has no built-in data for 'resect {spec.kind}'. Pass {what}, or use a recipe from 'resect recipes ls'.")
     categories = list(mmlu_pro_categories())
-    task = lambda category: f"resect_mmlu_pro_{category.replace(' ', '_')}"  # noqa: E731
+    task = lambda category, kind="": f"resect_mmlu_pro_{kind}{category.replace(' ', '_')}"  # noqa: E731
+    searching = {  # MMLU's validation split (the profiling corpus's questions), never its test split
+        "include_path": [str(RECIPES_DIR / "tasks" / "mmlu_pro"), str(RECIPES_DIR / "tasks" / "mmlu_pro_validation")],
+        "validation_target_tasks": [task(spec.target, "val_")],
+        "validation_general_tasks": [task(c, "val_") for c in categories if c != spec.target],
+    } if spec.search else {}  # fmt: skip
     return {
         "corpus": str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml"),
         "labels": categories,
@@ -167,7 +172,7 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
         "target_tasks": [task(spec.target)],
         "general_tasks": [task(c) for c in categories if c != spec.target],
         "toxicity_prompts": None,
-    }
+    } | searching
 
 
 def plan(spec: RunSpec) -> Plan:
@@ -215,7 +220,11 @@ def plan(spec: RunSpec) -> Plan:
     if mirror is not None and target_tasks + general:
         from ..gate.verify import split_spec
 
-        names = [split_spec(t)[0] for t in target_tasks + general]
+        searched = []  # a search's validation tasks read the mirror too
+        if spec.search:
+            for name in ("validation_target_tasks", "validation_general_tasks"):
+                searched += getattr(spec, name) if getattr(spec, name) is not None else defaults.get(name) or []
+        names = [split_spec(t)[0] for t in target_tasks + general + searched]
         include = [str(mirror.localize(names, include).include_path)]
     rule, ratio = _rule_and_ratio(spec, world is not None)
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
@@ -478,11 +487,14 @@ def _search(source: "Source", tok, stats, p: Plan, r) -> dict[str, Any]:
     run.yaml then records the chosen setting, and reruns without searching."""
     from .search import describe, run_search
 
-    chosen, trials, journal = run_search(source.model, tok, stats, p, r)
+    chosen, trials, journal, sizes = run_search(source.model, tok, stats, p, r)
     p.rule, p.rule_params = chosen.rule, dict(chosen.params)
     p.spec = dataclasses.replace(p.spec, rule=chosen.rule, groups=chosen.groups, search=None, **chosen.params)
     r.say(f"chosen on validation data: {describe(chosen)}")
-    return {"trials": trials, "chosen": chosen, "journal": journal, "validation": p.validation}
+    return {"trials": trials, "chosen": chosen, "journal": journal, "validation": p.validation, "sizes": sizes}
+
+
+FEW_QUESTIONS = 100  # a validation task this small moves by several points when two answers change
 
 
 def _target_unit(p: Plan) -> str:
@@ -608,6 +620,11 @@ def _search_lines(searched: dict[str, Any] | None, high: float) -> list[str]:
         se = lambda x: "" if x is None else f" ± {x:.1f}"  # noqa: E731
         mark = " **chosen**" if t.number == chosen.number else ""
         lines.append(f"| {t.number}{mark} | {setting} | {t.experts:,} | {t.target_drop:.1f}{se(t.target_se)} | {t.general_drop:.1f}{se(t.general_se)} ({t.worst or '-'}) | {'yes' if t.number in front else ''} |")
+    few = {task: n for task, n in searched.get("sizes", {}).items() if n < FEW_QUESTIONS}
+    if few:
+        rows = chosen.rows
+        lines += ["", f"Validation tasks with fewer than {FEW_QUESTIONS} questions (their drops are noisy; the chosen trial's, with one standard error): "
+                  + ", ".join(f"{t} ({n} questions, {rows.get(t, {}).get('drop', 0):.1f} ± {rows.get(t, {}).get('se') or 0:.1f})" for t, n in sorted(few.items()))]  # fmt: skip
     return [*lines, "", "![pareto.png](pareto.png)", ""]
 
 

@@ -116,8 +116,9 @@ def journal_path(p, stats_fingerprint: str, validation: dict[str, Any]) -> tuple
     return cache_root() / "search" / f"{digest(identity, 24)}.journal", identity
 
 
-def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial], Path]:
-    """N trials (resumed from the journal where one exists); returns (chosen, trials, journal)."""
+def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial], Path, dict[str, int]]:
+    """N trials (resumed from the journal where one exists); returns (chosen, trials, journal, the
+    number of questions (documents) of each validation task)."""
     import optuna
 
     from ..cache import digest
@@ -142,7 +143,7 @@ def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial]
     reporter.say(f"searching {n} settings on validation data" + (f" ({len(done)} done before, resumed)" if done else ""))
     fingerprint = checkpoint_fingerprint(p.model_path)
     floor = {} if p.spec.min_tokens is None else {"min_tokens": p.spec.min_tokens}
-    score = _scorer(model, tokenizer, p, validation, reporter)
+    score, base = _scorer(model, tokenizer, p, validation, reporter)
     meter = reporter.meter("search", "trials")
     meter(min(len(done), n), n)
     started, resumed = time.perf_counter(), len(done)
@@ -172,7 +173,16 @@ def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial]
         spent = time.perf_counter() - started
         reporter.say(f"search: {len(done) - resumed} trials in {spent:.0f} s ({spent / (len(done) - resumed):.1f} s a trial: a selection and a "
                      "validation pass on the loaded model, profile reused)")  # fmt: skip
-    return choose(trials, p.gates()[1]), trials, journal
+    sizes = {t: question_count(base[0], t.split(":")[0]) for t in validation["target_tasks"] + validation["general_tasks"]} if base[0] else {}
+    return choose(trials, p.gates()[1]), trials, journal, sizes
+
+
+def question_count(results: dict, task: str) -> int:
+    """The documents lm-eval scored for a task, a group's summed over its members."""
+    counted = (results.get("n-samples") or {}).get(task)
+    if isinstance(counted, dict) and isinstance(counted.get("effective"), int):
+        return counted["effective"]
+    return sum(question_count(results, member) for member in (results.get("group_subtasks") or {}).get(task) or [])
 
 
 def _record(frozen) -> Trial:
@@ -217,7 +227,7 @@ def _scorer(model, tokenizer, p, validation: dict[str, Any], reporter):
         record.rows = {r.task: {"role": r.role, "drop": round(r.drop, 4), "se": r.drop_stderr, "unit": r.unit} for r in rows}
         return record
 
-    return score
+    return score, base
 
 
 def choose(trials: list[Trial], max_general_drop: float) -> Trial:

@@ -138,7 +138,7 @@ def check_spec(spec: RunSpec) -> None:
     if spec.search and (spec.refine or spec.tune):
         raise UsageError("--search chooses the rule's settings; --refine and --tune would change its mask after the choice. Drop one of them.")
     if spec.search and ((spec.rule is not None and spec.kind != "toxicity") or spec.ratio is not None):
-        raise UsageError("--search chooses the rule and its ratio itself; drop --rule and --ratio, or drop --search.")
+        raise UsageError("--search chooses the rule and its ratio itself; drop --rule and --ratio (over a recipe: rule=null ratio=null), or drop --search.")
     from ..model.loading import resolve_placement
 
     resolve_placement(spec.device, spec.dtype)  # a missing GPU or an unknown dtype, before anything loads
