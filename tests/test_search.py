@@ -85,8 +85,8 @@ def test_an_interrupted_search_resumes_and_proposes_what_an_uninterrupted_one_wo
     real = search._scorer
 
     def counting(*args, **kwargs):
-        score = real(*args, **kwargs)
-        return lambda record: scored.append(record.number) or score(record)
+        score, base = real(*args, **kwargs)
+        return (lambda record: scored.append(record.number) or score(record)), base
 
     monkeypatch.setattr(search, "_scorer", counting)
     resumed = run_edit(RunSpec("domain", "law", search=3, dry_run=True, **QUICK))
@@ -126,3 +126,28 @@ def test_a_model_without_validation_data_is_told_what_to_pass(tiny_vd, tmp_path,
     code, _, err = run_cli(["domain", str(tiny_vd), "--remove", "a", "--corpus", str(corpus), "--include-path", str(tasks),
                             "--target-tasks", "ppl_a", "--search", "2", "--out", str(tmp_path / "run")], capsys, monkeypatch)  # fmt: skip
     assert code == 2 and "--validation-target-tasks" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_journal_of_another_identity_is_refused(searched, capsys, monkeypatch):
+    """The journal a search resumes from must be this search's: one that records another model,
+    target or validation set is refused in one line, exit 2."""
+    import optuna
+
+    from resect.cache import digest
+    from resect.edit.stats import RoutingStats
+    from resect.run.pipeline import plan
+    from resect.run.search import journal_path
+
+    out, _ = searched
+    spec = RunSpec("domain", "biology", search=3, dry_run=True, **QUICK)
+    p = plan(spec)
+    stats = RoutingStats.load(out / "stats.safetensors")
+    journal, identity = journal_path(p, digest([stats.model_fingerprint, stats.corpus_fingerprint, dict(stats.token_counts)]), p.validation)
+    assert journal.is_file()  # the fixture's search journal, found again from the same inputs
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="resect-search", storage=storage)
+    study.set_user_attr("identity", identity | {"target": "law"})
+    code, _, err = run_cli(["domain", "--remove", "biology", "--search", "3", "--dry-run", "--limit", "8", "--max-tokens-per-label", "300"], capsys, monkeypatch)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "belongs to another model, target or validation set" in errors[0], err
+    assert "loading" not in err  # refused before the model loads (the statistics came from the cache)

@@ -487,7 +487,7 @@ def _search(source: "Source", tok, stats, p: Plan, r) -> dict[str, Any]:
     run.yaml then records the chosen setting, and reruns without searching."""
     from .search import describe, run_search
 
-    chosen, trials, journal, sizes = run_search(source.model, tok, stats, p, r)
+    chosen, trials, journal, sizes = run_search(lambda: source.model, tok, stats, p, r)
     p.rule, p.rule_params = chosen.rule, dict(chosen.params)
     p.spec = dataclasses.replace(p.spec, rule=chosen.rule, groups=chosen.groups, search=None, **chosen.params)
     r.say(f"chosen on validation data: {describe(chosen)}")

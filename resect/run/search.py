@@ -106,19 +106,21 @@ def _suggest(trial, kind: str, num_groups: int) -> tuple[str, dict[str, float], 
 def journal_path(p, stats_fingerprint: str, validation: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """Where this search's study is journalled, and the identity a resumed study must carry."""
     from ..cache import cache_root, digest
+    from ..gate.evaluate import normalize_limit
     from ..model.loading import checkpoint_fingerprint
 
     identity = {
         "model": checkpoint_fingerprint(p.model_path), "statistics": stats_fingerprint, "kind": p.spec.kind, "target": p.spec.target,
-        "validation": validation, "limit": p.spec.limit, "seed": p.spec.seed, "toxicity": {k: v for k, v in p.toxicity.items()},
+        "validation": validation, "limit": normalize_limit(p.spec.limit), "seed": p.spec.seed, "toxicity": {k: v for k, v in p.toxicity.items()},
         "space": {"ratios": RATIO_RANGES, "threshold": THRESHOLD_RANGE},
     }  # fmt: skip
     return cache_root() / "search" / f"{digest(identity, 24)}.journal", identity
 
 
-def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial], Path, dict[str, int]]:
+def run_search(load_model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial], Path, dict[str, int]]:
     """N trials (resumed from the journal where one exists); returns (chosen, trials, journal, the
-    number of questions (documents) of each validation task)."""
+    number of questions (documents) of each validation task). `load_model()` gives the source model,
+    asked for only once the journal is known to be this search's."""
     import optuna
 
     from ..cache import digest
@@ -143,6 +145,7 @@ def run_search(model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial]
     reporter.say(f"searching {n} settings on validation data" + (f" ({len(done)} done before, resumed)" if done else ""))
     fingerprint = checkpoint_fingerprint(p.model_path)
     floor = {} if p.spec.min_tokens is None else {"min_tokens": p.spec.min_tokens}
+    model = load_model()
     score, base = _scorer(model, tokenizer, p, validation, reporter)
     meter = reporter.meter("search", "trials")
     meter(min(len(done), n), n)
