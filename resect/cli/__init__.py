@@ -19,6 +19,13 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+# The panels `resect --help` groups its commands into.
+EDITS = "The mission's edits"
+BLOCKS = "Building blocks: profile, select, apply"
+EVALUATION = "Evaluation and the gate"
+DATA = "Checkpoints, recipes and mirrors"
+WORLD = "The built-in world"
+
 QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -26,13 +33,13 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
-# Command modules register themselves on `app` when imported.
-from . import apply, edit, eval, experts, info, mirror, profile, run, select, verify, world  # noqa: E402,F401
+# Command modules register themselves on `app` when imported; their order is the panels' order in `resect --help`.
+from . import edit, run, profile, select, experts, apply, eval, verify, info, mirror, world  # noqa: E402,F401,I001  (the order --help lists them in)
 
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log progress details to stderr."),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # the libraries' own progress bars and notices, set before they are imported

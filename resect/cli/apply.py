@@ -8,16 +8,16 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import BLOCKS, app
 from .options import SHARED, with_options
 
 mask_app = typer.Typer(help="Inspect and combine expert masks.", no_args_is_help=True)
-app.add_typer(mask_app, name="mask")
+app.add_typer(mask_app, name="mask", rich_help_panel=BLOCKS)
 
 MaskFiles = Annotated[list[Path], typer.Option("--mask", help="Mask file (JSON resect.mask/v1 or binary); repeat to unite several.")]
 
 
-@app.command()
+@app.command(rich_help_panel=BLOCKS)
 @with_options("force")
 def apply(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Source checkpoint folder (Monet, or a checkpoint resect edited).")],

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ..run.spec import TOXICITY_DEFAULTS
-from . import app
+from . import EDITS, app
 from .options import csv, with_options
 
 Model = Annotated[str | None, typer.Argument(metavar="MODEL", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model). A model from 'resect world train --out RUN' (RUN/model) brings its world's corpora and quizzes from RUN/data.")]
@@ -72,7 +72,7 @@ def render(result, console) -> None:
     console.print(f"run directory: {result.out}  (report.md, verify.json, mask.json, checkpoint/)")
 
 
-@app.command()
+@app.command(rich_help_panel=EDITS)
 @with_options(*SELECTION, *GATE, *SEARCH, *RUNNING)
 def domain(
     remove: Annotated[str, typer.Option("--remove", help="Domain to cut (e.g. biology).")],
@@ -82,7 +82,7 @@ def domain(
     execute(spec_of("domain", remove, model, rule, ratio=ratio, refine=refine, tune=tune, out=out, **options))
 
 
-@app.command()
+@app.command(rich_help_panel=EDITS)
 @with_options(*SELECTION, *GATE, *SEARCH, *RUNNING)
 def language(
     remove: Annotated[str, typer.Option("--remove", help="Language to cut (e.g. python).")],
@@ -92,7 +92,7 @@ def language(
     execute(spec_of("language", remove, model, rule, ratio=ratio, refine=refine, tune=tune, out=out, **options))
 
 
-@app.command()
+@app.command(rich_help_panel=EDITS)
 @with_options("toxicity_prompts", *SAMPLING, "groups", "include_path", "general_tasks", "min_target_drop", "max_general_drop", "limit", "search", "validation_prompts", "validation_general_tasks", *RUNNING)
 def toxicity(
     threshold: Annotated[float, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,

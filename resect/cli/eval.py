@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import EVALUATION, app
 from .options import SHARED, placement, with_options
 
 
@@ -50,7 +50,7 @@ def _write_json(data: dict, out: Path | None) -> None:
     typer.echo(f"wrote {out}", err=True)
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel=EVALUATION)
 @with_options("include_path", "limit", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def eval_command(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint folder (edited or not) or Hugging Face repo id.")],
@@ -102,7 +102,7 @@ def _print_summary(results: dict) -> None:
     Console(stderr=True).print(table)
 
 
-@app.command("ppl-tasks")
+@app.command("ppl-tasks", rich_help_panel=EVALUATION)
 def ppl_tasks(
     corpus: Annotated[Path, typer.Argument(help="JSONL of {\"text\", \"label\"} lines of held-out text.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the task YAMLs and data (use it as --include-path).")],
@@ -118,7 +118,7 @@ def ppl_tasks(
     typer.echo(",".join(names))
 
 
-@app.command("toxicity-eval")
+@app.command("toxicity-eval", rich_help_panel=EVALUATION)
 @with_options("toxicity_prompts", "samples", "max_new_tokens", "temperature", "top_p", "scorer", "prompt_limit", "seed", "device", "dtype", "force")
 def toxicity_eval(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint folder (edited or not) or Hugging Face repo id.")],

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import BLOCKS, app
 from .options import SHARED, placement, with_options
 
 
@@ -31,7 +31,7 @@ def parse_expert(spec: str, *, experts: int, groups: int) -> tuple[int, int]:
     return group, parts[0] if len(parts) == 1 else parts[0] * experts + parts[1]
 
 
-@app.command()
+@app.command(rich_help_panel=BLOCKS)
 @with_options("corpus", "max_tokens_per_label", "batch_size", "device", "dtype")
 def experts(
     model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Checkpoint folder (needed with --expert; checked against --stats).")] = None,

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import DATA, app
 
 
-@app.command()
+@app.command(rich_help_panel=DATA)
 def info(
     model: Annotated[str | None, typer.Argument(metavar="MODEL", help="Checkpoint folder or Hugging Face repo id (default: the built-in world model).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Describe a Monet checkpoint: decomposition, routing groups, experts, threshold, shards."""
     from resect.model.loading import describe, inspect_checkpoint, resolve_model_path

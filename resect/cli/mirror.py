@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import DATA, app
 from .options import SHARED, with_options
 
 
-@app.command()
+@app.command(rich_help_panel=DATA)
 @with_options("dry_run")
 def mirror(
     recipe: Annotated[str, typer.Argument(help="Recipe name (see 'resect recipes ls') or YAML path.")],

@@ -55,9 +55,9 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "device": (Device, "auto"),
     "dtype": (Dtype, "auto"),
     "mirror": (Annotated[str | None, typer.Option("--mirror", metavar="DIR", help="A local mirror of the checkpoint and datasets (made by 'resect mirror'), for a machine without network.")], None),
-    "no_cache": (Annotated[bool, typer.Option("--no-cache", help="Profile and evaluate again instead of reading the caches.")], False),
-    "force": (Annotated[bool, typer.Option("--force", help="Replace what resect wrote at --out before (never anything else).")], False),
-    "dry_run": (Annotated[bool, typer.Option("--dry-run", help="Show what would be done (an edit: profile, select and print the counts; a mirror: list the downloads); write nothing.")], False),
+    "no_cache": (Annotated[bool, typer.Option("--no-cache", metavar="", help="Profile and evaluate again instead of reading the caches.")], False),
+    "force": (Annotated[bool, typer.Option("--force", metavar="", help="Replace what resect wrote at --out before (never anything else).")], False),
+    "dry_run": (Annotated[bool, typer.Option("--dry-run", metavar="", help="Show what would be done (an edit: profile, select and print the counts; a mirror: list the downloads); write nothing.")], False),
 }  # fmt: skip
 
 SHARED: Any = object()  # the default of a command's own parameter that takes the shared declaration of its name

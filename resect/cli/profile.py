@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import BLOCKS, app
 from .options import SCORERS, SHARED, placement, with_options
 
 
@@ -27,7 +27,7 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-@app.command()
+@app.command(rich_help_panel=BLOCKS)
 @with_options("corpus", "max_tokens_per_label", "seed", "batch_size", "device", "dtype", "force")
 def profile(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint folder or Hugging Face repo id.")],
@@ -35,7 +35,7 @@ def profile(
     max_length: Annotated[int, typer.Option(help="Longer texts are cut into pieces of this many tokens.")] = 512,
     scorer: Annotated[str | None, typer.Option("--scorer", metavar=SCORERS, help="Score every token with this toxicity scorer, for the correlation rule (default: tokens are not scored).")] = None,
     score_window: Annotated[int, typer.Option(help="A token's score is the scorer's score of the last N tokens ending at it.")] = 32,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.partial.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue an interrupted run from OUT.partial.")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Save partial state every N batches.")] = 50,
     corpus: str | None = SHARED, max_tokens_per_label: int | None = SHARED, seed: int = SHARED, batch_size: int = SHARED,
     device: str = SHARED, dtype: str = SHARED, force: bool = SHARED,

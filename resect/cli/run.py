@@ -6,13 +6,13 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import EDITS, app
 
 recipes_app = typer.Typer(help="List and show the shipped recipes.", no_args_is_help=True)
-app.add_typer(recipes_app, name="recipes")
+app.add_typer(recipes_app, name="recipes", rich_help_panel=EDITS)
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(context_settings={"allow_extra_args": False}, rich_help_panel=EDITS)
 def run(
     recipe: Annotated[str, typer.Argument(help="Recipe name (see 'resect recipes ls') or YAML path.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value options over the recipe's.")] = None,

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import BLOCKS, app
 from .options import SHARED, with_options
 
 
-@app.command()
+@app.command(rich_help_panel=BLOCKS)
 @with_options("groups", "force")
 def select(
     stats: Annotated[Path, typer.Option("--stats", "-s", help="Statistics file from `resect profile`.")],

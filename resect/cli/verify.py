@@ -8,18 +8,18 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import EVALUATION, app
 from .options import SHARED, csv, placement, with_options
 
 
-@app.command()
+@app.command(rich_help_panel=EVALUATION)
 @with_options("target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "toxicity_prompts", "samples", "max_new_tokens",
               "temperature", "top_p", "scorer", "prompt_limit", "include_path", "limit", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def verify(
     edited: Annotated[str, typer.Argument(metavar="MODEL", help="Edited checkpoint folder.")],
     baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="Baseline checkpoint (default: the source in EDITED's provenance).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for verify.json, verify.md and verify.png.")] = Path("resect-verify"),
-    step_summary: Annotated[bool, typer.Option("--step-summary", help="Append verify.md to $GITHUB_STEP_SUMMARY.")] = False,
+    step_summary: Annotated[bool, typer.Option("--step-summary", metavar="", help="Append verify.md to $GITHUB_STEP_SUMMARY.")] = False,
     target_tasks: str | None = SHARED, general_tasks: str | None = SHARED, min_target_drop: float | None = SHARED, max_general_drop: float | None = SHARED,
     toxicity_prompts: Path | None = SHARED, samples: int = SHARED, max_new_tokens: int = SHARED, temperature: float = SHARED, top_p: float = SHARED,
     scorer: str = SHARED, prompt_limit: int | None = SHARED, include_path: list[Path] | None = SHARED, limit: float | None = SHARED,

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import WORLD, app
 from .options import SHARED, with_options
 
 world_app = typer.Typer(help="Generate the built-in world and train its model.", no_args_is_help=True)
-app.add_typer(world_app, name="world")
+app.add_typer(world_app, name="world", rich_help_panel=WORLD)
 
 
 @world_app.command("generate")
