@@ -19,21 +19,20 @@ DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
 # Gates for the built-in world: quiz points for domains; relative perplexity (%) for languages.
 DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0.0, 2.0)}
 PAPER_RATIO = 2.0
-# Domains of a generated world: the paper's rule (2x the runner-up domain) leaves 52-77% of the
-# removed quiz standing on the shipped model, because most of a domain's routing goes through experts
-# that one other domain also uses. Against the mean of the other domains, 1.25x takes four of the six
-# quizzes to within 10 points of chance with every other quiz within 2 points (bench_end_to_end.py).
+# Domains of a generated world: most of a domain's routing goes through experts that one other
+# domain also uses, so the paper's rule (2x the runner-up domain) leaves much of the removed quiz
+# standing; against the mean of the other domains it cuts deeper while the others hold
+# (docs/results.md, benchmarks/bench_end_to_end.py).
 WORLD_DOMAIN_RULE, SKEW_MEAN_RATIO = "skew-mean", 1.25
 # The built-in world's three languages share most of their syntax: at the paper's ratio the experts
-# a language uses twice as much as the next one include shared syntax (removing python raises the
-# others' word perplexity 8-10%); 3x keeps to what is specific (the shipped model: python x12.0,
-# javascript x5.2, lua x2.1, others under +5%).
+# a language uses twice as much as the next one include shared syntax, which raises the others'
+# perplexity; 3x keeps to what is specific (docs/results.md).
 BUILTIN_LANGUAGE_RATIO = 3.0
 TOXICITY_DEFAULTS = {
     "samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity",
     "score_window": 32,
     "top_k": 50,  # sampling keeps the 50 likeliest tokens before top-p (transformers' default); 1 decodes greedily
-    "profile_samples": 8,  # generations per prompt profiled (4 gave noisier correlations: -33% at 0.1 instead of -40%)
+    "profile_samples": 8,  # generations per prompt profiled (fewer give noisier correlations)
 }  # fmt: skip
 PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the profiling step, not of the measurement
 # Profiled generations are drawn from their own seeds, so that the measured samples are not the ones
