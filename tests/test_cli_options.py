@@ -86,3 +86,10 @@ def test_a_command_cannot_claim_an_option_that_is_not_shared():
 
     with pytest.raises(KeyError):
         with_options("no_such_option")(command)
+
+
+def test_every_option_and_argument_explains_itself_and_flags_take_no_value_metavar():
+    missing = [(cmd, p.name) for cmd, c in COMMANDS.items() for p in c.params if p.name != "help" and not (getattr(p, "help", None) or "").strip()]
+    assert missing == []
+    flags = [(cmd, p.name, p.metavar) for cmd, c in COMMANDS.items() for p in _options(c).values() if p.is_flag and p.metavar != ""]
+    assert flags == []
