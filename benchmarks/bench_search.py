@@ -36,23 +36,6 @@ def run(args: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def setting(trial: dict) -> str:
-    params = ", ".join(f"{k} {v:.3g}" for k, v in trial["params"].items())
-    groups = "all groups" if trial["groups"] is None else "groups " + ",".join(map(str, trial["groups"]))
-    return f"{trial['rule']} {params}, {groups}"
-
-
-def results(out: Path) -> tuple[dict, list[dict], dict]:
-    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
-    return next(t for t in trials if t["chosen"]), trials, json.loads((out / "verify.json").read_text())
-
-
-def front(trials: list[dict]) -> list[dict]:
-    beaten = lambda t: any(o["target_drop"] >= t["target_drop"] and o["general_drop"] <= t["general_drop"]  # noqa: E731
-                           and (o["target_drop"] > t["target_drop"] or o["general_drop"] < t["general_drop"]) for o in trials)
-    return sorted((t for t in trials if not beaten(t)), key=lambda t: t["general_drop"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
@@ -60,6 +43,7 @@ def main() -> None:
     parser.add_argument("--domains", help="only these domains, e.g. law,physics (default: all six)")
     args = parser.parse_args()
     from resect.builtin import DOMAINS, LANGUAGES
+    from resect.run.search import pareto_front, read_trials
 
     domains = [d for d in DOMAINS if not args.domains or d in args.domains.split(",")]
     jobs = [("domain", d) for d in domains] * (args.only in (None, "domain")) + [("language", lang) for lang in LANGUAGES] * (
@@ -75,7 +59,8 @@ def main() -> None:
             out = work / f"{kind}-{target or 'toxicity'}"
             command = [kind, *(["--remove", target] if target else []), "--search", str(args.trials), "--out", str(out)]
             seconds = run(command, env)
-            chosen, trials, report = results(out)
+            trials, chosen = read_trials(out)
+            report = json.loads((out / "verify.json").read_text())
             rows = report["rows"]
             others = max((r["drop"] for r in rows if r["role"] == "general"), default=0.0)
             unit = "%" if kind == "language" else " pts"
@@ -95,15 +80,15 @@ def main() -> None:
                 else:
                     test += f" (perplexity x{t['edited'] / t['baseline']:.2f})"
                     bar = t["edited"] / t["baseline"] >= 2 and others < 5
-            validation = f"{chosen['target_drop']:.1f} / {chosen['general_drop']:+.1f}"
-            print(f"| {kind} {target or ''} | {setting(chosen)} | {validation} | {test} | {'met' if bar else 'MISSED'} | "
+            validation = f"{chosen.target_drop:.1f} / {chosen.general_drop:+.1f}"
+            print(f"| {kind} {target or ''} | {chosen.setting()} | {validation} | {test} | {'met' if bar else 'MISSED'} | "
                   f"{report['verdict']} | {seconds:.0f} |", flush=True)
             if not bar:
-                missed.append((f"{kind} {target or ''}", front(trials)))
+                missed.append((f"{kind} {target or ''}", pareto_front(trials)))
     for name, points in missed:
         print(f"\n{name}: the validation front (largest other drop, target drop, setting):")
         for t in points:
-            print(f"  {t['general_drop']:+6.1f}  {t['target_drop']:6.1f}  {setting(t)}")
+            print(f"  {t.general_drop:+6.1f}  {t.target_drop:6.1f}  {t.setting()}")
 
 
 if __name__ == "__main__":

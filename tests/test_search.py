@@ -12,7 +12,7 @@ from _cli import run_cli
 import resect.model.loading
 from resect.edit.mask import ExpertMask
 from resect.run.pipeline import run_edit
-from resect.run.search import Trial, choose, group_choices, pareto_front
+from resect.run.search import Trial, choose, group_choices, pareto_front, read_trials
 from resect.run.spec import RunSpec
 
 QUICK = dict(limit=8, max_tokens_per_label=300)  # a few questions and tokens: the mechanics, not the quality
@@ -50,8 +50,8 @@ def test_a_search_chooses_on_validation_tasks_and_records_what_it_did(searched):
     for t in trials:  # scored on the validation quizzes only: the gate's tasks are never read
         assert set(t["rows"]) <= {f"world_val_{d}" for d in ("biology", "chemistry", "history", "law", "physics", "economics")}
     chosen = next(t for t in trials if t["chosen"])
-    records = [Trial(**{k: v for k, v in t.items() if k != "chosen"}) for t in trials]
-    assert choose(records, 2.0).number == chosen["number"]
+    records, picked = read_trials(out)
+    assert choose(records, 2.0).number == chosen["number"] == picked.number
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "study.journal").is_file()
     report = (out / "report.md").read_text()
     assert "## Search" in report and "pareto.png" in report

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..cache import digest
 from ..errors import CorpusError, StatsError
 from .corpus import Corpus, Document, load_corpus
 from .stats import RoutingStats, empty_stats
@@ -239,12 +240,6 @@ def _all_reduce(stats: RoutingStats, counts: torch.Tensor) -> None:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
-def _plan_fingerprint(*parts: Any) -> str:
-    from ..cache import digest
-
-    return digest(list(parts))
-
-
 def _load_partial(path: Path, plan: str, stats: RoutingStats) -> int:
     """Batches already done according to a partial state (0 when there is none)."""
     if not path.is_file():
@@ -309,7 +304,7 @@ def profile_corpus(
     rank, world = dist_info()
     mine = plan_batches(plan_sequences(corpus, tokenizer, settings), batch_size)[rank::world]
     stats = _new_stats(model, corpus, scored=scorer is not None or corpus.has_scores)
-    plan = _plan_fingerprint(stats.model_fingerprint, stats.corpus_fingerprint, settings.__dict__, rank, world)
+    plan = digest([stats.model_fingerprint, stats.corpus_fingerprint, settings.__dict__, rank, world])
     checkpoint = checkpoint or resume
     done = _load_partial(partial_path(resume, rank, world), plan, stats) if resume else 0
     device = next(model.parameters()).device

@@ -133,12 +133,12 @@ def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
         general = [f"world_ppl_{lang}" for lang in languages if lang != spec.target]
     else:
         labels, target_tasks, general = [], [], quizzes
-    from ..world.tasks import has_validation
+    from ..world.tasks import has_validation, validation_name
 
     validation: dict[str, Any] = {}
     if has_validation(data):  # the splits a search scores on: the gate's tasks' world_val_ twins
-        twin = lambda task: task.replace("world_", "world_val_", 1)  # noqa: E731
-        validation = {"validation_target_tasks": [twin(t) for t in target_tasks], "validation_general_tasks": [twin(t) for t in general]}
+        validation = {"validation_target_tasks": [validation_name(t) for t in target_tasks],
+                      "validation_general_tasks": [validation_name(t) for t in general]}  # fmt: skip
         if (data / "prompts" / "toxicity_validation.jsonl").is_file():
             validation["validation_prompts"] = str(data / "prompts" / "toxicity_validation.jsonl")
     return validation | {
@@ -219,12 +219,10 @@ def plan(spec: RunSpec) -> Plan:
         raise UsageError("No target tasks to verify the edit: pass --target-tasks.")
     if mirror is not None and target_tasks + general:
         from ..gate.verify import split_spec
+        from .search import validation_choice
 
-        searched = []  # a search's validation tasks read the mirror too
-        if spec.search:
-            for name in ("validation_target_tasks", "validation_general_tasks"):
-                searched += getattr(spec, name) if getattr(spec, name) is not None else defaults.get(name) or []
-        names = [split_spec(t)[0] for t in target_tasks + general + searched]
+        validation = validation_choice(spec, defaults)[:2] if spec.search else ([], [])  # a search's tasks read the mirror too
+        names = [split_spec(t)[0] for t in target_tasks + general + validation[0] + validation[1]]
         include = [str(mirror.localize(names, include).include_path)]
     rule, ratio = _rule_and_ratio(spec, world is not None)
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
@@ -615,11 +613,10 @@ def _search_lines(searched: dict[str, Any] | None, high: float) -> list[str]:
         "| trial | setting | experts | target drop (validation) | largest drop elsewhere | on the front |", "|---|---|---|---|---|---|",
     ]  # fmt: skip
     front = {t.number for t in pareto_front(trials)}
+    se = lambda x: "" if x is None else f" ± {x:.1f}"  # noqa: E731
     for t in trials:
-        setting = f"{t.rule} " + ", ".join(f"{k} {val:.3g}" for k, val in t.params.items()) + ("" if t.groups is None else f", groups {','.join(map(str, t.groups))}")
-        se = lambda x: "" if x is None else f" ± {x:.1f}"  # noqa: E731
         mark = " **chosen**" if t.number == chosen.number else ""
-        lines.append(f"| {t.number}{mark} | {setting} | {t.experts:,} | {t.target_drop:.1f}{se(t.target_se)} | {t.general_drop:.1f}{se(t.general_se)} ({t.worst or '-'}) | {'yes' if t.number in front else ''} |")
+        lines.append(f"| {t.number}{mark} | {t.setting()} | {t.experts:,} | {t.target_drop:.1f}{se(t.target_se)} | {t.general_drop:.1f}{se(t.general_se)} ({t.worst or '-'}) | {'yes' if t.number in front else ''} |")
     few = {task: n for task, n in searched.get("sizes", {}).items() if n < FEW_QUESTIONS}
     if few:
         rows = chosen.rows

@@ -55,6 +55,26 @@ class Trial:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def setting(self) -> str:
+        """The rule, its parameters and the routing groups, as text."""
+        params = ", ".join(f"{k} {v:.3g}" for k, v in self.params.items())
+        return f"{self.rule} {params}, " + ("all groups" if self.groups is None else f"groups {','.join(map(str, self.groups))}")
+
+
+def read_trials(folder: Path) -> tuple[list[Trial], Trial]:
+    """The trials a run directory's trials.jsonl holds, and the chosen one."""
+    rows = [json.loads(line) for line in (Path(folder) / "trials.jsonl").read_text().splitlines()]
+    trials = [Trial(**{k: v for k, v in row.items() if k != "chosen"}) for row in rows]
+    return trials, next(t for t, row in zip(trials, rows) if row["chosen"])
+
+
+def validation_choice(spec, defaults: dict[str, Any]) -> tuple[list[str], list[str], str | None]:
+    """(target tasks, general tasks, prompts) a search scores on: what the spec names, else the defaults."""
+    target = spec.validation_target_tasks if spec.validation_target_tasks is not None else defaults.get("validation_target_tasks") or []
+    general = spec.validation_general_tasks if spec.validation_general_tasks is not None else defaults.get("validation_general_tasks") or []
+    prompts = spec.validation_prompts or (defaults.get("validation_prompts") if spec.kind == "toxicity" else None)
+    return list(target), list(general), prompts
+
 
 def plan_validation(p, defaults: dict[str, Any]) -> dict[str, Any]:
     """The validation tasks (and prompts) a search scores on, checked before anything is profiled."""
@@ -62,9 +82,7 @@ def plan_validation(p, defaults: dict[str, Any]) -> dict[str, Any]:
     from ..gate.verify import split_spec
 
     s = p.spec
-    target = s.validation_target_tasks if s.validation_target_tasks is not None else defaults.get("validation_target_tasks") or []
-    general = s.validation_general_tasks if s.validation_general_tasks is not None else defaults.get("validation_general_tasks") or []
-    prompts = s.validation_prompts or (defaults.get("validation_prompts") if s.kind == "toxicity" else None)
+    target, general, prompts = validation_choice(s, defaults)
     what = "--validation-prompts FILE.jsonl" if s.kind == "toxicity" else "--validation-target-tasks TASK,... (and --validation-general-tasks TASK,...)"
     if (s.kind == "toxicity" and not prompts) or (s.kind != "toxicity" and not target):
         raise UsageError(f"--search scores settings on validation data, and this model has none for 'resect {s.kind}': pass {what}, "
@@ -111,7 +129,7 @@ def journal_path(p, stats_fingerprint: str, validation: dict[str, Any]) -> tuple
 
     identity = {
         "model": checkpoint_fingerprint(p.model_path), "statistics": stats_fingerprint, "kind": p.spec.kind, "target": p.spec.target,
-        "validation": validation, "limit": normalize_limit(p.spec.limit), "seed": p.spec.seed, "toxicity": {k: v for k, v in p.toxicity.items()},
+        "validation": validation, "limit": normalize_limit(p.spec.limit), "seed": p.spec.seed, "toxicity": dict(p.toxicity),
         "space": {"ratios": RATIO_RANGES, "threshold": THRESHOLD_RANGE},
     }  # fmt: skip
     return cache_root() / "search" / f"{digest(identity, 24)}.journal", identity
@@ -133,10 +151,11 @@ def run_search(load_model, tokenizer, stats, p, reporter) -> tuple[Trial, list[T
     journal.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.create_study(study_name="resect-search", storage=storage, directions=["maximize", "minimize"], load_if_exists=True)
+    identity = json.loads(json.dumps(identity, default=str))  # as the journal stores it
     found = study.user_attrs.get("identity")
     if found is None:
-        study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
-    elif found != json.loads(json.dumps(identity, default=str)):
+        study.set_user_attr("identity", identity)
+    elif found != identity:
         raise UsageError(f"The search journal '{journal}' belongs to another model, target or validation set. "
                          "Delete it, or rerun with the inputs it was started with.")  # fmt: skip
     for stale in [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE]:
@@ -176,7 +195,9 @@ def run_search(load_model, tokenizer, stats, p, reporter) -> tuple[Trial, list[T
         spent = time.perf_counter() - started
         reporter.say(f"search: {len(done) - resumed} trials in {spent:.0f} s ({spent / (len(done) - resumed):.1f} s a trial: a selection and a "
                      "validation pass on the loaded model, profile reused)")  # fmt: skip
-    sizes = {t: question_count(base[0], t.split(":")[0]) for t in validation["target_tasks"] + validation["general_tasks"]} if base[0] else {}
+    from ..gate.verify import split_spec
+
+    sizes = {t: question_count(base[0], split_spec(t)[0]) for t in validation["target_tasks"] + validation["general_tasks"]} if base[0] else {}
     return choose(trials, p.gates()[1]), trials, journal, sizes
 
 
@@ -196,10 +217,10 @@ def _scorer(model, tokenizer, p, validation: dict[str, Any], reporter):
     """A function scoring a masked model's trial against the unmasked model's validation results."""
     from ..gate.evaluate import evaluate
     from ..gate.toxicity import measure_toxicity
-    from ..gate.verify import compare, toxicity_row
+    from ..gate.verify import compare, split_spec, toxicity_row
     from .spec import PROFILING_ONLY
 
-    tasks = [t.split(":")[0] for t in validation["target_tasks"] + validation["general_tasks"]]
+    tasks = [split_spec(t)[0] for t in validation["target_tasks"] + validation["general_tasks"]]
     specs = {t: ("target", None) for t in validation["target_tasks"]} | {t: ("general", None) for t in validation["general_tasks"]}
     low, high = p.gates()
     sampling = {k: v for k, v in p.toxicity.items() if k not in PROFILING_ONLY}
@@ -253,11 +274,9 @@ def pareto_front(trials: list[Trial]) -> list[Trial]:
 
 
 def describe(t: Trial) -> str:
-    setting = ", ".join(f"{k} {v:.3g}" for k, v in t.params.items())
-    groups = "all groups" if t.groups is None else f"groups {','.join(map(str, t.groups))}"
     if not t.experts:
-        return f"{t.rule} {setting}, {groups}: no experts"
-    return f"{t.rule} {setting}, {groups}: {t.experts:,} experts, target -{t.target_drop:.1f}, elsewhere at most -{t.general_drop:.1f}"
+        return f"{t.setting()}: no experts"
+    return f"{t.setting()}: {t.experts:,} experts, target -{t.target_drop:.1f}, elsewhere at most -{t.general_drop:.1f}"
 
 
 def write_search(folder: Path, trials: list[Trial], chosen: Trial, journal: Path, gates: tuple[float, float], unit: str) -> None:

@@ -19,11 +19,16 @@ def _dataset(file: Path) -> dict:
     return {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(file.resolve())}}, "test_split": "test"}
 
 
+def validation_name(task: str) -> str:
+    """The validation twin of a world task: world_<domain> -> world_val_<domain>, world_ppl_<l> -> world_val_ppl_<l>."""
+    return task.replace("world_", "world_val_", 1)
+
+
 def quiz_task(domain: str, data: Path, *, validation: bool = False) -> dict:
     """A 4-option multiple-choice task over eval/quiz_<domain>.jsonl (`world_<domain>`), or over its
     validation quiz (`world_val_<domain>`), scored by accuracy."""
     return {
-        "task": f"world_val_{domain}" if validation else f"world_{domain}",
+        "task": validation_name(f"world_{domain}") if validation else f"world_{domain}",
         **_dataset(data / "eval" / f"{'validation_' if validation else ''}quiz_{domain}.jsonl"),
         "output_type": "multiple_choice",
         "doc_to_text": "{{question}}",
@@ -41,7 +46,7 @@ def ppl_task(language: str, data: Path, *, validation: bool = False) -> dict:
     (`resect ppl-tasks` writes the same)."""
     from ..gate.tasks import perplexity_task_config
 
-    name = f"world_val_ppl_{language}" if validation else f"world_ppl_{language}"
+    name = validation_name(f"world_ppl_{language}") if validation else f"world_ppl_{language}"
     return perplexity_task_config(name, data / "eval" / f"{'validation_' if validation else ''}code_{language}.jsonl")
 
 
@@ -77,4 +82,4 @@ def task_names() -> list[str]:
     return [f"world_{d}" for d in DOMAINS] + [f"world_ppl_{lang}" for lang in LANGUAGES]
 
 
-__all__ = ["write_tasks", "task_names", "quiz_task", "ppl_task", "has_validation", "json"]
+__all__ = ["write_tasks", "task_names", "quiz_task", "ppl_task", "has_validation", "validation_name", "json"]
