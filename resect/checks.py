@@ -71,21 +71,4 @@ def _interval(low: float, high: float, inclusive: bool) -> str:
     return f"{'[' if inclusive else '('}{show(low)}, {show(high)}]"
 
 
-def load_yaml(text: str, *, where: str, error: type[Exception] = UsageError) -> Any:
-    """YAML as plain data, refusing aliases (`*name`): a few lines of aliases can stand for billions
-    of nodes (a "billion laughs"), and no recipe or corpus needs them."""
-    import yaml
-
-    class NoAliases(yaml.SafeLoader):
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise error(f"{where} uses a YAML alias (*{self.peek_event().anchor}); write the values out instead.")
-            return super().compose_node(parent, index)
-
-    try:
-        return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as exc:
-        raise error(f"{where} is not valid YAML ({str(exc).splitlines()[0]}).") from None
-
-
-__all__ = ["RANGES", "check_number", "check_numbers", "load_yaml"]
+__all__ = ["RANGES", "check_number", "check_numbers"]

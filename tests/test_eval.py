@@ -21,7 +21,7 @@ from resect.model.loading import load_model, load_tokenizer
 def tasks_dir(tmp_path_factory):
     """One include path with the quiz task and perplexity tasks for two labels."""
     folder = quiz_task(tmp_path_factory.mktemp("tasks"))
-    make_perplexity_tasks(DATA / "held_out.jsonl", folder, prefix="heldout")
+    make_perplexity_tasks(DATA / "held_out.jsonl", folder / "heldout", prefix="heldout")  # a new folder of its own, inside
     return folder
 
 

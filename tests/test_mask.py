@@ -104,7 +104,7 @@ def test_combining_different_geometry_is_refused():
 @pytest.mark.parametrize(
     "text, phrase",
     [
-        ('{"moe_experts": 16, "num_groups": 3, "experts": {"0": [1, 2', "neither a resect binary mask nor valid JSON"),
+        ('{"moe_experts": 16, "num_groups": 3, "experts": {"0": [1, 2', "is not valid JSON"),
         ('[1, 2, 3]', "expected a JSON object"),
         ('{"format": "other/v9", "moe_experts": 16, "num_groups": 3, "experts": {}}', "format is 'other/v9'"),
         ('{"moe_experts": 16, "experts": {}}', "missing key(s) num_groups"),

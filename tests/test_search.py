@@ -151,3 +151,17 @@ def test_a_journal_of_another_identity_is_refused(searched, capsys, monkeypatch)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "belongs to another model, target or validation set" in errors[0], err
     assert "loading" not in err  # refused before the model loads (the statistics came from the cache)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "appended to"])
+def test_a_damaged_journal_is_discarded_named_and_the_search_starts_over(damage, tmp_path, capsys, monkeypatch, caplog):
+    """The journal is resect's cache: one that cannot be read is dropped with a warning that names it."""
+    monkeypatch.setenv("RESECT_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["domain", "--remove", "law", "--search", "2", "--dry-run", "--limit", "8", "--max-tokens-per-label", "300"]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    (journal,) = (tmp_path / "cache" / "search").glob("*.journal")
+    raw = journal.read_bytes()
+    journal.write_bytes(raw[: len(raw) - 25] if damage == "truncated" else raw + b'{"op_code": 9, "oops"\n')
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and "unexpected" not in err, err
+    assert f"discarding the damaged search journal {journal}" in caplog.text  # a warning on stderr, outside pytest

@@ -35,7 +35,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world_train")
+    out = tmp_path_factory.mktemp("world_train") / "run"
     steps = []
     model = run_recipe(load_recipe(RECIPE, TINY), out, on_step=lambda s, n, m: steps.append((s, n)))
     return out, model, steps

@@ -79,6 +79,7 @@ def test_pretraining_text_that_is_not_a_list_is_refused_when_the_recipe_loads():
 
 def test_recipe_with_pretraining_writes_both_worlds_and_logs_phases(tmp_path):
     recipe = load_recipe(RECIPE, [*TINY, "train.steps=3", "pretrain.steps=2", "world.names=hyphenated"])
+    tmp_path = tmp_path / "run"
     run_recipe(recipe, tmp_path)
     assert (tmp_path / "pretrain" / "world.json").is_file() and (tmp_path / "model" / "config.json").is_file()
     rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]

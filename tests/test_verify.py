@@ -27,7 +27,7 @@ def cache_in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory):
     folder = quiz_task(tmp_path_factory.mktemp("tasks"))
-    make_perplexity_tasks(DATA / "held_out.jsonl", folder, prefix="heldout")
+    make_perplexity_tasks(DATA / "held_out.jsonl", folder / "heldout", prefix="heldout")
     return folder
 
 
@@ -83,7 +83,7 @@ def test_cli_fails_and_names_the_breached_target(edited_copy, tiny_vd, tasks_dir
     assert "**BREACHED**" in (out / "verify.md").read_text()
     # the report is not replaced by accident: a second run needs --force
     code, _, err = run_cli(args, capsys, monkeypatch)
-    assert code == 2 and "already holds a verify report" in err and json.loads((out / "verify.json").read_text()) == report
+    assert code == 2 and "already exists. Choose another path or pass --force" in err and json.loads((out / "verify.json").read_text()) == report
     assert run_cli([*args, "--force"], capsys, monkeypatch)[0] == 1
 
 
@@ -175,7 +175,7 @@ def test_other_geometry_or_tokenizer_is_refused(tiny_vd, tasks_dir, tmp_path):
         (["--target-tasks", "resect_quizz"], "Did you mean: resect_quiz"),
         (["--toxicity-prompts", "/nonexistent/prompts.jsonl"], "do not exist"),
         (["--limit", "0"], "--limit must be a number in (0,"),
-        (["--out", "EDITED"], "is a checkpoint being verified"),
+        (["--out", "EDITED"], "is an input of this command"),
     ],
 )
 def test_cli_bad_input_exits_2(edited_copy, tasks_dir, tmp_path, extra, message, capsys, monkeypatch):

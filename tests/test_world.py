@@ -25,7 +25,9 @@ def world():
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.parent.name != "tasks"}
+    """The world's files (not its task YAMLs, which name where it lives, nor resect's marker, which records when it was written)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.parent.name != "tasks" and p.name != ".resect-output"}  # fmt: skip
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -134,7 +136,7 @@ def test_cli_generate_is_deterministic_and_refuses_a_full_folder(tmp_path):
     assert manifest["seed"] == 0 and manifest["domains"] == list(DOMAINS)
     before = _files(a)
     bad = _cli("world", "generate", "--out", str(a))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not empty" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "already exists" in bad.stderr and "Traceback" not in bad.stderr
     assert _files(a) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written temp folder left
 

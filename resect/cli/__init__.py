@@ -83,9 +83,22 @@ def main() -> None:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
     except OSError as exc:  # a path that cannot be read or written: the system says why
+        import errno
+
         _traceback_if_verbose()
-        where = f": '{exc.filename}'" if getattr(exc, "filename", None) else ""
-        typer.echo(f"error: {exc.strerror or exc}{where}. Check the path and its permissions.", err=True)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        named = (exc.filename2 or exc.filename) if full else exc.filename  # a copy's error names its source first
+        where = f": '{named}'" if named else ""
+        todo = "Free some space or write elsewhere." if full else "Check the path and its permissions."
+        typer.echo(f"error: {exc.strerror or exc}{where}. {todo}", err=True)
+        sys.exit(2)
+    except MemoryError:
+        _traceback_if_verbose()
+        typer.echo("error: out of memory. Use a smaller input, --batch-size or --limit, or a machine with more memory.", err=True)
+        sys.exit(2)
+    except RecursionError:
+        _traceback_if_verbose()
+        typer.echo("error: an input is nested too deeply to read (a damaged or hostile file). Check the files passed.", err=True)
         sys.exit(2)
     except UnicodeDecodeError as exc:
         _traceback_if_verbose()

@@ -81,9 +81,9 @@ def mask_union(
     from rich.console import Console
 
     from resect.edit.mask import ExpertMask
-    from resect.paths import check_output
+    from resect.outputs import check_output, claim
 
-    check_output(out, paths, force=force)
+    check_output(out, paths, kind="mask", force=force)
     masks = [ExpertMask.load(p) for p in paths]
     union = masks[0]
     for m in masks[1:]:
@@ -94,5 +94,6 @@ def mask_union(
 
         raise MaskError(f"These masks were selected on statistics of {len(models)} different models ({', '.join(sorted(models))}). Unite masks of one model.")
     union.meta = {"union_of": [str(p) for p in paths], **({"stats_model_fingerprint": models.pop()} if models else {})}
-    union.save(out)
+    with claim(out, "mask", inputs=paths, force=force) as c:
+        c.write(union.to_bytes(out))
     _summary(Console(), union, title=f"{out}: union of {len(paths)} masks, fingerprint {union.fingerprint()}")

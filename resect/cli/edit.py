@@ -45,16 +45,16 @@ def spec_of(kind: str, target: str | None, model: str | None, rule: str | None, 
     )  # fmt: skip
 
 
-def execute(spec) -> None:
+def execute(spec, *, inputs: tuple = ()) -> None:
     """Run the pipeline with progress on stderr (live on a terminal, plain lines in a log) and finish
-    with the summary table and exit code."""
+    with the summary table and exit code. `inputs`: files the run directory must not touch (a recipe)."""
     from rich.console import Console
 
     from resect.progress import reporter
     from resect.run.pipeline import run_edit
 
     with reporter() as r:
-        result = run_edit(spec, reporter=r)
+        result = run_edit(spec, reporter=r, inputs=inputs)
     render(result, Console())
     raise typer.Exit(result.exit_code)
 

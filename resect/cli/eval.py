@@ -24,30 +24,32 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _check_json_out(out: Path, inputs: list, force: bool) -> None:
+def _json_output(out: Path | None, kind: str, inputs: list, force: bool):
+    """The results file being written (resect.outputs.claim), or nothing when the JSON goes to stdout."""
+    import contextlib
+
+    from resect.outputs import claim
+
+    return contextlib.nullcontext() if out is None else claim(out, kind, inputs=inputs, force=force)
+
+
+def _check_json_out(out: Path, inputs: list, kind: str, force: bool) -> None:
     """Before any work: a file name, not an input, not an existing file unless --force."""
     from resect.errors import OutputError
-    from resect.paths import check_output
+    from resect.outputs import check_output
 
     if out.is_dir():
         raise OutputError(f"'{out}' is a folder. Pass a file name for the results JSON.")
-    check_output(out, inputs, force=force, make_parents=True)
+    check_output(out, inputs, kind=kind, force=force, make_parents=True)
 
 
-def _write_json(data: dict, out: Path | None) -> None:
-    from resect.paths import write_atomic
-
+def _write_json(data: dict, output) -> None:
     text = json.dumps(data, indent=2, default=str)
-    if out is None:
+    if output is None:
         typer.echo(text)
         return
-    if out.is_dir():
-        from resect.errors import OutputError
-
-        raise OutputError(f"'{out}' is a folder. Pass a file name for the results JSON.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, text)
-    typer.echo(f"wrote {out}", err=True)
+    output.write(text)
+    typer.echo(f"wrote {output.out}", err=True)
 
 
 @app.command("eval", rich_help_panel=EVALUATION)
@@ -74,14 +76,15 @@ def eval_command(
     from resect.model.loading import resolve_model_path
     from resect.progress import reporter
 
-    check_run_options(limit, batch_size)
+    check_run_options(limit, batch_size, seed)
     names, includes = resolve_tasks(requested, include_path)  # a typo fails before the model loads
+    inputs = [model, *(include_path or []), *requested]
     if out is not None:
-        _check_json_out(out, [model, *(include_path or []), *requested], force)
+        _check_json_out(out, inputs, "results", force)
     settings = EvalSettings(names, includes, normalize_limit(limit), batch_size, seed, [], {}, dtype, device)
-    with reporter() as r:  # the results `resect verify` and the edit commands cache, from the same cache
+    with _json_output(out, "results", inputs, force) as output, reporter() as r:  # `resect verify` and the edit commands read the same cache
         results = evaluate_checkpoint(resolve_model_path(model), settings, use_cache=not no_cache, reporter=r)["results"]
-    _write_json(results, out)
+        _write_json(results, output)
     _print_summary(results)
 
 
@@ -103,18 +106,18 @@ def _print_summary(results: dict) -> None:
 
 
 @app.command("ppl-tasks", rich_help_panel=EVALUATION)
+@with_options("force")
 def ppl_tasks(
     corpus: Annotated[Path, typer.Argument(help="JSONL of {\"text\", \"label\"} lines of held-out text.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the task YAMLs and data (use it as --include-path).")],
     prefix: Annotated[str, typer.Option(help="Task names are <prefix>_<label>.")] = "ppl",
     max_docs: Annotated[int | None, typer.Option(help="Keep at most this many texts per label.")] = None,
+    force: bool = SHARED,
 ) -> None:
-    """Generate lm-eval perplexity tasks (loglikelihood_rolling), one per label, from held-out text."""
+    """Generate lm-eval perplexity tasks (loglikelihood_rolling), one per label, from held-out text, into a new folder."""
     from resect.gate.tasks import make_perplexity_tasks
-    from resect.paths import check_overlap
 
-    check_overlap(out_dir, [corpus], option="OUT_DIR")
-    names = make_perplexity_tasks(corpus, out_dir, prefix=prefix, max_docs=max_docs)
+    names = make_perplexity_tasks(corpus, out_dir, prefix=prefix, max_docs=max_docs, force=force)
     typer.echo(",".join(names))
 
 
@@ -137,16 +140,19 @@ def toxicity_eval(
     from resect.model.loading import load_model, load_tokenizer
 
     check_settings(samples, max_new_tokens, temperature, top_p, limit)
+    from resect.checks import check_number
+
+    check_number("seed", seed)
     device, dtype = placement(device, dtype)
     read_prompts(prompts)  # bad prompts fail before the model loads
     get_scorer(scorer)
     if out is not None:
-        _check_json_out(out, [model, prompts], force)
+        _check_json_out(out, [model, prompts], "toxicity", force)
     from resect.progress import reporter
 
-    with reporter() as r:
+    with _json_output(out, "toxicity", [model, prompts], force) as output, reporter() as r:
         result = measure_toxicity(
             load_model(model, dtype=dtype, device=device), load_tokenizer(model), prompts, samples=samples, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, seed=seed, scorer=scorer, limit=limit, progress=r.meter("toxicity", "prompts"),
         )  # fmt: skip
-    _write_json(result, out)
+        _write_json(result, output)

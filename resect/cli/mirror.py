@@ -24,16 +24,16 @@ def mirror(
     the recipe from it on a machine without network."""
     from rich.console import Console
 
-    from resect.errors import OutputError
+    from resect.outputs import adding_to, check_addable
     from resect.run.mirror import downloads, fetch
-    from resect.run.recipebook import parse_overrides, read_recipe, spec_from
+    from resect.run.recipebook import find_recipe, parse_overrides, read_recipe, spec_from
     from resect.run.spec import check_spec
 
     data = read_recipe(recipe)
     spec = spec_from(data, parse_overrides(overrides or []))
     check_spec(spec)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out '{out}' exists and is not a folder. Pass a folder for the mirror.")
+    inputs = [find_recipe(recipe), spec.model, spec.corpus, spec.toxicity_prompts]
+    check_addable(out, "mirror", inputs=inputs)  # before any work: a new or empty folder, or a mirror resect made
     items = downloads(spec)
     console = Console()
     for item in items:
@@ -42,19 +42,14 @@ def mirror(
         console.print(f"{what:>8}  {item.repo}" + (f"  ({len(configs)} configs: {', '.join(configs[:6])}{', ...' if len(configs) > 6 else ''})" if configs else ""))
     if dry_run:
         return
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        manual = fetch(items, out)
-    except Exception as exc:  # noqa: BLE001 - no network, no permission, unknown repo: one line
-        from resect.errors import ResectError
+    with adding_to(out, "mirror", inputs=inputs):  # a folder it made and could not fill is removed, with its new parents
+        try:
+            manual = fetch(items, out)
+        except Exception as exc:  # noqa: BLE001 - no network, no permission, unknown repo: one line
+            from resect.errors import ResectError
 
-        if created:  # a folder this command made and could not fill: nothing of the user's in it
-            import shutil
-
-            shutil.rmtree(out, ignore_errors=True)
-        raise ResectError(f"Downloading into '{out}' failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                          "Run 'resect mirror' where the Hugging Face Hub is reachable.") from None  # fmt: skip
+            raise ResectError(f"Downloading into '{out}' failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                              "Run 'resect mirror' where the Hugging Face Hub is reachable.") from None  # fmt: skip
     for step in manual:
         console.print(f"still to do: {step}")
     extra = " ".join(o for o in overrides or [] if not o.startswith("mirror="))

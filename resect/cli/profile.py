@@ -47,7 +47,7 @@ def profile(
         raise UsageError("'resect profile' needs --corpus (JSONL of {\"text\", \"label\"}, a folder of text files per label, a corpus YAML, or task:NAME).")
     from resect.edit.profile import check_options, dist_info, partial_path, profile_corpus
     from resect.model.loading import load_model, load_tokenizer
-    from resect.paths import check_output
+    from resect.outputs import check_output, claim, owner_problem, remove_owned
 
     check_options(max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
                   score_window=score_window, checkpoint_every=checkpoint_every)  # fmt: skip
@@ -61,33 +61,44 @@ def profile(
     device, dtype = placement(device, dtype)  # under torchrun, each rank takes cuda:LOCAL_RANK
     device = _init_distributed(device)
     rank, world = dist_info()
-    check_output(out, [model, corpus.removeprefix("task:")], force=force)
+    inputs = [model, corpus.removeprefix("task:")]
+    check_output(out, inputs, kind="stats", force=force)
     checkpoint = out.with_name(out.name + ".partial")
+    mine = partial_path(checkpoint, rank, world)
+    if not resume and (mine.exists() or mine.is_symlink()) and owner_problem(mine, "partial"):
+        from resect.errors import OutputError
+
+        raise OutputError(f"'{mine}' (where profiling keeps its partial state) exists and {owner_problem(mine, 'partial')}. "
+                          "Move it away, or choose another --out.")  # fmt: skip
     from resect.edit.corpus import load_corpus
 
     corpus = load_corpus(corpus)  # a corpus that cannot be read, and a tokenizer that does not fit, before the model loads
     tok = load_tokenizer(model)
-    net = load_model(model, dtype=dtype, device=device)
     options = dict(
         max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
         scorer=scorer, score_window=score_window, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
         resume=checkpoint if resume else None,
     )  # fmt: skip
-    try:
-        if rank == 0:
-            from resect.progress import reporter
+    import contextlib
 
-            with reporter() as r:
-                stats = profile_corpus(net, tok, corpus, progress=r.meter("profiling", "tok"), **options)
-        else:
-            stats = profile_corpus(net, tok, corpus, **options)
-    except KeyboardInterrupt:
-        typer.echo(f"error: interrupted; partial state (if any) is in '{checkpoint}': rerun with --resume to continue.", err=True)
-        raise typer.Exit(130) from None
-    partial_path(checkpoint, rank, world).unlink(missing_ok=True)
+    with claim(out, "stats", inputs=inputs, force=force) if rank == 0 else contextlib.nullcontext() as c:  # rank 0 writes
+        net = load_model(model, dtype=dtype, device=device)
+        try:
+            if rank == 0:
+                from resect.progress import reporter
+
+                with reporter() as r:
+                    stats = profile_corpus(net, tok, corpus, progress=r.meter("profiling", "tok"), **options)
+            else:
+                stats = profile_corpus(net, tok, corpus, **options)
+        except KeyboardInterrupt:
+            typer.echo(f"error: interrupted; partial state (if any) is in '{checkpoint}': rerun with --resume to continue.", err=True)
+            raise typer.Exit(130) from None
+        if rank == 0:
+            stats.meta["model"] = str(model)
+            c.write(stats.to_bytes())
+    remove_owned(mine, "partial")
     if rank == 0:
-        stats.meta["model"] = str(model)
-        stats.save(out)
         _summary(stats, out)
 
 

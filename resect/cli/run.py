@@ -33,7 +33,7 @@ def run(
         return
     from .edit import execute
 
-    execute(spec_from(data, parse_overrides(overrides or [])))
+    execute(spec_from(data, parse_overrides(overrides or [])), inputs=(find_recipe(recipe),))
 
 
 @recipes_app.command("ls")

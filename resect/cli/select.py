@@ -31,9 +31,9 @@ def select(
     """Select the experts tied to a label (or to the per-token score) and write them as a mask."""
     from resect.edit.select import parse_groups, select_experts, strongest
     from resect.edit.stats import RoutingStats
-    from resect.paths import check_output
+    from resect.outputs import check_output, claim
 
-    check_output(out, [stats, model], force=force)
+    check_output(out, [stats, model], kind="mask", force=force)
     from resect.checks import check_numbers
 
     check_numbers({"min_tokens": min_tokens, "top": top, "ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile})
@@ -47,7 +47,8 @@ def select(
         fingerprint = checkpoint_fingerprint(inspect_checkpoint(resolve_model_path(model)).path)
     mask = select_experts(routing, rule, target=target, min_tokens=min_tokens, model=fingerprint, groups=chosen, **params)
     mask.meta["stats_file"] = str(stats)
-    mask.save(out)
+    with claim(out, "mask", inputs=[stats, model], force=force) as c:
+        c.write(mask.to_bytes(out))
     _print(mask, strongest(routing, mask, target=None if rule == "correlation" else target, top=top), rule, out)
 
 

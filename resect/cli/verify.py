@@ -26,24 +26,24 @@ def verify(
     batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
 ) -> None:  # fmt: skip
     """Evaluate EDITED against its baseline and gate on thresholds: targets must fall, the rest must hold."""
-    from resect.errors import OutputError
     from resect.gate.evaluate import check_run_options
     from resect.gate.toxicity import check_settings
     from resect.gate.verify import verify as run_verify
+    from resect.outputs import check_output, claim
 
     from .eval import quiet_lm_eval
 
     quiet_lm_eval()
-    check_run_options(limit, batch_size)
+    check_run_options(limit, batch_size, seed)
     device, dtype = placement(device, dtype)
-    if (out / "verify.json").exists() and not force:
-        raise OutputError(f"'{out}' already holds a verify report. Pass --force to replace it, or choose another --out.")
-
+    inputs = [edited, baseline, *(include_path or []), toxicity_prompts]
+    check_output(out, inputs, kind="verify", force=force, make_parents=True)
     if prompt_limit is not None or toxicity_prompts is not None:
         check_settings(samples, max_new_tokens, temperature, top_p, prompt_limit)
     from resect.progress import reporter
 
-    with reporter() as r:
+    with claim(out, "verify", inputs=inputs, force=force) as c, reporter() as r:
+        work = c.work_folder()
         report = run_verify(
             edited, baseline,
             target_tasks=csv(target_tasks) or [], general_tasks=csv(general_tasks) or [],
@@ -52,8 +52,9 @@ def verify(
             toxicity_settings={"samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                                "limit": prompt_limit, "scorer": scorer},
             include_path=include_path, limit=limit, batch_size=batch_size, seed=seed, use_cache=not no_cache,
-            out_dir=out, dtype=dtype, device=device, reporter=r,
+            out_dir=work, dtype=dtype, device=device, reporter=r,
         )  # fmt: skip
+        c.finish(work)
     _print(report, out)
     if step_summary and os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:

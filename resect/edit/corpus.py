@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,38 +101,21 @@ def _spans(value: Any, text: str, where: str) -> tuple[tuple[int, int], ...] | N
     return tuple((s, e) for s, e in value)
 
 
-def jsonl_rows(path: str | os.PathLike, *, what: str = "corpus file") -> Iterator[tuple[str, Any]]:
-    """(where, row) for each non-blank line of a JSONL file; unreadable files and lines are CorpusErrors
-    naming the file (and line) and what was expected. `what` names the file in the message."""
-    path = Path(path)
-    if not path.is_file():
-        state = "is a folder" if path.is_dir() else "does not exist"
-        raise CorpusError(f"{what[0].upper() + what[1:]} '{path}' {state}. Pass a JSONL file, one JSON object per line.")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CorpusError(f"Cannot read {what} '{path}' ({exc}).") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"'{path}' line {number}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{where}: not valid JSON ({exc.msg}). Each line must be one JSON object.") from None
-
-
 def read_jsonl(
     path: Path, *, label: str | None = None, text_field: str = "text", label_field: str = "label", score_field: str = "score"
 ) -> list[Document]:
     """Documents of a JSONL file; a fixed `label` overrides the label field."""
+    from ..files import jsonl_rows
+
     docs = []
-    for where, row in jsonl_rows(path):
+    for where, row in jsonl_rows(path, what="corpus file", error=CorpusError):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             raise CorpusError(f"{where}: expected an object with a string field '{text_field}'.")
         doc_label = label if label is not None else row.get(label_field)
-        if not isinstance(doc_label, (str, int)) or str(doc_label) == "":
+        if doc_label is None or doc_label == "":
             raise CorpusError(f"{where}: missing label field '{label_field}' (or give the source a fixed label).")
+        if isinstance(doc_label, bool) or not isinstance(doc_label, (str, int)):
+            raise CorpusError(f"{where}: the label {doc_label!r} is not text (or a whole number). Write labels as text, e.g. \"biology\".")
         text = row[text_field]
         docs.append(Document(text, str(doc_label), _score(row.get(score_field), where), _spans(row.get("spans"), text, where)))
     return docs
@@ -141,13 +123,15 @@ def read_jsonl(
 
 def read_folder(path: Path, *, label: str | None = None) -> list[Document]:
     """`<label>/*.txt` sub-folders and `<label>.txt` files, each file one document, sorted by name."""
+    from ..files import read_text
+
+    text = lambda f: read_text(f, what="corpus text file", error=CorpusError)  # noqa: E731  (not UTF-8: refused, naming the byte)
     docs = []
     for entry in sorted(path.iterdir()):
         if entry.is_dir():
-            files = sorted(entry.glob("*.txt"))
-            docs += [Document(f.read_text(encoding="utf-8", errors="replace"), label or entry.name) for f in files]
+            docs += [Document(text(f), label or entry.name) for f in sorted(entry.glob("*.txt"))]
         elif entry.suffix == ".txt":
-            docs.append(Document(entry.read_text(encoding="utf-8", errors="replace"), label or entry.stem))
+            docs.append(Document(text(entry), label or entry.stem))
     return docs
 
 
@@ -221,12 +205,10 @@ def _task_text(task: Any, doc: dict) -> tuple[str, tuple[tuple[int, int], ...] |
 def parse_recipe(path: Path) -> dict:
     """A corpus YAML, checked (every source well formed) but not read."""
 
-    from ..checks import load_yaml
+    from ..files import JSON_BYTES, load_yaml, read_text
 
-    try:
-        recipe = load_yaml(path.read_text(encoding="utf-8"), where=f"Corpus recipe '{path}'", error=CorpusError)
-    except OSError as exc:
-        raise CorpusError(f"Cannot read corpus recipe '{path}' ({exc.strerror}).") from None
+    text = read_text(path, what="corpus recipe", error=CorpusError, max_bytes=JSON_BYTES)
+    recipe = load_yaml(text, where=f"Corpus recipe '{path}'", error=CorpusError)
     if not isinstance(recipe, dict) or not isinstance(recipe.get("sources"), list) or not recipe["sources"]:
         raise CorpusError(f"'{path}': a corpus recipe needs a non-empty 'sources' list (each with path, builtin or task).")
     for k, source in enumerate(recipe["sources"]):

@@ -6,7 +6,7 @@ and the pure-torch masked path as monet_masking.py, named by `auto_map`); and wi
 config.json gains a "resect" key saying what was done; a short README.md card repeats it.
 Applying masks to an edited checkpoint composes them (union) and keeps the original source.
 Everything is written to a work folder beside the destination, then moved into place
-(resect.paths: an existing output is replaced only once the new one is whole).
+(resect.outputs: --force replaces only an edited checkpoint resect wrote, and only once the new one is whole).
 """
 
 from __future__ import annotations
@@ -81,15 +81,16 @@ def _check_masks_fit(masks: list[str | os.PathLike | ExpertMask], source: Path, 
             )
 
 
-def _check_output(source: Path, out: Path, masks: list, force: bool) -> None:
-    from ..paths import check_output
+def _inputs(source: Path, out: Path, masks: list) -> list:
+    """What `out` must not touch: the source and the mask files (the source named as such)."""
+    from ..paths import resolve_path
 
-    src, dst = source.resolve(), out.resolve()
+    src, dst = resolve_path(source, "the source"), resolve_path(out)
     if dst == src:
         raise OutputError(f"Output '{out}' is the source checkpoint. Choose a new folder: the source is never modified.")
     if src.is_relative_to(dst):
         raise OutputError(f"Output '{out}' contains the source checkpoint '{source}'. Choose a folder outside it.")
-    check_output(out, [source, *(m for m in masks if not isinstance(m, ExpertMask))], force=force)
+    return [source, *(m for m in masks if not isinstance(m, ExpertMask))]
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:
@@ -167,15 +168,20 @@ def apply_masks(
     force: bool = False,
 ) -> ApplyResult:
     """Write an edited checkpoint of `model` with the union of `masks` (and any mask it has) to `out`."""
+    from ..outputs import check_output, claim
+
     source = resolve_model_path(model)
     info = inspect_checkpoint(source)
     out = Path(out).expanduser()
-    _check_output(source, out, masks, force)
+    inputs = _inputs(source, out, masks)
+    check_output(out, inputs, kind="checkpoint", force=force, make_parents=True)
     provenance = info.config.get("resect") if isinstance(info.config.get("resect"), dict) else None
     mask = load_masks(masks, info.config)
     selections = [m.meta for m in (x if isinstance(x, ExpertMask) else ExpertMask.load(x) for x in masks) if m.meta]
     if provenance and provenance.get("mask"):
-        earlier = ExpertMask.load(source / provenance["mask"]["file"])
+        from ..paths import member
+
+        earlier = ExpertMask.load(member(source, provenance["mask"]["file"], what=f"'{source}/config.json'", error=CheckpointError))
         mask = load_masks([earlier], info.config) | mask
         selections = [earlier.meta, *selections] if earlier.meta else selections
     mask.meta = {"source": str(source.resolve()), "resect_version": __version__, **_selection_meta(selections)}
@@ -186,15 +192,11 @@ def apply_masks(
         "mask": mask.checkpoint_record(),
     }
     _check_masks_fit(masks, source, record["source_fingerprint"])
-    from ..paths import finish, work_folder
-
-    work = work_folder(out)
-    try:
-        linked, copied = _fill(work, source, info, provenance, mask, record)
-        finish(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    with claim(out, "checkpoint", inputs=inputs, force=force) as c:
+        work = c.work_folder()
+        with c.naming_the_output():
+            linked, copied = _fill(work, source, info, provenance, mask, record)
+        c.finish(work)
     log.info("wrote %s: %d weight files linked, %d copied", out, linked, copied)
     return ApplyResult(path=out, mask=mask, source=Path(record["source"]), linked=linked, copied=copied)
 
@@ -219,11 +221,10 @@ def _fill(tmp: Path, source: Path, info, provenance, mask: ExpertMask, record: d
 
 def read_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
     """The "resect" record of an edited checkpoint's config.json, or None for an unedited one."""
-    config_file = Path(path) / "config.json"
-    try:
-        value = json.loads(config_file.read_text()).get("resect")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"Cannot read '{config_file}' ({exc}).") from None
+    from ..files import read_json
+
+    config = read_json(Path(path) / "config.json", what="Checkpoint config", error=CheckpointError)
+    value = config.get("resect") if isinstance(config, dict) else None
     return value if isinstance(value, dict) else None
 
 

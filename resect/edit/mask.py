@@ -34,6 +34,8 @@ CHECKPOINT_FILE = "resect_mask.json"  # an edited checkpoint's mask (modeling_mo
 BINARY_MAGIC = b"RESECTMASK1\n"
 RESERVED_KEYS = {"format", "moe_experts", "num_groups", "experts"}
 MAX_EXPERTS, MAX_GROUPS = 8192, 1024  # far beyond any Monet (E 512, a few dozen groups): a bound against damaged files
+# Every expert of a 4.1B model (8 groups of 262,144 ids) listed as JSON is about 17 MiB; the bound leaves room for metadata.
+MAX_FILE_BYTES = 64 << 20
 
 
 def geometry(config: Any) -> tuple[int, int]:
@@ -215,10 +217,14 @@ class ExpertMask:
         out["experts"] = {str(g): self._ids[g].tolist() for g in self.groups}
         return out
 
+    def to_bytes(self, name: str | os.PathLike) -> bytes:
+        """The file form a path of this name gets: JSON when it ends in .json, compact binary otherwise."""
+        return json.dumps(self.to_json_dict()).encode() if Path(name).suffix.lower() == ".json" else self._to_binary()
+
     def save(self, path: str | os.PathLike) -> Path:
         """JSON when the name ends in .json, compact binary otherwise. Written atomically."""
         path = Path(path)
-        data = json.dumps(self.to_json_dict()).encode() if path.suffix.lower() == ".json" else self._to_binary()
+        data = self.to_bytes(path)
         from ..paths import write_atomic
 
         try:
@@ -244,19 +250,24 @@ class ExpertMask:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExpertMask:
         """Read either form (detected from the content, not the name)."""
+        from ..files import parse_json
+
         path = Path(path)
         try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise MaskError(f"Mask file '{path}' is {size / (1 << 20):,.0f} MiB; a mask of any Monet model is at most "
+                                f"{MAX_FILE_BYTES >> 20} MiB (as JSON). Check that it is a mask.")  # fmt: skip
             raw = path.read_bytes()
         except FileNotFoundError:
             raise MaskError(f"Mask file '{path}' does not exist.") from None
+        except IsADirectoryError:
+            raise MaskError(f"Mask file '{path}' is a folder. Pass a mask file (JSON or binary).") from None
         except OSError as exc:
             raise MaskError(f"Cannot read mask file '{path}' ({exc.strerror}).") from None
         if raw.startswith(BINARY_MAGIC):
             return cls._from_binary(raw, path)
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MaskError(f"Mask file '{path}' is neither a resect binary mask nor valid JSON ({exc}).") from None
+        data = parse_json(raw, where=f"Mask file '{path}'", error=MaskError)  # not resect's binary form: JSON, checked
         return cls.from_json_dict(data, source=str(path))
 
     @classmethod

@@ -263,7 +263,9 @@ def _save_partial(path: Path, stats: RoutingStats, plan: str, done: int) -> None
         stats.labels, dict(stats.token_counts), stats.sums.cpu(), stats.model_fingerprint, stats.corpus_fingerprint,
         {k: v.cpu() for k, v in stats.corr.items()} if stats.corr else None, {"plan": plan, "done": done},
     )
-    snapshot.save(path)
+    from ..outputs import write_owned
+
+    write_owned(Path(path), snapshot.to_bytes(), "partial")
 
 
 def partial_path(checkpoint: str | os.PathLike, rank: int, world: int) -> Path:

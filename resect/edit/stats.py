@@ -124,15 +124,19 @@ class RoutingStats:
             out[f"corr.{key}"] = value.contiguous()
         return out
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file, then rename)."""
+    def to_bytes(self) -> bytes:
+        """The safetensors file's bytes (tensors and metadata)."""
         from safetensors.torch import save
 
+        return save(self.tensors(), metadata=self.metadata())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temporary file, then rename)."""
         from ..paths import write_atomic
 
         path = Path(path)
         try:
-            write_atomic(path, save(self.tensors(), metadata=self.metadata()))
+            write_atomic(path, self.to_bytes())
         except OSError as exc:
             from ..errors import OutputError
 
@@ -158,12 +162,13 @@ class RoutingStats:
             raise StatsError(f"'{path}' is not a resect statistics file (format {meta.get('format')!r}, expected {FORMAT!r}).")
         corr = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("corr.")} or None
         damaged = f"'{path}' is a damaged statistics file"
-        try:
-            labels, counts = json.loads(meta["labels"]), json.loads(meta["token_counts"])
-            extra = json.loads(meta.get("meta", "{}"))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            name = f"'{exc.args[0]}' missing" if isinstance(exc, KeyError) else type(exc).__name__
-            raise StatsError(f"{damaged} (metadata: {name}). Recreate it with `resect profile`.") from None
+        from ..files import parse_json
+
+        missing = next((k for k in ("labels", "token_counts") if k not in meta), None)
+        if missing:
+            raise StatsError(f"{damaged} (metadata: '{missing}' missing). Recreate it with `resect profile`.")
+        labels, counts, extra = (parse_json(meta.get(key, "{}"), where=f"{damaged}: its metadata '{key}'", error=StatsError)
+                                 for key in ("labels", "token_counts", "meta"))  # fmt: skip
         sums = tensors["sums"]
         problem = _damage(labels, counts, sums, corr, meta)
         if problem:

@@ -246,11 +246,11 @@ def task_data_errors(error: type[ResectError] = EvalError) -> Iterator[None]:
         ) from None
 
 
-def check_run_options(limit: int | float | None, batch_size: int) -> None:
-    """A positive limit (count, or fraction below 1) and batch size."""
+def check_run_options(limit: int | float | None, batch_size: int, seed: int | None = None) -> None:
+    """A positive limit (count, or fraction below 1), batch size and seed in range."""
     from ..checks import check_numbers
 
-    check_numbers({"limit": limit, "batch_size": batch_size})
+    check_numbers({"limit": limit, "batch_size": batch_size, "seed": seed})
 
 
 def normalize_limit(limit: int | float | None) -> int | float | None:

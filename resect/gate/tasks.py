@@ -26,10 +26,10 @@ PPL_METRICS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "wei
 
 def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", label_field: str = "label") -> dict[str, list[str]]:
     """Texts grouped by label from a JSONL file; malformed lines fail with their line number."""
-    from ..edit.corpus import jsonl_rows
+    from ..files import jsonl_rows
 
     by_label: dict[str, list[str]] = defaultdict(list)
-    for where, row in jsonl_rows(path, what="held-out text file"):
+    for where, row in jsonl_rows(path, what="held-out text file", error=CorpusError):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str) or label_field not in row:
             raise CorpusError(f"{where}: lacks a string '{text_field}' or a '{label_field}'.")
         if row[text_field].strip():
@@ -68,16 +68,20 @@ def make_perplexity_tasks(
     text_field: str = "text",
     label_field: str = "label",
     max_docs: int | None = None,
+    force: bool = False,
+    option: str = "OUT_DIR",
 ) -> list[str]:
-    """Write `<prefix>_<label>.yaml` + `.jsonl` per label into out_dir; returns the task names."""
+    """Write a new folder `out_dir` of `<prefix>_<label>.yaml` + `.jsonl` per label; returns the
+    task names. An existing folder is replaced only with `force`, and only one of tasks resect wrote."""
+    from ..outputs import check_output, claim
+
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
         raise OutputError(f"Task prefix '{prefix}' must be an identifier (letters, digits, underscores).")
     if max_docs is not None and max_docs < 1:
         raise UsageError(f"--max-docs must be at least 1, found {max_docs}.")
+    check_output(out_dir, [corpus], kind="tasks", force=force, option=option, make_parents=True)
     texts = read_labelled_texts(corpus, text_field=text_field, label_field=label_field)
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"'{out}' exists and is not a folder. Pass a folder for the generated tasks.")
     ordered = sorted(texts.items(), key=lambda kv: task_name(prefix, kv[0]))
     seen: set[str] = set()
     for label, _ in ordered:  # before anything is written
@@ -85,19 +89,15 @@ def make_perplexity_tasks(
         if name in seen:
             raise CorpusError(f"Labels collide in task name '{name}'. Rename one of the labels in '{corpus}'.")
         seen.add(name)
-    out.mkdir(parents=True, exist_ok=True)
     names = []
-    for label, docs in ordered:
-        name = task_name(prefix, label)
-        lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[:max_docs])
-        _write_atomic(out / f"{name}.jsonl", lines)
-        _write_atomic(out / f"{name}.yaml", yaml.safe_dump(perplexity_task_config(name, out / f"{name}.jsonl"), sort_keys=False))
-        names.append(name)
+    with claim(out, "tasks", inputs=[corpus], force=force, option=option) as c:
+        work = c.work_folder()
+        for label, docs in ordered:
+            name = task_name(prefix, label)
+            lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[:max_docs])
+            (work / f"{name}.jsonl").write_text(lines, encoding="utf-8")  # the YAML names where it will live
+            (work / f"{name}.yaml").write_text(yaml.safe_dump(perplexity_task_config(name, out / f"{name}.jsonl"), sort_keys=False))
+            names.append(name)
+        c.finish(work)
     log.info("wrote %d perplexity tasks to %s", len(names), out)
     return names
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from ..paths import write_atomic
-
-    write_atomic(path, text)

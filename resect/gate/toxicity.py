@@ -35,10 +35,10 @@ class Prompt:
 
 def read_prompts(path: str | os.PathLike, *, limit: int | None = None) -> list[Prompt]:
     """Prompts from a JSONL of {"prompt": str | {"text": str}, "toxic"?: bool} lines."""
-    from ..edit.corpus import jsonl_rows
+    from ..files import jsonl_rows
 
     prompts = []
-    for where, row in jsonl_rows(path, what="prompts file"):
+    for where, row in jsonl_rows(path, what="prompts file", error=CorpusError):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         text = prompt.get("text") if isinstance(prompt, dict) else prompt  # RealToxicityPrompts nests {"text"}
         if not isinstance(text, str) or not text.strip():

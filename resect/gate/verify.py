@@ -69,7 +69,7 @@ def cache_load(key: str) -> dict | None:
         return None
     try:
         entry = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):
         entry = None
     fits = isinstance(entry, dict) and isinstance(entry.get("toxicity"), dict) and (entry.get("results") is None or isinstance(entry["results"], dict))
     if not fits or (entry["results"] is not None and not isinstance(entry["results"].get("results"), dict)):
@@ -381,7 +381,7 @@ def plan_verification(
     from .evaluate import check_run_options, normalize_limit, require_extras, resolve_tasks
 
     require_extras()
-    check_run_options(limit, batch_size)
+    check_run_options(limit, batch_size, seed)
     device, dtype = resolve_placement(device, dtype)
     target_tasks, general_tasks, target_toxicity = list(target_tasks), list(general_tasks), list(target_toxicity)
     check_thresholds(min_target_drop, max_general_drop, target_tasks + target_toxicity, general_tasks)
@@ -443,7 +443,9 @@ def verify(
 
 
 def _check_provenance(edited: Path, base: dict) -> None:
-    recorded = (json.loads((edited / "config.json").read_text()).get("resect") or {}).get("source_fingerprint")
+    from ..model.loading import read_config
+
+    recorded = (read_config(edited).get("resect") or {}).get("source_fingerprint")
     if recorded and recorded != base["fingerprint"]:
         log.warning("baseline fingerprint %s differs from the source fingerprint %s recorded in %s", base["fingerprint"], recorded, edited)
 

@@ -106,10 +106,9 @@ def read_config(path: Path) -> dict[str, Any]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"'{path}' has no config.json: not a Hugging Face checkpoint folder.")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"'{config_file}' is not valid JSON ({exc}). Restore the file from the source.") from None
+    from ..files import read_json
+
+    config = read_json(config_file, what="Checkpoint config", error=CheckpointError)
     if not isinstance(config, dict):
         raise CheckpointError(f"'{config_file}' holds {type(config).__name__}, not a JSON object. Restore the file from the source.")
     model_type = config.get("model_type")
@@ -121,16 +120,20 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def weight_files(path: Path) -> list[str]:
-    """The safetensors files of a checkpoint, from its index when sharded."""
+    """The safetensors files of a checkpoint, from its index when sharded (plain file names of the
+    folder: an index naming a file elsewhere is refused)."""
+    from ..files import read_json
+    from ..paths import member
+
     index = path / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"'{index}' is not a valid safetensors index. Restore it from the source.") from None
-        if not isinstance(weight_map, dict) or not all(isinstance(s, str) and s for s in weight_map.values()):
+        data = read_json(index, what="Shard index", error=CheckpointError)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(s, str) and s for s in weight_map.values()):
             raise CheckpointError(f"'{index}' has no weight_map of tensor names to shard files. Restore it from the source.")
         shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            member(path, shard, what=f"'{index}'", error=CheckpointError)
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise CheckpointError(
@@ -237,22 +240,52 @@ def tensor_problem(name: str, dtype: str, shape: list[int], expected: tuple[int,
     return None
 
 
-SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "moe_experts", "moe_heads", "moe_dim", "moe_topk", "moe_groups")
+SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "moe_experts", "moe_heads", "moe_dim", "moe_topk",
+             "moe_groups", "max_position_embeddings")  # fmt: skip
 # Far beyond any Monet (32 layers, d 3072, E 512 at 4.1B): a config past them is damaged, and is refused
 # before anything is sized from it.
 SIZE_LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "num_hidden_layers": 1024, "num_attention_heads": 1024,
-               "moe_experts": 8192, "moe_heads": 1024, "moe_dim": 4096, "moe_topk": 8192, "moe_groups": 1024}  # fmt: skip
+               "moe_experts": 8192, "moe_heads": 1024, "moe_dim": 4096, "moe_topk": 8192, "moe_groups": 1024,
+               "max_position_embeddings": 1 << 24, "num_key_value_heads": 1024, "head_dim": 4096}  # fmt: skip
+SIZE_FLOORS = {"max_position_embeddings": 2}  # a model must see at least one token before the one it predicts
+FLAGS = ("tie_word_embeddings", "attention_bias", "use_cache", "output_router_probs")
+
+
+def _whole_problem(key: str, value: Any) -> str | None:
+    low = SIZE_FLOORS.get(key, 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        return f"{key} must be a {'positive whole number' if low == 1 else f'whole number of at least {low}'}, found {value!r}"
+    if value > SIZE_LIMITS[key]:
+        return f"{key} is {value:,}, beyond any Monet model (at most {SIZE_LIMITS[key]:,})"
+    return None
+
+
+def _number_problem(config: dict[str, Any], key: str, low: float, high: float, *, low_open: bool = True) -> str | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and ((value > low) if low_open else (value >= low)) and value < high:
+        return None
+    return f"{key} must be a number in {'(' if low_open else '['}{low:g}, {high:g}), found {value!r}"
 
 
 def shape_problem(config: dict[str, Any]) -> str | None:
-    """What makes a Monet config.json's shape impossible, read without transformers (which checks
-    the rest when the model is built); None when nothing does."""
+    """What makes a Monet config.json impossible, read without transformers (which checks the rest
+    when the model is built); None when nothing does. Every size, ratio and token id is checked."""
     for key in SIZE_KEYS:
-        value = config.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            return f"{key} must be a positive whole number, found {value!r}"
-        if value > SIZE_LIMITS[key]:
-            return f"{key} is {value:,}, beyond any Monet model (at most {SIZE_LIMITS[key]:,})"
+        problem = _whole_problem(key, config.get(key, 2048 if key == "max_position_embeddings" else 1))
+        if problem:
+            return problem
+    for key in ("num_key_value_heads", "head_dim"):
+        problem = _whole_problem(key, config[key]) if config.get(key) is not None else None
+        if problem:
+            return problem
+    heads, kv = config.get("num_attention_heads", 1), config.get("num_key_value_heads") or config.get("num_attention_heads", 1)
+    if heads % kv:
+        return f"num_key_value_heads {kv} must divide num_attention_heads {heads}"
+    if config.get("head_dim") is None and config.get("hidden_size", 1) % heads:
+        return f"hidden_size {config.get('hidden_size')} must be a multiple of num_attention_heads {heads} (or give head_dim)"
     experts, topk = config.get("moe_experts", 512), config.get("moe_topk", 32)
     if topk >= experts:
         return f"moe_topk {topk} must be below moe_experts {experts}"
@@ -260,12 +293,34 @@ def shape_problem(config: dict[str, Any]) -> str | None:
         return f"moe_decompose must be vertical or horizontal, found {config['moe_decompose']!r}"
     if config.get("moe_decompose", "vertical") == "vertical" and (config.get("moe_dim", 16) % 2 or config.get("hidden_size", 2) % 2):
         return "vertical decomposition needs an even moe_dim and hidden_size"
+    if config.get("hidden_act", "relu2") != "relu2":
+        return f"hidden_act is {config['hidden_act']!r}; Monet's experts use relu2"
+    for key, low, high, low_open in (("rms_norm_eps", 0.0, 1.0, True), ("rope_theta", 0.0, 1e12, True), ("initializer_range", 0.0, 1e3, False),
+                                     ("attention_dropout", 0.0, 1.0, False)):  # fmt: skip
+        problem = _number_problem(config, key, low, high, low_open=low_open)
+        if problem:
+            return problem
+    for key in FLAGS:
+        if key in config and config[key] is not None and not isinstance(config[key], bool):
+            return f"{key} must be true or false, found {config[key]!r}"
+    return _token_problem(config)
+
+
+def _token_problem(config: dict[str, Any]) -> str | None:
+    vocab = config.get("vocab_size", 1)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = config.get(key)
+        ids = value if isinstance(value, list) else [value]
+        if value is None or (key == "eos_token_id" and value == []):
+            continue
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
+            return f"{key} must be a token id in [0, {vocab:,}) (or null), found {value!r}"
     return None
 
 
 def provenance_problem(config: dict[str, Any]) -> str | None:
     """What is wrong with an edited checkpoint's "resect" record (written by `resect apply`); None
-    when it is sound or absent."""
+    when it is sound or absent. Its mask file must be a file of the checkpoint's own folder."""
     record = config.get("resect")
     if record is None:
         return None
@@ -277,6 +332,9 @@ def provenance_problem(config: dict[str, Any]) -> str | None:
     mask = record.get("mask")
     if mask is not None and not (isinstance(mask, dict) and (mask.get("total") == 0 or isinstance(mask.get("file"), str))):
         return "'resect.edit.mask' does not name the mask file"
+    name = mask.get("file") if isinstance(mask, dict) else None
+    if isinstance(name, str) and (name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute()):
+        return f"'resect.mask.file' names {name!r}, not a file of the checkpoint's folder"
     return None
 
 
@@ -285,7 +343,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Model path '{path}' does not exist. Pass a Monet checkpoint folder.")
-    from ..paths import unfinished
+    from ..outputs import unfinished
 
     if unfinished(path):
         raise CheckpointError(

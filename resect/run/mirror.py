@@ -204,10 +204,10 @@ class Mirror:
         file = self.dataset(REAL_TOXICITY, what="toxicity prompts") / "prompts.jsonl"
         if not file.is_file():
             raise MirrorError(f"Mirror dataset '{REAL_TOXICITY}' lacks prompts.jsonl (looked for {file}).")
-        from ..edit.corpus import jsonl_rows
+        from ..files import jsonl_rows
 
         rows = []
-        for where, row in jsonl_rows(file, what="RealToxicityPrompts file"):
+        for where, row in jsonl_rows(file, what="RealToxicityPrompts file", error=MirrorError):
             text = (row.get("prompt") or {}).get("text") if isinstance(row, dict) and isinstance(row.get("prompt"), dict) else None
             if not isinstance(text, str) or "challenging" not in row:
                 raise MirrorError(f"{where}: not a RealToxicityPrompts line (expected prompt.text and challenging).")
@@ -225,7 +225,9 @@ class Mirror:
         rows = []
         for file in files:
             toxic = file.name.startswith("hate")
-            for line in file.read_text(encoding="utf-8").splitlines():
+            from ..files import read_text
+
+            for line in read_text(file, what="ToxiGen prompts file", error=MirrorError).splitlines():
                 if line.strip():
                     rows.append({"prompt": line.replace("\\n", "\n"), "toxic": toxic})
         return rows
@@ -249,8 +251,8 @@ class Mirror:
                     c.write(json.dumps({"text": text, "label": language}) + "\n")
                 for text in texts[-HELD_OUT:]:
                     h.write(json.dumps({"text": text, "label": language}) + "\n")
-        folder = self.work / "tasks"
-        names = make_perplexity_tasks(held_out, folder, prefix="heldout")
+        folder = self.work / "code-tasks"  # remade at every run from the mirror (resect's own, in the cache)
+        names = make_perplexity_tasks(held_out, folder, prefix="heldout", force=True)
         return corpus, Localized(folder, names), {lang: task_name("heldout", lang) for lang in languages}
 
 
@@ -308,16 +310,27 @@ def _readme_configs(folder: Path) -> dict[str, dict[str, list[str]]]:
 
 
 def _glob(folder: Path, patterns: list[str]) -> list[str]:
+    """The files of `folder` a README's data_files patterns name; a pattern that leads outside the
+    dataset's folder is refused."""
+    from pathlib import PurePosixPath
+
+    for pattern in patterns:
+        if not isinstance(pattern, str) or Path(pattern).is_absolute() or ".." in PurePosixPath(pattern).parts:
+            raise MirrorError(f"Mirror dataset '{folder}' names data files {pattern!r} in its README, outside its folder. Download it again.")
     return sorted(str(p) for pattern in patterns for p in folder.glob(pattern) if p.is_file())
 
 
 def _json_lines(file: Path) -> list[dict]:
-    text = file.read_text(encoding="utf-8")
+    """A JSON list, or JSON lines (the-stack-smol's data.json is either)."""
+    from ..files import parse_json, read_text
+
+    text = read_text(file, what="mirror data file", error=MirrorError)
     try:
         data = json.loads(text)
-        return data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = data if isinstance(data, list) else [data]
+    except (json.JSONDecodeError, RecursionError):
+        rows = [parse_json(line, where=f"'{file}' line {n}", error=MirrorError) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def _file_name(name: str) -> str:

@@ -4,7 +4,7 @@
 call. Everything a user could get wrong (an unknown label, a missing corpus or task, an existing
 output, a threshold out of range) is checked in `plan()` before anything is computed or written.
 The run directory is built beside its destination and moved into place when complete
-(resect.paths: --force replaces only an earlier run directory, and only once the new one is whole).
+(resect.outputs: --force replaces only a run directory resect wrote, and only once the new one is whole).
 
 Run directory:
     run.yaml            what was asked, the defaults' choices written out (`resect run RUN/run.yaml` redoes
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +69,7 @@ class Plan:
     dtype: str = "float32"  # resolved
     verification: Any = None  # resect.gate.verify.Verification of this run's gate, checked at planning
     validation: dict[str, Any] | None = None  # with --search: the validation tasks (and prompts) it scores on
+    inputs: list[str] = field(default_factory=list)  # what the run directory must not touch
 
     def resolved(self) -> dict[str, Any]:
         data = self.spec.to_dict() | {
@@ -175,8 +175,9 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
     } | searching
 
 
-def plan(spec: RunSpec) -> Plan:
-    """Resolve defaults and check every input; raises before anything is computed or written."""
+def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
+    """Resolve defaults and check every input; raises before anything is computed or written.
+    `inputs`: further files the run directory must not touch (the recipe it was read from)."""
     from .. import builtin
     from ..model.loading import inspect_checkpoint, resolve_model_path
 
@@ -228,16 +229,17 @@ def plan(spec: RunSpec) -> Plan:
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not spec.dry_run:
-        from ..paths import check_output
+        from ..outputs import check_output
 
         if out.exists() and not out.is_dir():
             raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
-        check_output(out, [model_path, corpus, *include, prompts, spec.mirror], force=spec.force, make_parents=True)
+        check_output(out, [model_path, corpus, *include, prompts, spec.mirror, *inputs], kind="run", force=spec.force, make_parents=True)
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
     from ..model.loading import resolve_placement
 
     device, dtype = resolve_placement(spec.device, spec.dtype)
     p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
+    p.inputs = [str(x) for x in (model_path, corpus, *include, prompts, spec.mirror, *inputs) if x]
     p.verification = _plan_verification(p)
     if spec.search:
         from .search import plan_validation
@@ -341,13 +343,21 @@ def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = N
     model = source.model if isinstance(source, Source) else source
     try:
         stats = profile_corpus(model, tokenizer, corpus, resume=partial if partial.is_file() else None, **options)
-    except StatsError:  # partial state of other settings (another batch size): start over
-        log.warning("discarding partial statistics %s made with other settings", partial)
-        partial.unlink(missing_ok=True)
+    except StatsError:  # partial state of other settings (another batch size), or damaged: start over
+        log.warning("discarding partial statistics %s (made with other settings, or damaged)", partial)
+        _drop_partial(partial)
         stats = profile_corpus(model, tokenizer, corpus, **options)
     stats.save(cached)
-    partial.unlink(missing_ok=True)
+    _drop_partial(partial)
     return stats, False
+
+
+def _drop_partial(partial: Path) -> None:
+    """The cache's partial statistics and their marker (resect's own, in the cache)."""
+    from ..outputs import marker_path
+
+    partial.unlink(missing_ok=True)
+    marker_path(partial).unlink(missing_ok=True)
 
 
 PARTIAL_EVERY = 10  # batches between saves of partial statistics during an edit's profiling
@@ -396,17 +406,27 @@ class RunResult:
         return 1 if self.verdict == "fail" else 0
 
 
-def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
+def run_edit(spec: RunSpec, *, reporter=None, inputs: tuple = ()) -> RunResult:
     """Plan, then profile, select, apply, verify and report; see the module docstring.
 
     The model is loaded once for profiling, selection and the baseline's evaluation (none when
     the baseline's results are cached), freed, and the written checkpoint is loaded for its own
     evaluation: at most two loads, never two models at a time. `reporter`: a resect.progress
-    Reporter for stage messages and meters (quiet when None)."""
+    Reporter for stage messages and meters (quiet when None). The run directory is claimed
+    (resect.outputs) from the start: a second run into it is refused while this one works."""
+    import contextlib
+
+    from ..outputs import claim
     from ..progress import quiet
 
     r = reporter or quiet()
-    p = plan(spec)
+    p = plan(spec, inputs=inputs)
+    writing = contextlib.nullcontext() if p.spec.dry_run else claim(p.out, "run", inputs=p.inputs, force=p.spec.force)
+    with writing as output:
+        return _run(p, output, r)
+
+
+def _run(p: Plan, output, r) -> RunResult:
     spec = p.spec  # the resolved spec: everything below reads what plan() checked, never the caller's
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -449,10 +469,8 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
     del source
     release_memory()
     lap("baseline")
-    from ..paths import finish, work_folder
-
-    work = work_folder(p.out)
-    try:
+    work = output.work_folder()
+    with output.naming_the_output():
         import yaml
 
         header = f"# resect run {p.out / 'run.yaml'} out=DIR    (redoes this edit into DIR)\n"
@@ -473,10 +491,7 @@ def run_edit(spec: RunSpec, *, reporter=None) -> RunResult:
 
             write_search(work, searched["trials"], searched["chosen"], searched["journal"], p.gates(), _target_unit(p))
         write_report(work, p, result)
-        finish(work, p.out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    output.finish(work)
     return result
 
 

@@ -59,12 +59,9 @@ def find_recipe(name_or_path: str) -> Path:
 def read_recipe(name_or_path: str) -> dict[str, Any]:
 
     path = find_recipe(name_or_path)
-    from ..checks import load_yaml
+    from ..files import JSON_BYTES, load_yaml, read_text
 
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"), where=f"Recipe '{path}'")
-    except UnicodeDecodeError:
-        raise UsageError(f"Recipe '{path}' is not UTF-8 text. Save it as UTF-8.") from None
+    data = load_yaml(read_text(path, what="Recipe", max_bytes=JSON_BYTES), where=f"Recipe '{path}'")
     if not isinstance(data, dict):
         raise UsageError(f"Recipe '{path}' must be a mapping of options, found {type(data).__name__}.")
     return data
@@ -72,7 +69,7 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """key=value words (toxicity.KEY=value for one toxicity setting); values read as YAML."""
-    from ..checks import load_yaml
+    from ..files import load_yaml
 
     out = {}
     for pair in pairs:
@@ -118,7 +115,10 @@ def validate_recipe(name_or_path: str) -> None:
     from .spec import check_spec
 
     path = find_recipe(name_or_path)
-    first = path.read_text().splitlines()[0] if path.read_text() else ""
+    from ..files import read_text
+
+    text = read_text(path, what="Recipe")
+    first = text.splitlines()[0] if text else ""
     if not first.startswith("# resect "):
         raise UsageError(f"Recipe '{path}' must start with a comment holding the command that runs it.")
     data = read_recipe(str(path))

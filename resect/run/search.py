@@ -135,6 +135,50 @@ def journal_path(p, stats_fingerprint: str, validation: dict[str, Any]) -> tuple
     return cache_root() / "search" / f"{digest(identity, 24)}.journal", identity
 
 
+def _open_study(journal: Path):
+    """The study journalled in `journal` (a new one when there is none). The journal is resect's
+    cache: one that cannot be read (truncated, appended to) is discarded, named, and started over."""
+    import optuna
+
+    def study():
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        found = optuna.create_study(study_name="resect-search", storage=storage, directions=["maximize", "minimize"], load_if_exists=True)
+        found.trials, found.user_attrs  # noqa: B018  (read now: a damaged journal fails here, not mid-search)
+        return found
+
+    problem = _journal_problem(journal)
+    if problem is None:
+        try:
+            return study()
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged journal raises, the answer is to start over
+            problem = type(exc).__name__
+    if problem != "absent":
+        log.warning("discarding the damaged search journal %s (%s); the search starts over", journal, problem)
+        journal.unlink(missing_ok=True)
+    return study()
+
+
+def _journal_problem(journal: Path) -> str | None:
+    """Why a journal cannot be resumed from (its last line cut short, a line that is not one of
+    Optuna's JSON operations), "absent" when there is none, None when it reads."""
+    try:
+        raw = journal.read_bytes()
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        return exc.strerror or "unreadable"
+    if raw and not raw.endswith(b"\n"):
+        return "its last line is cut short"
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            return f"line {number} is not JSON"
+        if not isinstance(entry, dict) or not isinstance(entry.get("op_code"), int):
+            return f"line {number} is not an operation of Optuna's journal"
+    return None
+
+
 def run_search(load_model, tokenizer, stats, p, reporter) -> tuple[Trial, list[Trial], Path, dict[str, int]]:
     """N trials (resumed from the journal where one exists); returns (chosen, trials, journal, the
     number of questions (documents) of each validation task). `load_model()` gives the source model,
@@ -149,8 +193,7 @@ def run_search(load_model, tokenizer, stats, p, reporter) -> tuple[Trial, list[T
     n, validation = p.spec.search, p.validation
     journal, identity = journal_path(p, digest([stats.model_fingerprint, stats.corpus_fingerprint, dict(stats.token_counts)]), validation)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    study = optuna.create_study(study_name="resect-search", storage=storage, directions=["maximize", "minimize"], load_if_exists=True)
+    study = _open_study(journal)
     identity = json.loads(json.dumps(identity, default=str))  # as the journal stores it
     found = study.user_attrs.get("identity")
     if found is None:

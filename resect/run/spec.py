@@ -111,6 +111,10 @@ def _type_problem(name: str, value: Any) -> str | None:
         return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of task names"
     if name == "toxicity":
         return None if isinstance(value, dict) else "a mapping of toxicity settings"
+    if name == "groups":
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        ok = whole(value) or isinstance(value, str) or (isinstance(value, list) and all(whole(v) for v in value))  # "1,2" is read as on the command line
+        return None if ok else "a list of routing group numbers (whole numbers)"
     return None
 
 

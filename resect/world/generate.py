@@ -22,11 +22,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OutputError, UsageError
+from ..errors import UsageError
 from .code import LANGUAGES, unique_snippets
 from .domains import DOMAIN_SPECS, DOMAINS, TRAIN_STATEMENTS, Domain
 from .talk import prompt_of, unique_utterances
@@ -284,27 +283,27 @@ def save_world(world: World, out: Path, *, train: bool = True) -> None:
     (out / "world.json").write_text(json.dumps(manifest(world), indent=1) + "\n")
 
 
-def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, names: str = "joined", train: bool = True) -> Path:
-    """Generate the world and write it to a new folder `out` (atomically: temp folder, then rename)."""
+def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, names: str = "joined", train: bool = True,
+                located_at: str | Path | None = None) -> Path:  # fmt: skip
+    """Generate the world and write it to a new folder `out` (resect.outputs: a work folder, then
+    moved into place). Its task YAMLs name their data by absolute path: `located_at` is where the
+    folder will live once a larger output holding it is moved into place (default: `out`)."""
+    from ..outputs import claim
     from .tasks import write_tasks
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError(f"Output folder '{out}' exists and is not empty. Choose a new folder or remove it.")
-    from ..paths import finish, work_folder
-
-    tmp = work_folder(out)
-    try:
-        save_world(build_world(seed, sizes, names), tmp, train=train)
-        finish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    write_tasks(out, out / "tasks")
+    check_names(names, "--names")
+    with claim(out, "world", force=None) as c:
+        work = c.work_folder()
+        with c.naming_the_output():
+            save_world(build_world(seed, sizes, names), work, train=train)
+            write_tasks(work, work / "tasks", located_at=Path(located_at or out).absolute())
+        c.finish(work)
     return out
 
 
 def read_train(data: str | Path) -> list[dict]:
     """The training documents of a generated folder."""
-    path = Path(data) / "train.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from ..files import jsonl_rows
+
+    return [row for _, row in jsonl_rows(Path(data) / "train.jsonl", what="training text")]

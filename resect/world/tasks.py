@@ -59,17 +59,19 @@ def has_validation(data: str | Path) -> bool:
     )
 
 
-def write_tasks(data: str | Path, out: str | Path) -> Path:
+def write_tasks(data: str | Path, out: str | Path, *, located_at: str | Path | None = None) -> Path:
     """Write world_<domain>.yaml and world_ppl_<language>.yaml (and their world_val_ validation
-    twins, where the data has them) into `out`; returns `out`."""
+    twins, where the data has them) into `out`; returns `out`. The YAMLs name the data where it
+    lives (`located_at`, default `data`: a folder being written names its final place)."""
     import yaml
 
     from ..paths import write_atomic
 
     data, out = Path(data), Path(out)
+    at = Path(located_at) if located_at is not None else data
     out.mkdir(parents=True, exist_ok=True)
     kinds = (False, True) if has_validation(data) else (False,)
-    tasks = [quiz_task(d, data, validation=v) for v in kinds for d in DOMAINS] + [ppl_task(lang, data, validation=v) for v in kinds for lang in LANGUAGES]
+    tasks = [quiz_task(d, at, validation=v) for v in kinds for d in DOMAINS] + [ppl_task(lang, at, validation=v) for v in kinds for lang in LANGUAGES]
     for task in tasks:
         text = yaml.safe_dump(task, sort_keys=False)
         target = out / f"{task['task']}.yaml"

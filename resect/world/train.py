@@ -94,7 +94,7 @@ def _typed(default: Any, value: Any, key: str) -> Any:
 
 def parse_overrides(items: list[str]) -> dict:
     """['train.steps=20', 'model.hidden_size=64'] -> nested dict (values parsed as YAML scalars)."""
-    from ..checks import load_yaml
+    from ..files import load_yaml
 
     nested: dict = {}
     for item in items:
@@ -111,14 +111,14 @@ def parse_overrides(items: list[str]) -> dict:
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """The default recipe, updated by a YAML file and then by dotted overrides."""
-    from ..checks import load_yaml
+    from ..files import JSON_BYTES, load_yaml, read_text
 
     recipe = DEFAULT_RECIPE
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"Recipe '{path}' does not exist. Pass a YAML file such as recipes/world.yaml.")
-        loaded = load_yaml(path.read_text(), where=f"Recipe '{path}'") or {}
+        loaded = load_yaml(read_text(path, what="Recipe", max_bytes=JSON_BYTES), where=f"Recipe '{path}'") or {}
         if not isinstance(loaded, dict):
             raise UsageError(f"Recipe '{path}' must be a YAML mapping, found {type(loaded).__name__}.")
         recipe = _merge(recipe, loaded)
@@ -275,11 +275,11 @@ def save_checkpoint(model, config: dict[str, Any], out: Path, dtype: str) -> Non
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _write_world(folder: Path, seed: int, recipe: dict) -> Path:
+def _write_world(folder: Path, seed: int, recipe: dict, located_at: Path | None = None) -> Path:
     """The world of `seed`, sized and spelled as the recipe's `world` section says."""
     from . import Sizes, write_world
 
-    return write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"])
+    return write_world(folder, seed, sizes=Sizes(entities=recipe["world"]["entities"]), names=recipe["world"]["names"], located_at=located_at)
 
 
 def pretrain_groups() -> dict[str, tuple[str, ...]]:
@@ -289,14 +289,14 @@ def pretrain_groups() -> dict[str, tuple[str, ...]]:
     return {"domains": tuple(DOMAINS), "languages": tuple(LANGUAGES), "neutral": ("neutral",), "toxic": ("toxic",)}
 
 
-def _pretrain_texts(folder: Path, seed: int, recipe: dict) -> list[str]:
+def _pretrain_texts(folder: Path, seed: int, recipe: dict, located_at: Path | None = None) -> list[str]:
     """Another world's documents of the recipe's `pretrain.text` groups (other entities and facts,
     the same templates, code idioms and registers)."""
     from . import read_train
 
     groups = pretrain_groups()
     labels = {label for group in recipe["pretrain"]["text"] for label in groups[group]}
-    return [d["text"] for d in read_train(_write_world(folder, seed, recipe)) if d["label"] in labels]
+    return [d["text"] for d in read_train(_write_world(folder, seed, recipe, located_at)) if d["label"] in labels]
 
 
 def freeze_all_but_experts(model, frozen_groups: Iterable[int] = ()) -> None:
@@ -333,10 +333,9 @@ def check_run(recipe: dict, out: Path) -> None:
     """What would stop `run_recipe` before it writes anything: an existing model folder, a model
     section that describes no Monet model, frozen groups the model does not have."""
     from ..edit.mask import geometry
-    from ..errors import OutputError
+    from ..outputs import check_output
 
-    if (out / "model").exists():
-        raise OutputError(f"'{out / 'model'}' exists. Choose a new --out folder or remove it.")
+    check_output(out, kind="train", force=None, make_parents=True)
     from ..model.loading import shape_problem
 
     at_least = {("world", "entities"): 1, ("tokenizer", "vocab_size"): 1, ("pretrain", "steps"): 0, ("pretrain", "warmup"): 0,
@@ -363,23 +362,35 @@ def check_run(recipe: dict, out: Path) -> None:
 
 
 def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None, on_step: StepCallback | None = None) -> Path:
-    """Generate (or reuse `data`), train, save under `out`; returns the model folder."""
+    """Generate (or reuse `data`), train, and write a new folder `out` (data/, model/, the log and
+    the loss curve; resect.outputs: a work folder, moved into place when training ends); returns the model folder."""
+    from ..outputs import claim
+
+    out = Path(out)
+    check_run(recipe, out)
+    with claim(out, "train", inputs=[data], force=None) as c:
+        work = c.work_folder()
+        with c.naming_the_output():
+            _train_into(recipe, work, Path(out).absolute(), data, on_step)
+        c.finish(work)
+    return out / "model"
+
+
+def _train_into(recipe: dict, work: Path, final: Path, data: str | Path | None, on_step: StepCallback | None) -> None:
     import torch
 
     from . import read_train
 
-    out = Path(out)
-    check_run(recipe, out)
     torch.set_num_threads(recipe["train"]["threads"])
     torch.manual_seed(recipe["seed"])
     if data is None:
-        data = _write_world(out / "data", recipe["world"]["seed"], recipe)
+        data = _write_world(work / "data", recipe["world"]["seed"], recipe, located_at=final / "data")
     texts = [d["text"] for d in read_train(data)]
     pre = recipe["pretrain"]
-    pre_texts = _pretrain_texts(out / "pretrain", pre["world_seed"], recipe) if pre["steps"] > 0 else []
-    tmp = out / "model.partial"
-    tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts + pre_texts, tmp, recipe["tokenizer"]["vocab_size"])
+    pre_texts = _pretrain_texts(work / "pretrain", pre["world_seed"], recipe, final / "pretrain") if pre["steps"] > 0 else []
+    model_dir = work / "model"
+    model_dir.mkdir()
+    tokenizer = train_tokenizer(texts + pre_texts, model_dir, recipe["tokenizer"]["vocab_size"])
     config = model_config(recipe, len(tokenizer))
     model = build_model(config)
     log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
@@ -390,9 +401,7 @@ def run_recipe(recipe: dict, out: str | Path, *, data: str | Path | None = None,
         rows = [r | {"phase": "pretrain"} for r in rows]
         freeze_all_but_experts(model, pre["frozen_groups"])
     rows += train_model(model, encode_documents(tokenizer, texts), recipe["train"], seed=recipe["seed"], on_step=on_step)
-    save_checkpoint(model, config, tmp, recipe["train"]["save_dtype"])
-    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    plot_loss(rows, out / "loss.png")
-    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    tmp.rename(out / "model")
-    return out / "model"
+    save_checkpoint(model, config, model_dir, recipe["train"]["save_dtype"])
+    (work / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_loss(rows, work / "loss.png")
+    (model_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
