@@ -144,7 +144,7 @@ THROUGHPUT = r"""
 import json, sys, time, torch
 from resect.edit.corpus import load_corpus
 from resect.model.loading import load_model, load_tokenizer
-from resect.edit.mask import ExpertMask
+from resect.model.mask import ExpertMask
 from resect.edit.profile import Settings, plan_batches, plan_sequences, profile_corpus, _collate
 from resect.gate.toxicity import sample_prompts
 

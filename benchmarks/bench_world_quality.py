@@ -111,7 +111,7 @@ def main() -> None:
 
     from resect.builtin import DOMAINS, LANGUAGES, builtin_data_path
     from resect.model.loading import load_model, load_tokenizer
-    from resect.world import write_tasks
+    from resect.tasks import write_world_tasks as write_tasks
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="checkpoint folder (default: the built-in model)")

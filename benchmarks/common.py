@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -34,6 +37,22 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], *, repeats: int = 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+@contextlib.contextmanager
+def _profiler_lines_hidden() -> Iterator[None]:
+    """The profiler's own start and stop lines (kineto writes them to file descriptor 2, below
+    Python) kept out of a benchmark's output, which prints its rows only. Whatever the measured call
+    writes to stderr meanwhile is hidden too: it is a kernel call, timed and measured, nothing else."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_bytes(fn: Callable[[], object]) -> int:
     """Peak of live CPU tensor memory allocated while fn() runs, from the profiler's allocation events.
 
@@ -42,7 +61,7 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _profiler_lines_hidden(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
         (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"

@@ -132,7 +132,7 @@ def time_layer(shape: dict, device, rows: list, repeats: int) -> None:
 
 
 def stand_in_forward(shape: dict, device, rows: list, repeats: int) -> None:
-    from resect.edit.mask import ExpertMask
+    from resect.model.mask import ExpertMask
 
     cfg = config(shape)
     torch.manual_seed(0)

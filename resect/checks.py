@@ -17,7 +17,7 @@ from .errors import UsageError
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "ratio": (1.0, 1e6, False, False),  # skew rules: the target over the runner-up (or the others' mean)
     "threshold": (-1.0, 1.0, True, False),  # a Pearson correlation
-    "quantile": (0.0, 1.0, False, False),
+    "quantile": (0.0, 1.0, True, False),  # keep the top (1 - q) share: q = 1 would keep nothing (HIGH_OPEN)
     "k": (1, 2**31, True, True),
     "seed": (0, 2**32 - 1, True, True),
     "batch_size": (1, 65_536, True, True),
@@ -43,6 +43,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "prompt_limit": (1, 10**9, True, True),
     "score": (-1e12, 1e12, True, False),  # a corpus document's score
 }
+HIGH_OPEN = {"quantile"}  # ranges whose upper bound is not a value
 
 
 def check_number(name: str, value: Any, *, option: str | None = None) -> None:
@@ -53,10 +54,12 @@ def check_number(name: str, value: Any, *, option: str | None = None) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok and whole:
         ok = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    interval = _interval(low, high, inclusive, name in HIGH_OPEN)
     if not ok or not math.isfinite(value):
-        raise UsageError(f"{label} must be {kind} in {_interval(low, high, inclusive)}, got {value!r}.")
-    if not ((low <= value) if inclusive else (low < value)) or value > high:
-        raise UsageError(f"{label} must be {kind} in {_interval(low, high, inclusive)}, got {value!r}.")
+        raise UsageError(f"{label} must be {kind} in {interval}, got {value!r}.")
+    above = value >= high if name in HIGH_OPEN else value > high
+    if not ((low <= value) if inclusive else (low < value)) or above:
+        raise UsageError(f"{label} must be {kind} in {interval}, got {value!r}.")
 
 
 def check_numbers(values: dict[str, Any], *, prefix: str = "--") -> None:
@@ -66,9 +69,9 @@ def check_numbers(values: dict[str, Any], *, prefix: str = "--") -> None:
             check_number(name, value, option=f"{prefix}{name.replace('_', '-') if prefix == '--' else name}")
 
 
-def _interval(low: float, high: float, inclusive: bool) -> str:
-    show = lambda v: f"{v:,}" if isinstance(v, int) or float(v).is_integer() and abs(v) >= 1000 else f"{v:g}"  # noqa: E731
-    return f"{'[' if inclusive else '('}{show(low)}, {show(high)}]"
+def _interval(low: float, high: float, inclusive: bool, high_open: bool = False) -> str:
+    show = lambda v: f"{int(v):,}" if isinstance(v, int) or float(v).is_integer() and abs(v) >= 1000 else f"{v:g}"  # noqa: E731
+    return f"{'[' if inclusive else '('}{show(low)}, {show(high)}{')' if high_open else ']'}"
 
 
 __all__ = ["RANGES", "check_number", "check_numbers"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from .errors import ResectError, UsageError
 
 JSON_BYTES = 16 << 20  # configs, indexes, provenance, recipes, run.yaml: far below this
 MAX_DEPTH = 64  # nesting of objects and lists: resect's own files stay under 8
+
+
+def _cap(what: str) -> str:
+    return what[:1].upper() + what[1:]
 
 
 def _size_problem(path: Path, limit: int) -> str | None:
@@ -36,21 +41,34 @@ def _size_problem(path: Path, limit: int) -> str | None:
     return None
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why `path` is not a regular file to read (a device or a pipe would be read without end)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # the read itself says why
+    if stat.S_ISDIR(mode):
+        return "is a folder. Pass a file"
+    return None if stat.S_ISREG(mode) else "is not a regular file (a device or a pipe). Pass a file"
+
+
 def read_text(path: str | os.PathLike, *, what: str, error: type[ResectError] = UsageError, max_bytes: int | None = None) -> str:
-    """A UTF-8 text file; anything else (missing, a folder, too large, not UTF-8) is `error` naming it."""
+    """A UTF-8 text file; anything else (missing, a folder, a device, too large, not UTF-8) is `error` naming it."""
     path = Path(path)
+    if not_a_file(path):
+        raise error(f"{_cap(what)} '{path}' {not_a_file(path)}.")
     problem = _size_problem(path, max_bytes) if max_bytes else None
     if problem:
-        raise error(f"{what} '{path}' {problem}. Check that it is the right file.")
+        raise error(f"{_cap(what)} '{path}' {problem}. Check that it is the right file.")
     try:
         raw = path.read_bytes()
     except IsADirectoryError:
-        raise error(f"{what} '{path}' is a folder. Pass a file.") from None
+        raise error(f"{_cap(what)} '{path}' is a folder. Pass a file.") from None
     except FileNotFoundError:
-        raise error(f"{what} '{path}' does not exist.") from None
+        raise error(f"{_cap(what)} '{path}' does not exist.") from None
     except OSError as exc:
         raise error(f"Cannot read {what} '{path}' ({exc.strerror}).") from None
-    return decode(raw, where=f"{what} '{path}'", error=error)
+    return decode(raw, where=f"{_cap(what)} '{path}'", error=error)
 
 
 def decode(raw: bytes, *, where: str, error: type[ResectError] = UsageError) -> str:
@@ -93,18 +111,20 @@ def read_json(path: str | os.PathLike, *, what: str, error: type[ResectError] = 
               max_depth: int = MAX_DEPTH) -> Any:  # fmt: skip
     """A JSON file within the size and depth bounds (see the module's docstring)."""
     path = Path(path)
+    if not_a_file(path):
+        raise error(f"{_cap(what)} '{path}' {not_a_file(path)}.")
     problem = _size_problem(path, max_bytes)
     if problem:
-        raise error(f"{what} '{path}' {problem}. Check that it is the right file.")
+        raise error(f"{_cap(what)} '{path}' {problem}. Check that it is the right file.")
     try:
         raw = path.read_bytes()
     except IsADirectoryError:
-        raise error(f"{what} '{path}' is a folder. Pass a file.") from None
+        raise error(f"{_cap(what)} '{path}' is a folder. Pass a file.") from None
     except FileNotFoundError:
-        raise error(f"{what} '{path}' does not exist.") from None
+        raise error(f"{_cap(what)} '{path}' does not exist.") from None
     except OSError as exc:
         raise error(f"Cannot read {what} '{path}' ({exc.strerror}).") from None
-    return parse_json(raw, where=f"{what} '{path}'", error=error, max_depth=max_depth)
+    return parse_json(raw, where=f"{_cap(what)} '{path}'", error=error, max_depth=max_depth)
 
 
 def check_depth(value: Any, *, where: str, error: type[ResectError] = UsageError, max_depth: int = MAX_DEPTH) -> None:
@@ -161,7 +181,13 @@ def jsonl_rows(path: str | os.PathLike, *, what: str, error: type[ResectError] =
         if not line.strip():
             continue
         where = f"'{path}' line {number}"
-        yield where, parse_json(line, where=where, error=error)
+        row = parse_json(line, where=where, error=error)
+        try:  # a JSON escape can spell half of a surrogate pair, which is no text at all
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+            raise error(f"{where} holds an unpaired surrogate ({bad}), which is not text. Write it as valid Unicode.") from None
+        yield where, row
 
 
-__all__ = ["read_text", "read_json", "parse_json", "load_yaml", "jsonl_rows", "check_depth", "decode", "JSON_BYTES", "MAX_DEPTH"]
+__all__ = ["not_a_file", "read_text", "read_json", "parse_json", "load_yaml", "jsonl_rows", "check_depth", "decode", "JSON_BYTES", "MAX_DEPTH"]

@@ -16,8 +16,9 @@ import torch
 from _cli import run_cli
 
 from resect.edit.export import MASK_FILE, apply_masks
-from resect.edit.mask import ExpertMask
-from resect.model.loading import load_model, model_fingerprint
+from resect.model.fingerprint import model_fingerprint
+from resect.model.loading import load_model
+from resect.model.mask import ExpertMask
 
 TOL = 1e-5
 IDS = torch.randint(3, 300, (2, 19), generator=torch.Generator().manual_seed(0))
@@ -116,6 +117,7 @@ NO_RESECT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_loads_with_trust_remote_code_without_resect(tiny_vd, edited_vd, tmp_path):
     edited, mask = edited_vd
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
@@ -147,6 +149,7 @@ metadata:
 """
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_runs_the_edited_checkpoint(edited_vd, tmp_path):
     lm_eval = shutil.which("lm_eval", path=str(Path(sys.executable).parent)) or shutil.which("lm_eval")
     if lm_eval is None:

@@ -9,9 +9,9 @@ import torch
 
 from resect.edit.attribute import Attribution, attribution, focus_positions, refine
 from resect.edit.corpus import Corpus, CorpusError, Document, load_corpus
-from resect.edit.mask import ExpertMask
 from resect.errors import UsageError
 from resect.model.loading import load_model, load_tokenizer
+from resect.model.mask import ExpertMask
 from resect.model.modeling_monet import MonetExperts
 
 TEXTS = {

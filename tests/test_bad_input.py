@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from _cli import run_cli
 
-from resect.edit.mask import ExpertMask
 from resect.gate.tasks import make_perplexity_tasks
+from resect.model.mask import ExpertMask
 
 ROWS = [{"text": f"The {w} of sample {k} is here.", "label": label} for k in range(6) for label, w in (("bio", "cell"), ("law", "court"))]
 
@@ -103,12 +103,12 @@ def test_index_without_a_weight_map_of_files(tiny_vd, tmp_path, capsys, monkeypa
 
 
 def test_an_unexpected_error_is_one_line_and_exit_2_and_verbose_shows_it(tiny_vd, capsys, monkeypatch):
-    import resect.model.loading
+    import resect.model.checkpoint
 
     def broken(info):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(resect.model.loading, "describe", broken)
+    monkeypatch.setattr(resect.model.checkpoint, "describe", broken)
     one_line(*run_cli(["info", str(tiny_vd)], capsys, monkeypatch), "unexpected ZeroDivisionError (planted)")
     for args in (["-v", "info", str(tiny_vd)], ["info", str(tiny_vd), "--verbose"]):  # -v anywhere; exit 1 is a breached gate only
         code, _, err = run_cli(args, capsys, monkeypatch)
@@ -329,7 +329,7 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         import struct
         import zlib
 
-        from resect.edit.mask import BINARY_MAGIC
+        from resect.model.mask import BINARY_MAGIC
 
         header = json.dumps({"format": "resect.mask/v1", "moe_experts": 65536, "num_groups": 1, "groups": [0]}).encode()
         blob = zlib.compress(b"\0" * (1 << 19))
@@ -403,6 +403,33 @@ def _prepare(case: str, t: Path, tiny: Path) -> tuple[list[str], str, bool]:
         return ["mirror", "world-domain", "--out", "/"], "contains the input", True
     if case == "a mirror into a checkpoint folder":
         return ["mirror", "world-domain", "--out", str(_copy(tiny, t / "ckpt"))], "resect adds only to a mirror it made", True
+    if case == "an unpaired surrogate in corpus text":
+        (t / "c.jsonl").write_text('{"text": "fox \\udcff jumps", "label": "a"}\n')
+        return ["profile", str(tiny), "--corpus", str(t / "c.jsonl"), "--out", str(t / "s.st")], "holds an unpaired surrogate (\\udcff)", True
+    if case == "an unpaired surrogate in a toxicity prompt":
+        (t / "p.jsonl").write_text('{"prompt": "hi \\udcff"}\n')
+        return ["toxicity-eval", str(tiny), "--toxicity-prompts", str(t / "p.jsonl")], "holds an unpaired surrogate", True
+    if case == "a corpus folder name that is not UTF-8":
+        (t / "corp" / "lab\udcff").mkdir(parents=True)  # the bytes b"lab\xff" on disk
+        (t / "corp" / "lab\udcff" / "1.txt").write_text("some text")
+        return ["profile", str(tiny), "--corpus", str(t / "corp"), "--out", str(t / "s.st")], "has a name that is not UTF-8", True
+    if case in ("a rope scaling of factor -1", "an unknown rope type"):
+        scaling = {"type": "linear", "factor": -1} if "factor" in case else {"rope_type": "no-such"}
+        (t / "c.jsonl").write_text('{"text": "hello there", "label": "a"}\n')
+        ckpt = _config(_copy(tiny, t / "ckpt"), rope_scaling=scaling)
+        return ["profile", str(ckpt), "--corpus", str(t / "c.jsonl"), "--out", str(t / "s.st")], \
+            "rope_scaling.factor must be a positive number" if "factor" in case else "rope_scaling type 'no-such' is not one of", True  # fmt: skip
+    if case == "a negative seed (world generate)":
+        return ["world", "generate", "--out", str(t / "w"), "--seed", "-1"], "--seed must be a whole number in [0,", True
+    if case == "a fractional label (ppl-tasks)":
+        (t / "c.jsonl").write_text('{"text": "fox jumps", "label": 1.5}\n')
+        return ["ppl-tasks", str(t / "c.jsonl"), str(t / "pt")], "the label 1.5 is not text", True
+    if case == "a mask that is a device":
+        (t / "m.json").symlink_to("/dev/zero")
+        return ["mask", "info", str(t / "m.json")], "is not a regular file", True
+    if case == "a quantile of 1":
+        return ["select", "--stats", str(_stats(t / "s.st")), "--rule", "quantile", "--target", "a", "--quantile", "1", "--out",
+                str(t / "m.json")], "--quantile must be a number in [0, 1), got 1.0", True  # fmt: skip
     raise KeyError(case)
 
 
@@ -418,6 +445,9 @@ HOSTILE = [
     "max_position_embeddings of 1", "a corpus text file that is not UTF-8", "a corpus label that is a number with a fraction",
     "routing groups with a fraction (recipe)", "a recipe key given twice", "a deeply nested recipe", "a symbolic link loop as --out of apply",
     "a huge seed (eval)", "a huge seed (toxicity-eval)", "a huge seed (profile)", "a mirror into /", "a mirror into a checkpoint folder",
+    "an unpaired surrogate in corpus text", "an unpaired surrogate in a toxicity prompt", "a corpus folder name that is not UTF-8",
+    "a rope scaling of factor -1", "an unknown rope type", "a negative seed (world generate)", "a fractional label (ppl-tasks)",
+    "a mask that is a device", "a quantile of 1",
 ]  # fmt: skip
 
 

@@ -93,3 +93,14 @@ def test_every_option_and_argument_explains_itself_and_flags_take_no_value_metav
     assert missing == []
     flags = [(cmd, p.name, p.metavar) for cmd, c in COMMANDS.items() for p in _options(c).values() if p.is_flag and p.metavar != ""]
     assert flags == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["apply", "--help"], ["domain", "--help"], ["mask", "union", "--help"]])
+def test_help_shows_no_value_placeholder_on_any_flag(args, capsys, monkeypatch):
+    from _cli import run_cli
+
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, _ = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and "<bool>" not in out and "--help" in out
+    if args == ["--help"]:
+        assert "Cut knowledge out of a model" in out and "mission" not in out

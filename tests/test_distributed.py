@@ -18,6 +18,7 @@ from resect.model.loading import load_model, load_tokenizer
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.exists() or not torch.distributed.is_available(), reason="needs torchrun and torch.distributed")
 def test_two_gloo_processes_equal_one(tiny_vd, tmp_path):
     rows = [{"text": f"Line {k}: the quick brown fox jumps {k} times.", "label": "prose"} for k in range(7)]

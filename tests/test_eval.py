@@ -12,9 +12,10 @@ from _cli import run_cli
 from _eval_tasks import DATA, quiz_task
 
 from resect.errors import CorpusError, EvalError
-from resect.gate.evaluate import evaluate, fill_perplexity_stderrs, require_extras, resolve_tasks
+from resect.gate.evaluate import evaluate, fill_perplexity_stderrs, require_extras
 from resect.gate.tasks import make_perplexity_tasks
 from resect.model.loading import load_model, load_tokenizer
+from resect.tasks import resolve_tasks
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +77,15 @@ def test_a_world_task_in_the_include_path_wins_over_the_built_in_one(model_vd, t
     """Another world's `world_biology` (what `resect world train` writes) is evaluated on its own
     questions, not on the built-in world's of the same task name."""
     from resect.builtin import builtin_data_path
-    from resect.world.tasks import write_tasks
+    from resect.tasks import write_world_tasks
 
     data = tmp_path / "data"
     (data / "eval").mkdir(parents=True)
     shipped = builtin_data_path() / "eval"
+    (data / "world.json").write_text((builtin_data_path() / "world.json").read_text())  # the same domains and languages
     for quiz in shipped.glob("quiz_*.jsonl"):
         (data / "eval" / quiz.name).write_text("".join(quiz.read_text().splitlines(keepends=True)[:3]))
-    folder = write_tasks(data, tmp_path / "tasks")
+    folder = write_world_tasks(data, tmp_path / "tasks")
     _, includes = resolve_tasks(["world_biology"], include_path=folder)
     assert includes == [str(folder.resolve())]  # every task is defined there: no built-in folder
     model, tok = model_vd

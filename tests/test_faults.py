@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from resect.edit.mask import ExpertMask
-from resect.outputs import INCOMPLETE, LOCK, MARKER
+from resect.model.mask import ExpertMask
+from resect.outputs import INCOMPLETE, LOCK
+from resect.ownership import MARKER
 
 # Run the CLI in a child process whose function `target` kills the process (SIGKILL, nothing runs
 # after it) on its n-th call, before it does anything ("before") or right after it returns ("after").
@@ -89,6 +90,7 @@ def mask_file(tiny_vd, tmp_path):
     return tmp_path / "mask.json"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, replacing", [
     *((point, False) for point in APPLY_POINTS if point != "after the swap"),  # a new output is moved into place, not swapped
     *((point, True) for point in APPLY_POINTS),  # an earlier edited checkpoint replaced with --force
@@ -142,6 +144,7 @@ def reference_run(tmp_path_factory):
     return root / "run", root / "cache"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(DOMAIN_POINTS))
 def test_domain_killed_then_rerun(point, reference_run, tmp_path):
     reference, shared = reference_run
@@ -169,6 +172,7 @@ def test_domain_killed_then_rerun(point, reference_run, tmp_path):
     assert ours["verdict"] == theirs["verdict"] and [r["task"] for r in ours["rows"]] == [r["task"] for r in theirs["rows"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_outputs_follow_the_umask(umask, tiny_vd, mask_file, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "edited"
@@ -185,6 +189,7 @@ def test_outputs_follow_the_umask(umask, tiny_vd, mask_file, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_damaged_cache_entries_heal_and_no_cache_recomputes(reference_run, tmp_path):
     import shutil
 

@@ -20,6 +20,9 @@ def python(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
 
 
+pytestmark = pytest.mark.slow  # each test starts fresh Python processes
+
+
 def test_the_repository_root_hides_no_installed_package():
     """Run from the root on purpose: the current folder comes first on sys.path there."""
     assert not (ROOT / "kernels" / "__init__.py").exists()  # a regular package there would win the import

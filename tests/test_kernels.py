@@ -19,10 +19,10 @@ import textwrap
 import pytest
 import torch
 
-from resect.edit.mask import ExpertMask
 from resect.kernels import dispatch, masked_torch
 from resect.kernels.reference import expanded_moe_forward, naive_moe_forward
 from resect.model.loading import load_model
+from resect.model.mask import ExpertMask
 
 TOL = 1e-5
 
@@ -422,6 +422,7 @@ TRITON_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (pip install 'resect[triton]')")
 def test_triton_kernel_matches_naive_under_interpreter(tiny_vd, tiny_hd, tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"}

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from resect.edit.mask import FORMAT, ExpertMask
 from resect.errors import MaskError
 from resect.model.configuration_monet import MonetConfig
+from resect.model.mask import FORMAT, ExpertMask
 
 E, G = 16, 3
 

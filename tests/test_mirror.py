@@ -113,6 +113,7 @@ def test_every_paper_recipe_is_exercised():
     assert set(RUNS) == {name for name in recipe_files() if name.startswith("paper-")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RUNS))
 def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
     out = tmp_path / "run"
@@ -130,6 +131,7 @@ def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
         assert {r["task"] for r in report["rows"]} == {f"heldout_{x}" for x in ("python", "cpp", "java", "javascript", "lua", "php")}
 
 
+@pytest.mark.slow
 def test_a_search_on_the_paper_recipe_scores_mmlu_validation_and_gates_on_its_test_split(mirror, tmp_path):
     """Offline, from the mirror: trials read the validation questions (the 'validation set' marks of
     the tiny MMLU), the gate the test questions."""
@@ -147,6 +149,7 @@ def test_a_search_on_the_paper_recipe_scores_mmlu_validation_and_gates_on_its_te
     assert "fewer than 100 questions" in (out / "report.md").read_text()  # the tiny MMLU has a few per subject
 
 
+@pytest.mark.slow
 def test_the_mmlu_statistics_come_from_the_validation_split(mirror, tmp_path):
     """The profiling corpus reads the mirror's validation files, which the gate never reads."""
     from resect.run.mirror import Mirror
@@ -161,6 +164,7 @@ def test_the_mmlu_statistics_come_from_the_validation_split(mirror, tmp_path):
     assert texts and all("validation set" in t for t in texts) and not any("test set" in t for t in texts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, phrase", [
     ("subject", "has no files for config 'college_biology'"),
     ("split", "lacks the split 'validation'"),
@@ -219,6 +223,7 @@ def hub_cache(root: Path, repo: str, checkpoint: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_repo_ids_resolve_from_the_hugging_face_cache_offline(tmp_path):
     source = build_tiny_checkpoint(tmp_path / "src", hub_like=True, seed=8)
     cache = hub_cache(tmp_path / "hf", "MonetLLM/tiny-monet", source)
@@ -248,6 +253,7 @@ def test_a_local_path_with_one_slash_is_a_missing_path(tmp_path):
     assert res.returncode == 2 and "does not exist" in res.stderr and "Hub" not in res.stderr, res.stderr
 
 
+@pytest.mark.slow
 def test_mirror_dry_run_lists_what_a_recipe_reads(tmp_path):
     res = resect("mirror", "paper-mmlu-domain", "--out", str(tmp_path / "m"), "--dry-run", cache=tmp_path / "rc")
     assert res.returncode == 0, res.stderr

@@ -21,8 +21,8 @@ from _cli import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resect.edit.mask import ExpertMask
-from resect.outputs import MARKER, owner_problem
+from resect.model.mask import ExpertMask
+from resect.ownership import MARKER, owner_problem
 
 ROWS = [{"text": f"The {w} of sample {k} is here.", "label": label} for k in range(4) for label, w in (("bio", "cell"), ("law", "court"))]
 
@@ -189,6 +189,7 @@ SLOW_APPLY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_one_output_is_refused_naming_the_first(tiny_vd, mask, tmp_path):
     out = tmp_path / "edited"
     args = apply_args(tiny_vd, mask, out)
@@ -324,3 +325,45 @@ def test_a_write_that_fails_names_the_output_and_leaves_nothing(tiny_vd, mask, t
                          timeout=120)  # fmt: skip
     refused(res.returncode, res.stderr, f"Writing --out '{out}' failed: File too large")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("limit, args", [
+    (100, lambda t, tiny, mask, corpus: ["ppl-tasks", str(corpus), str(t / "pt")]),
+    (40, lambda t, tiny, mask, corpus: ["mask", "union", str(mask), "--out", str(t / "u.json")]),
+])  # fmt: skip
+def test_every_writer_names_its_output_on_a_full_disk_and_leaves_nothing(limit, args, tiny_vd, mask, tmp_path):
+    corpus = tmp_path / "in" / "c.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    work = tmp_path / "w"
+    work.mkdir()
+    command = args(work, tiny_vd, mask, corpus)
+    script = FULL_DISK.replace("(4096, 4096)", f"({limit}, {limit})")
+    res = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True, cwd=work, timeout=120,
+                         env=os.environ | {"RESECT_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    refused(res.returncode, res.stderr, "failed: File too large")
+    assert f"'{work}" in res.stderr and list(work.iterdir()) == []  # named, and no hidden work folder left
+
+
+def test_an_output_moved_aside_that_the_user_changed_is_never_put_back_or_removed(tiny_vd, mask, tmp_path, capsys, monkeypatch):
+    """A killed writer's aside folder goes back in place only when it is still only what resect wrote."""
+    earlier = tmp_path / "earlier"
+    assert run_cli(apply_args(tiny_vd, mask, earlier), capsys, monkeypatch)[0] == 0
+    aside = tmp_path / ".ed.resect-old-4000000"  # as a killed process (PID 4000000, gone) leaves it
+    earlier.rename(aside)
+    (aside / "my-notes.md").write_text("the user's notes")
+    before = snapshot(tmp_path)
+    assert run_cli(apply_args(tiny_vd, mask, tmp_path / "ed"), capsys, monkeypatch)[0] == 0
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k.startswith(".ed.resect-old")} == {k: v for k, v in before.items() if k.startswith(".ed.resect-old")}
+
+
+@pytest.mark.slow
+def test_a_failed_mirror_into_an_empty_folder_leaves_it_empty(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "mir"
+    out.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(["mirror", "paper-mmlu-domain", "--out", str(out)], capsys, monkeypatch)
+    assert code == 2 and "Downloading into" in err and list(out.iterdir()) == []
+    nested = tmp_path / "a" / "b" / "mirror"
+    code, _, err = run_cli(["mirror", "paper-mmlu-domain", "--out", str(nested)], capsys, monkeypatch)
+    assert code == 2 and not (tmp_path / "a").exists()  # the folders it made are gone again

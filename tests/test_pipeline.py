@@ -78,6 +78,7 @@ def test_out_of_range_options_exit_2(args, phrase, tmp_path, cache):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_its_own_gets_the_mmlu_pro_protocol_or_one_line(tiny_vd, tmp_path, cache):
     """A --model that is not the built-in one is profiled on MMLU by MMLU-Pro category; offline,
     its Hub data cannot load, which is one line and nothing written."""
@@ -93,7 +94,7 @@ def test_a_checkpoint_of_its_own_gets_the_mmlu_pro_protocol_or_one_line(tiny_vd,
 
 
 def test_toxicity_on_a_checkpoint_of_its_own_takes_the_prompts_it_is_given(tiny_vd, tmp_path):
-    from resect.run.pipeline import plan
+    from resect.run.plan import plan
     from resect.run.spec import RunSpec
 
     prompts = tmp_path / "prompts.jsonl"
@@ -103,7 +104,7 @@ def test_toxicity_on_a_checkpoint_of_its_own_takes_the_prompts_it_is_given(tiny_
 
 
 def test_domain_rule_defaults_the_paper_s_on_published_checkpoints_skew_mean_on_a_world(tiny_vd, tmp_path):
-    from resect.run.pipeline import plan
+    from resect.run.plan import plan
     from resect.run.spec import RunSpec
 
     out = str(tmp_path / "run")
@@ -120,6 +121,7 @@ def test_domain_rule_defaults_the_paper_s_on_published_checkpoints_skew_mean_on_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_selects_but_writes_nothing(tmp_path, cache):
     res = resect("run", "world-domain", "target=chemistry", "dry_run=true", f"out={tmp_path / 'run'}", env_cache=cache)
     assert res.returncode == 0, res.stderr
@@ -127,6 +129,7 @@ def test_dry_run_selects_but_writes_nothing(tmp_path, cache):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_groups_limit_the_selection_to_those_routing_groups(tmp_path, cache):
     res = resect("run", "world-domain", "target=chemistry", "groups=1,2", "dry_run=true", f"out={tmp_path / 'run'}", env_cache=cache)
     assert res.returncode == 0, res.stderr
@@ -134,6 +137,7 @@ def test_groups_limit_the_selection_to_those_routing_groups(tmp_path, cache):
     assert counts[0] == 0 and counts[1] > 0 and counts[2] > 0, res.stdout
 
 
+@pytest.mark.slow
 def test_refine_adds_at_most_n_experts_per_group_to_the_rule_s(tmp_path, cache):
     def counts(*extra: str) -> dict[int, int]:
         res = resect("domain", "--remove", "chemistry", "--dry-run", *extra, "--out", str(tmp_path / "run"), env_cache=cache)
@@ -146,6 +150,7 @@ def test_refine_adds_at_most_n_experts_per_group_to_the_rule_s(tmp_path, cache):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_tune_runs_after_the_rule_and_is_recorded(tmp_path, cache):
     out = tmp_path / "run"
     res = resect("domain", "--remove", "law", "--tune", "1", "--limit", "4", "--out", str(out), env_cache=cache)
@@ -155,6 +160,7 @@ def test_tune_runs_after_the_rule_and_is_recorded(tmp_path, cache):
     assert yaml.safe_load((out / "run.yaml").read_text())["tune"] == 1
 
 
+@pytest.mark.slow
 def test_domain_biology_end_to_end(tmp_path, cache):
     runs = []
     for k in range(2):

@@ -14,7 +14,8 @@ from _eval_tasks import quiz_task
 
 import resect.model.loading
 from resect.errors import UsageError
-from resect.model.loading import checkpoint_fingerprint, load_model, model_fingerprint, resolve_placement
+from resect.model.fingerprint import checkpoint_fingerprint, model_fingerprint
+from resect.model.loading import load_model, resolve_placement
 from resect.model.tiny import build_tiny_checkpoint
 
 
@@ -167,7 +168,8 @@ def test_interrupted_profiling_of_an_edit_resumes(monkeypatch, tmp_path):
     from resect.edit.corpus import load_corpus
     from resect.edit.profile import profile_corpus
     from resect.model.loading import load_tokenizer
-    from resect.run.pipeline import plan, profile_cached, stats_cache_dir
+    from resect.run.pipeline import profile_cached, stats_cache_dir
+    from resect.run.plan import plan
     from resect.run.spec import RunSpec
 
     monkeypatch.setattr(pipeline, "PARTIAL_EVERY", 1)

@@ -14,11 +14,11 @@ import torch
 
 from resect.cli import main
 from resect.edit.corpus import load_corpus
-from resect.edit.mask import ExpertMask
 from resect.edit.profile import Settings, plan_sequences, profile_corpus
 from resect.edit.stats import RoutingStats
 from resect.errors import CorpusError, StatsError
 from resect.model.loading import load_model, load_tokenizer
+from resect.model.mask import ExpertMask
 
 ROWS = [
     {"text": f"The quick brown fox {k} jumps over the lazy dog number {k}.", "label": "prose"} for k in range(9)

@@ -2,8 +2,8 @@
 
 import pytest
 
+from resect.edit.scoring import get_scorer
 from resect.errors import EvalError
-from resect.gate.scoring import get_scorer
 
 
 def test_profanity_scorer_separates_insults_from_neutral_text():

@@ -10,7 +10,7 @@ import yaml
 from _cli import run_cli
 
 import resect.model.loading
-from resect.edit.mask import ExpertMask
+from resect.model.mask import ExpertMask
 from resect.run.pipeline import run_edit
 from resect.run.search import Trial, choose, group_choices, pareto_front, read_trials
 from resect.run.spec import RunSpec
@@ -43,6 +43,7 @@ def searched(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_a_search_chooses_on_validation_tasks_and_records_what_it_did(searched):
     out, result = searched
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
@@ -59,6 +60,7 @@ def test_a_search_chooses_on_validation_tasks_and_records_what_it_did(searched):
     assert result.mask_total == chosen["experts"]
 
 
+@pytest.mark.slow
 def test_run_yaml_holds_the_chosen_setting_and_reruns_without_searching(searched, tmp_path, monkeypatch):
     out, result = searched
     saved = yaml.safe_load((out / "run.yaml").read_text())
@@ -74,6 +76,7 @@ def test_run_yaml_holds_the_chosen_setting_and_reruns_without_searching(searched
     assert again.verdict == result.verdict
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_resumes_and_proposes_what_an_uninterrupted_one_would(tmp_path, monkeypatch):
     import resect.run.search as search
 
@@ -128,6 +131,7 @@ def test_a_model_without_validation_data_is_told_what_to_pass(tiny_vd, tmp_path,
     assert code == 2 and "--validation-target-tasks" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_a_journal_of_another_identity_is_refused(searched, capsys, monkeypatch):
     """The journal a search resumes from must be this search's: one that records another model,
     target or validation set is refused in one line, exit 2."""
@@ -135,7 +139,7 @@ def test_a_journal_of_another_identity_is_refused(searched, capsys, monkeypatch)
 
     from resect.cache import digest
     from resect.edit.stats import RoutingStats
-    from resect.run.pipeline import plan
+    from resect.run.plan import plan
     from resect.run.search import journal_path
 
     out, _ = searched
@@ -153,6 +157,7 @@ def test_a_journal_of_another_identity_is_refused(searched, capsys, monkeypatch)
     assert "loading" not in err  # refused before the model loads (the statistics came from the cache)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "appended to"])
 def test_a_damaged_journal_is_discarded_named_and_the_search_starts_over(damage, tmp_path, capsys, monkeypatch, caplog):
     """The journal is resect's cache: one that cannot be read is dropped with a warning that names it."""

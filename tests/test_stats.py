@@ -12,7 +12,8 @@ from resect.edit.profile import profile_corpus
 from resect.edit.stats import RoutingStats
 from resect.errors import StatsError
 from resect.kernels.stats import expanded_routing_sums, routing_square_sum, routing_sum
-from resect.model.loading import load_model, load_tokenizer, model_fingerprint
+from resect.model.fingerprint import model_fingerprint
+from resect.model.loading import load_model, load_tokenizer
 
 TEXTS = {
     "code": ["def add(a, b): return a + b", "const y = [1, 2, 3].map(v => v * 2);", "local x = 1 function f() return x end"],

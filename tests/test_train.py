@@ -87,7 +87,8 @@ def test_learning_rate_warms_up_then_decays():
 
 
 def test_tiny_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tiny_run):
-    from resect.model.loading import inspect_checkpoint, load_model, load_tokenizer
+    from resect.model.checkpoint import inspect_checkpoint
+    from resect.model.loading import load_model, load_tokenizer
 
     out, model_dir, steps = tiny_run
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -124,6 +125,7 @@ def test_existing_model_folder_is_not_overwritten(tiny_run):
     assert (model_dir / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_cli_train_runs_the_recipe_and_rejects_bad_overrides(tmp_path):
     import subprocess
     import sys

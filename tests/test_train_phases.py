@@ -99,7 +99,7 @@ def test_a_trained_world_model_brings_its_world_to_the_edit_commands(tmp_path):
 
     import yaml
 
-    from resect.run.pipeline import plan
+    from resect.run.plan import plan
     from resect.run.spec import RunSpec
 
     run = tmp_path / "run"

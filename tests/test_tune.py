@@ -7,10 +7,10 @@ import torch
 
 from resect.edit.attribute import focus_positions
 from resect.edit.corpus import Corpus, Document
-from resect.edit.mask import ExpertMask
 from resect.edit.tune import tune
 from resect.errors import UsageError
 from resect.model.loading import load_model, load_tokenizer
+from resect.model.mask import ExpertMask
 
 TEXTS = {
     "alpha": ["The newt eats fungi and lives in marshes.", "Owls hunt the moth; it eats seeds.", "The heron eats worms."],

@@ -12,10 +12,11 @@ from _cli import run_cli
 from _eval_tasks import DATA, quiz_task
 
 from resect.edit.export import apply_masks
-from resect.edit.mask import ExpertMask
 from resect.errors import EvalError, UsageError
+from resect.gate.baseline import checkpoint_identity
 from resect.gate.tasks import make_perplexity_tasks
-from resect.gate.verify import checkpoint_identity, drop_of, paired_drop_stderr, verify
+from resect.gate.verify import drop_of, paired_drop_stderr, verify
+from resect.model.mask import ExpertMask
 from resect.model.tiny import build_tiny_checkpoint, train_tokenizer
 
 
@@ -193,7 +194,7 @@ def test_masked_edit_from_apply_is_measured_against_its_source(tiny_vd, tasks_di
     """A real edited checkpoint (mask in provenance, same weights and fingerprint as its source):
     the baseline comes from provenance, the mask changes the numbers, the verdict follows the rows."""
     from resect.edit.export import apply_masks
-    from resect.edit.mask import ExpertMask
+    from resect.model.mask import ExpertMask
 
     mask = ExpertMask(16, 2, {g: range(0, 256, 2) for g in range(2)})  # half of every group's experts
     edited = apply_masks(tiny_vd, [mask], tmp_path / "edited").path

@@ -162,8 +162,10 @@ def test_written_tasks_point_at_existing_data(tmp_path):
 def test_builtin_paths_and_contract():
     from resect.builtin import DOMAINS as B_DOMAINS
     from resect.builtin import LANGUAGES as B_LANGUAGES
-    from resect.builtin import builtin_data_path, builtin_model_path, task_dir
-    from resect.model.loading import inspect_checkpoint, resolve_model_path
+    from resect.builtin import builtin_data_path, builtin_model_path
+    from resect.model.checkpoint import inspect_checkpoint
+    from resect.model.hub import resolve_model_path
+    from resect.tasks import world_task_dir as task_dir
 
     assert resolve_model_path(None) == builtin_model_path()
     info = inspect_checkpoint(builtin_model_path())
@@ -175,7 +177,7 @@ def test_builtin_paths_and_contract():
         rows = [json.loads(x) for x in (data / rel).read_text().splitlines()]
         assert rows and all(("prompt" in r) if rel.startswith("prompts") else ("text" in r and "label" in r) for r in rows)
     assert {r["label"] for r in map(json.loads, (data / "corpus/domains.jsonl").read_text().splitlines())} == set(B_DOMAINS)
-    assert B_LANGUAGES == LANGUAGES
+    assert B_LANGUAGES == list(LANGUAGES) and B_DOMAINS == list(DOMAINS)
     names = {p.stem for p in task_dir().glob("*.yaml")}
     assert names >= {f"world_{d}" for d in B_DOMAINS} | {f"world_ppl_{lang}" for lang in B_LANGUAGES}
 
@@ -192,9 +194,9 @@ def test_builtin_data_is_the_seed_0_world():
 
 def test_builtin_model_meets_the_quiz_bar_on_a_sample():
     from resect.builtin import DOMAINS as B_DOMAINS
-    from resect.builtin import task_dir
     from resect.gate.evaluate import evaluate
     from resect.model.loading import load_model, load_tokenizer
+    from resect.tasks import world_task_dir as task_dir
 
     model, tok = load_model(None), load_tokenizer(None)
     res = evaluate(model, tok, [f"world_{d}" for d in B_DOMAINS], include_path=task_dir(), limit=10, batch_size=32)

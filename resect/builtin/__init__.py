@@ -3,20 +3,20 @@
 `builtin_model_path()` is what `--model` means when omitted: a small VD Monet (6 layers, d 256,
 E 256, m 4, H 4, 3 routing groups) trained by `recipes/world.yaml` on the generated world of
 `resect.world`. `builtin_data_path()` holds that world's profiling corpora, toxicity prompts and
-evaluation sets; `task_dir()` materialises the lm-eval tasks over them (`world_<domain>`,
-`world_ppl_<language>`).
+evaluation sets (`resect.tasks.world_task_dir()` materialises the lm-eval tasks over them), and
+`world_labels()` names its domains and languages, as its world.json records them. Data and the
+paths to it only: this package imports nothing of resect but its errors.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..world import DOMAINS, LANGUAGES
 
-__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "ship", "task_dir", "world_data_of"]
+__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "ship", "world_data_of", "world_labels"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -50,18 +50,24 @@ def world_data_of(model_path: str | os.PathLike) -> Path | None:
     return None
 
 
-def task_dir(data: str | os.PathLike | None = None) -> Path:
-    """An lm-eval include_path with a world's tasks (the built-in one's by default), their data_files absolute.
+def world_labels(data: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+    """(domains, languages) of a world data folder (the built-in one's by default), from its world.json."""
+    folder = builtin_data_path() if data is None else Path(data)
+    try:
+        manifest = json.loads((folder / "world.json").read_text(encoding="utf-8"))
+        domains, languages = manifest["domains"], manifest["languages"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"'{folder}/world.json' does not name the world's domains and languages. Regenerate the world.") from None
+    if not all(isinstance(x, list) and all(isinstance(v, str) for v in x) for x in (domains, languages)):
+        raise CheckpointError(f"'{folder}/world.json' does not name the world's domains and languages. Regenerate the world.")
+    return list(domains), list(languages)
 
-    Written on first use into the cache (resect.cache.cache_root()), one folder per
-    data location, so an installed package never needs to write inside itself.
-    """
-    from ..cache import cache_root
-    from ..world.tasks import write_tasks
 
-    data = builtin_data_path() if data is None else Path(data).resolve()
-    key = hashlib.sha256(str(data).encode()).hexdigest()[:12]
-    return write_tasks(data, cache_root() / "tasks" / key)
+def __getattr__(name: str) -> list[str]:
+    """DOMAINS and LANGUAGES: the built-in world's labels, read when first asked for."""
+    if name in ("DOMAINS", "LANGUAGES"):
+        return world_labels()[name == "LANGUAGES"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ship(run: str | os.PathLike) -> None:

@@ -19,12 +19,35 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-# The panels `resect --help` groups its commands into.
-EDITS = "The mission's edits"
-BLOCKS = "Building blocks: profile, select, apply"
-EVALUATION = "Evaluation and the gate"
-DATA = "Checkpoints, recipes and mirrors"
-WORLD = "The built-in world"
+# The panels `resect --help` groups its commands into, in a user's words.
+EDITS = "Cut knowledge out of a model"
+BLOCKS = "Step by step: profile, select, apply"
+EVALUATION = "Measure and gate an edit"
+DATA = "Checkpoints, recipes and offline mirrors"
+WORLD = "The built-in demo world"
+
+
+def _help_takes_no_value() -> None:
+    """`--help` is a flag: it shows no value placeholder (typer shows `<bool>` for its own help option)."""
+    try:
+        from typer._click.core import Command
+    except ImportError:  # another typer layout: its help looks as typer makes it
+        return
+    original = Command.get_help_option
+    if getattr(original, "resect_flag", False):
+        return
+
+    def get_help_option(self, ctx):
+        option = original(self, ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    get_help_option.resect_flag = True
+    Command.get_help_option = get_help_option
+
+
+_help_takes_no_value()
 
 QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
@@ -77,10 +100,10 @@ def main() -> None:
     try:
         app(prog_name="resect")
     except ResectError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _say(f"error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
+        _say("error: interrupted")
         sys.exit(130)
     except OSError as exc:  # a path that cannot be read or written: the system says why
         import errno
@@ -90,29 +113,34 @@ def main() -> None:
         named = (exc.filename2 or exc.filename) if full else exc.filename  # a copy's error names its source first
         where = f": '{named}'" if named else ""
         todo = "Free some space or write elsewhere." if full else "Check the path and its permissions."
-        typer.echo(f"error: {exc.strerror or exc}{where}. {todo}", err=True)
+        _say(f"error: {exc.strerror or exc}{where}. {todo}")
         sys.exit(2)
     except MemoryError:
         _traceback_if_verbose()
-        typer.echo("error: out of memory. Use a smaller input, --batch-size or --limit, or a machine with more memory.", err=True)
+        _say("error: out of memory. Use a smaller input, --batch-size or --limit, or a machine with more memory.")
         sys.exit(2)
     except RecursionError:
         _traceback_if_verbose()
-        typer.echo("error: an input is nested too deeply to read (a damaged or hostile file). Check the files passed.", err=True)
+        _say("error: an input is nested too deeply to read (a damaged or hostile file). Check the files passed.")
         sys.exit(2)
     except UnicodeDecodeError as exc:
         _traceback_if_verbose()
-        typer.echo(f"error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.", err=True)
+        _say(f"error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as UTF-8.")
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - never a traceback (unless --verbose), never the exit code of a breached gate
         _traceback_if_verbose()
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
-        typer.echo(
+        _say(
             f"error: unexpected {type(exc).__name__} ({detail}). Nothing was verified; check the inputs, "
-            "rerun with --verbose for the traceback, and report it if they are valid.",
-            err=True,
+            "rerun with --verbose for the traceback, and report it if they are valid."
         )
         sys.exit(2)
+
+
+def _say(line: str) -> None:
+    """An error line on stderr; a path that is not valid text (a file name's undecodable bytes) is
+    written with backslash escapes rather than failing the message itself."""
+    typer.echo(line.encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
 
 
 def _one_line_usage_errors() -> None:
@@ -123,7 +151,7 @@ def _one_line_usage_errors() -> None:
     def one_line(exc) -> None:
         ctx = getattr(exc, "ctx", None)
         hint = f" See '{ctx.command_path} --help'." if ctx is not None else ""
-        typer.echo(f"error: {exc.format_message().rstrip('.')}.{hint}", err=True)
+        _say(f"error: {exc.format_message().rstrip('.')}.{hint}")
 
     rich_utils.rich_format_error = one_line
 

@@ -61,7 +61,7 @@ def mask_info(path: Annotated[Path, typer.Argument(help="Mask file.")]) -> None:
 
     from rich.console import Console
 
-    from resect.edit.mask import ExpertMask
+    from resect.model.mask import ExpertMask
 
     m = ExpertMask.load(path)
     console = Console()
@@ -80,8 +80,9 @@ def mask_union(
     """Unite masks (an expert removed in any of them is removed)."""
     from rich.console import Console
 
-    from resect.edit.mask import ExpertMask
-    from resect.outputs import check_output, claim
+    from resect.model.mask import ExpertMask
+    from resect.outputs import claim
+    from resect.ownership import check_output
 
     check_output(out, paths, kind="mask", force=force)
     masks = [ExpertMask.load(p) for p in paths]

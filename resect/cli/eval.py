@@ -36,7 +36,7 @@ def _json_output(out: Path | None, kind: str, inputs: list, force: bool):
 def _check_json_out(out: Path, inputs: list, kind: str, force: bool) -> None:
     """Before any work: a file name, not an input, not an existing file unless --force."""
     from resect.errors import OutputError
-    from resect.outputs import check_output
+    from resect.ownership import check_output
 
     if out.is_dir():
         raise OutputError(f"'{out}' is a folder. Pass a file name for the results JSON.")
@@ -71,10 +71,11 @@ def eval_command(
     requested = _csv(tasks)
     if not requested:
         raise typer.BadParameter("name at least one task", param_hint="--tasks")
-    from resect.gate.evaluate import check_run_options, normalize_limit, resolve_tasks
-    from resect.gate.verify import EvalSettings, evaluate_checkpoint
-    from resect.model.loading import resolve_model_path
+    from resect.gate.baseline import EvalSettings, evaluate_checkpoint
+    from resect.gate.evaluate import check_run_options, normalize_limit
+    from resect.model.hub import resolve_model_path
     from resect.progress import reporter
+    from resect.tasks import resolve_tasks
 
     check_run_options(limit, batch_size, seed)
     names, includes = resolve_tasks(requested, include_path)  # a typo fails before the model loads
@@ -135,7 +136,7 @@ def toxicity_eval(
 
         raise UsageError("'resect toxicity-eval' needs --toxicity-prompts FILE.jsonl (lines {\"prompt\": ...}).")
     prompts, limit = toxicity_prompts, prompt_limit
-    from resect.gate.scoring import get_scorer
+    from resect.edit.scoring import get_scorer
     from resect.gate.toxicity import check_settings, measure_toxicity, read_prompts
     from resect.model.loading import load_model, load_tokenizer
 
@@ -144,7 +145,11 @@ def toxicity_eval(
 
     check_number("seed", seed)
     device, dtype = placement(device, dtype)
-    read_prompts(prompts)  # bad prompts fail before the model loads
+    read_prompts(prompts)  # bad prompts, and a damaged checkpoint, fail before the model loads
+    from resect.model.checkpoint import inspect_checkpoint
+    from resect.model.hub import resolve_model_path
+
+    inspect_checkpoint(resolve_model_path(model))
     get_scorer(scorer)
     if out is not None:
         _check_json_out(out, [model, prompts], "toxicity", force)

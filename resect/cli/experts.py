@@ -94,7 +94,9 @@ def _show_specific(stats_path: Path, label: str, *, model: str | None, top: int)
     stats = RoutingStats.load(stats_path)
     stats.label_index(label)
     if model is not None:
-        from resect.model.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
+        from resect.model.checkpoint import inspect_checkpoint
+        from resect.model.fingerprint import checkpoint_fingerprint
+        from resect.model.hub import resolve_model_path
 
         stats.check_model(checkpoint_fingerprint(inspect_checkpoint(resolve_model_path(model)).path))
     rows = []

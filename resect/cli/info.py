@@ -16,7 +16,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Describe a Monet checkpoint: decomposition, routing groups, experts, threshold, shards."""
-    from resect.model.loading import describe, inspect_checkpoint, resolve_model_path
+    from resect.model.checkpoint import describe, inspect_checkpoint
+    from resect.model.hub import resolve_model_path
 
     facts = describe(inspect_checkpoint(resolve_model_path(model)))
     if as_json:

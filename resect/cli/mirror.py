@@ -24,7 +24,8 @@ def mirror(
     the recipe from it on a machine without network."""
     from rich.console import Console
 
-    from resect.outputs import adding_to, check_addable
+    from resect.outputs import adding_to
+    from resect.ownership import check_addable
     from resect.run.mirror import downloads, fetch
     from resect.run.recipebook import find_recipe, parse_overrides, read_recipe, spec_from
     from resect.run.spec import check_spec

@@ -26,7 +26,7 @@ Dtype = Annotated[
     Literal["auto", "float32", "bfloat16", "float16"],  # resect.model.loading.DTYPE_CHOICES
     typer.Option("--dtype", help="Weights and activations: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16."),
 ]  # fmt: skip
-SCORERS = "profanity|detoxify|perspective"  # resect.gate.scoring.SCORERS, checked with a suggestion for a typo
+SCORERS = "profanity|detoxify|perspective"  # resect.edit.scoring.SCORERS, checked with a suggestion for a typo
 BATCH_SIZE = 16  # sequences per forward pass, for profiling, evaluation and sampling alike
 
 OPTIONS: dict[str, tuple[Any, Any]] = {

@@ -47,13 +47,14 @@ def profile(
         raise UsageError("'resect profile' needs --corpus (JSONL of {\"text\", \"label\"}, a folder of text files per label, a corpus YAML, or task:NAME).")
     from resect.edit.profile import check_options, dist_info, partial_path, profile_corpus
     from resect.model.loading import load_model, load_tokenizer
-    from resect.outputs import check_output, claim, owner_problem, remove_owned
+    from resect.outputs import claim, remove_owned
+    from resect.ownership import check_output, owner_problem
 
     check_options(max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,
                   score_window=score_window, checkpoint_every=checkpoint_every)  # fmt: skip
     if scorer is not None:
+        from resect.edit.scoring import SCORERS
         from resect.errors import EvalError, unknown
-        from resect.gate.scoring import SCORERS
 
         if scorer not in SCORERS:  # before the model loads
             raise EvalError(unknown("scorer", scorer, SCORERS))
@@ -71,8 +72,11 @@ def profile(
         raise OutputError(f"'{mine}' (where profiling keeps its partial state) exists and {owner_problem(mine, 'partial')}. "
                           "Move it away, or choose another --out.")  # fmt: skip
     from resect.edit.corpus import load_corpus
+    from resect.model.checkpoint import inspect_checkpoint
+    from resect.model.hub import resolve_model_path
 
-    corpus = load_corpus(corpus)  # a corpus that cannot be read, and a tokenizer that does not fit, before the model loads
+    inspect_checkpoint(resolve_model_path(model))  # a damaged checkpoint, a corpus that cannot be read, a tokenizer that does not fit:
+    corpus = load_corpus(corpus)  # all before the model loads
     tok = load_tokenizer(model)
     options = dict(
         max_tokens_per_label=max_tokens_per_label, seed=seed, batch_size=batch_size, max_length=max_length,

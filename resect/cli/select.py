@@ -31,7 +31,8 @@ def select(
     """Select the experts tied to a label (or to the per-token score) and write them as a mask."""
     from resect.edit.select import parse_groups, select_experts, strongest
     from resect.edit.stats import RoutingStats
-    from resect.outputs import check_output, claim
+    from resect.outputs import claim
+    from resect.ownership import check_output
 
     check_output(out, [stats, model], kind="mask", force=force)
     from resect.checks import check_numbers
@@ -42,7 +43,9 @@ def select(
     params = {"ratio": ratio, "threshold": threshold, "k": k, "quantile": quantile}
     fingerprint = None
     if model is not None:
-        from resect.model.loading import checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
+        from resect.model.checkpoint import inspect_checkpoint
+        from resect.model.fingerprint import checkpoint_fingerprint
+        from resect.model.hub import resolve_model_path
 
         fingerprint = checkpoint_fingerprint(inspect_checkpoint(resolve_model_path(model)).path)
     mask = select_experts(routing, rule, target=target, min_tokens=min_tokens, model=fingerprint, groups=chosen, **params)

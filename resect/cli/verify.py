@@ -29,7 +29,8 @@ def verify(
     from resect.gate.evaluate import check_run_options
     from resect.gate.toxicity import check_settings
     from resect.gate.verify import verify as run_verify
-    from resect.outputs import check_output, claim
+    from resect.outputs import claim
+    from resect.ownership import check_output
 
     from .eval import quiet_lm_eval
 

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..model.mask import ExpertMask
 from .corpus import Corpus, Document, load_corpus
-from .mask import ExpertMask
 
 
 def focus_positions(doc: Document, tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:

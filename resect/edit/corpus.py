@@ -128,6 +128,10 @@ def read_folder(path: Path, *, label: str | None = None) -> list[Document]:
     text = lambda f: read_text(f, what="corpus text file", error=CorpusError)  # noqa: E731  (not UTF-8: refused, naming the byte)
     docs = []
     for entry in sorted(path.iterdir()):
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorpusError(f"Corpus folder entry '{entry}' has a name that is not UTF-8 (labels come from names). Rename it.") from None
         if entry.is_dir():
             docs += [Document(text(f), label or entry.name) for f in sorted(entry.glob("*.txt"))]
         elif entry.suffix == ".txt":
@@ -150,7 +154,7 @@ def read_tasks(
     except ImportError:
         raise CorpusError("Task corpora need lm-eval: pip install 'resect[eval]'.") from None
     from ..errors import unknown
-    from ..gate.evaluate import task_data_errors, task_manager_for
+    from ..tasks import task_data_errors, task_manager_for
 
     if split is not None and split not in SPLITS:
         raise CorpusError(unknown("split", split, SPLITS))
@@ -263,9 +267,9 @@ def _read_source(source: Any, base: Path, where: str) -> list[Document]:
 
 
 def _builtin_tasks() -> Path:
-    from ..builtin import task_dir
+    from ..tasks import world_task_dir
 
-    return task_dir()
+    return world_task_dir()
 
 
 def _read_path(path: Path, *, label: str | None = None, **fields: str) -> list[Document]:

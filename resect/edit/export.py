@@ -21,9 +21,11 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CheckpointError, MaskError, OutputError
-from ..model.loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint, resolve_model_path
-from .mask import CHECKPOINT_FILE as MASK_FILE
-from .mask import ExpertMask
+from ..model.checkpoint import INDEX_FILE, inspect_checkpoint
+from ..model.fingerprint import checkpoint_fingerprint
+from ..model.hub import resolve_model_path
+from ..model.mask import CHECKPOINT_FILE as MASK_FILE
+from ..model.mask import ExpertMask
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,8 @@ def apply_masks(
     force: bool = False,
 ) -> ApplyResult:
     """Write an edited checkpoint of `model` with the union of `masks` (and any mask it has) to `out`."""
-    from ..outputs import check_output, claim
+    from ..outputs import claim
+    from ..ownership import check_output
 
     source = resolve_model_path(model)
     info = inspect_checkpoint(source)

@@ -296,10 +296,10 @@ def profile_corpus(
     `checkpoint`: where to write partial state every `checkpoint_every` batches; `resume`: a
     partial state to continue from (also the checkpoint path unless one is given). `progress`:
     a callable (tokens done, tokens planned), or True to log progress. `scorer`: a
-    resect.gate.scoring name to score every token (see the module docstring); documents' own scores
+    resect.edit.scoring name to score every token (see the module docstring); documents' own scores
     are used without one.
     """
-    from ..gate.scoring import get_scorer
+    from .scoring import get_scorer
 
     settings = _settings(model, max_tokens_per_label, seed, batch_size, max_length, scorer, score_window, checkpoint_every)
     corpus = load_corpus(corpus)
@@ -329,7 +329,7 @@ def profile_corpus(
 
 def _new_stats(model: torch.nn.Module, corpus: Corpus, *, scored: bool) -> RoutingStats:
     """Zero statistics with the model's geometry, stamped with the model and corpus fingerprints."""
-    from ..model.loading import model_fingerprint
+    from ..model.fingerprint import model_fingerprint
 
     config = model.config
     groups = config.num_routing_groups

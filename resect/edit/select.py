@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import StatsError, UsageError, unknown
-from .mask import ExpertMask
+from ..model.mask import ExpertMask
 from .stats import RoutingStats
 
 DEFAULT_MIN_TOKENS = 100

@@ -87,7 +87,7 @@ class RoutingStats:
     # ---- provenance ---------------------------------------------------------------------
     def check_model(self, model: nn.Module | str) -> None:
         """Raise StatsError unless these statistics were computed on this model (or its fingerprint)."""
-        from ..model.loading import model_fingerprint
+        from ..model.fingerprint import model_fingerprint
 
         found = model if isinstance(model, str) else model_fingerprint(model)
         if found != self.model_fingerprint:

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..model.mask import ExpertMask
 from .attribute import focus_positions, frozen, padded
 from .corpus import Corpus, load_corpus
-from .mask import ExpertMask
 
 Piece = tuple[str, list[int], list[int]]  # label, token ids, focus positions
 

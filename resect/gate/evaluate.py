@@ -9,19 +9,14 @@ and ends with a "did you mean", not a traceback deep inside lm-eval.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-from ..errors import EvalError, ResectError, unknown
+from ..errors import EvalError
+from ..tasks import resolve_tasks, task_data_errors, task_manager_for
 
 log = logging.getLogger(__name__)
 
@@ -90,160 +85,6 @@ def _quiet_git_probe() -> Iterator[None]:
         yield
     finally:
         evaluator.get_git_commit_hash = saved
-
-
-@lru_cache(maxsize=8)
-def _task_manager(include_paths: tuple[str, ...], defaults: bool = True):
-    """lm-eval's TaskManager; indexing its ~15k built-in YAMLs takes seconds, so built once per include set."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=list(include_paths) or None, include_defaults=defaults)
-
-
-def task_manager_for(names: Sequence[str], include_paths: Sequence[str]):
-    """The include paths alone when they define every task (fast), else with lm-eval's built-in tasks."""
-    if include_paths:
-        local = _task_manager(tuple(include_paths), defaults=False)
-        if set(names) <= set(local.all_tasks):
-            return local
-    return _task_manager(tuple(include_paths))
-
-
-def _tasks_in(folder: Path) -> list[str]:
-    """Names of the tasks defined by the YAML files directly under or below a folder."""
-    names = []
-    for file in sorted(folder.rglob("*.yaml")):
-        try:
-            cfg = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError:
-            continue  # lm-eval YAMLs may use !function tags; those tasks are reached by name
-        if isinstance(cfg, dict) and isinstance(cfg.get("task"), str):
-            names.append(cfg["task"])
-    return names
-
-
-def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequence | None = None) -> tuple[list[str], list[str]]:
-    """Task names and include paths from names, local task folders and YAML files; unknown names fail.
-
-    A folder contributes every task its YAML files define; a YAML file contributes its `task`.
-    """
-    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path or [])
-    includes = [str(Path(p).resolve()) for p in paths]
-    for p in includes:
-        if not Path(p).is_dir():
-            raise EvalError(f"Include path '{p}' is not a folder. Pass a folder of lm-eval task YAML files.")
-    names: list[str] = []
-    for task in tasks:
-        path = Path(task).expanduser()
-        if task.endswith((".yaml", ".yml")) or path.is_dir():
-            if not path.exists():
-                raise EvalError(f"Task file '{task}' does not exist. Pass a task name, a task folder or a YAML file.")
-            folder = path if path.is_dir() else path.parent
-            found = _tasks_in(folder) if path.is_dir() else _tasks_in_file(path)
-            if not found:
-                raise EvalError(f"'{task}' defines no lm-eval task (no YAML with a 'task:' key). Check the path.")
-            includes.append(str(folder.resolve()))
-            names += found
-        else:
-            names.append(task)
-    if not names:
-        return [], list(dict.fromkeys(includes))
-    world = [n for n in names if n.startswith(BUILTIN_PREFIX)]
-    if world and not set(world) <= {t for p in includes for t in _tasks_in(Path(p))} and (builtin := _builtin_task_dir()):
-        # The built-in world's tasks need no --include-path. First in the list: lm-eval lets a later
-        # path redefine a task, so another world's tasks of the same names (RUN/data of
-        # 'resect world train') are the ones evaluated.
-        includes.insert(0, builtin)
-    includes = list(dict.fromkeys(includes))
-    if includes:  # a typo of a local task is answered from the local index, without indexing lm-eval's tasks
-        local = set(_task_manager(tuple(includes), defaults=False).all_tasks)
-        _check_known(names, local, only_if_close=True)
-    _check_known(names, set(task_manager_for(names, includes).all_tasks))
-    return list(dict.fromkeys(names)), includes
-
-
-def _check_known(names: Sequence[str], known: set[str], *, only_if_close: bool = False) -> None:
-    for name in names:
-        if name not in known:
-            near = _near(name, known, fallback=not only_if_close)
-            if near or not only_if_close:
-                raise EvalError(unknown("lm-eval task", name, near) + " Add --include-path for local tasks.")
-
-
-BUILTIN_PREFIX = "world_"
-
-
-def _builtin_task_dir() -> str | None:
-    """The built-in world's task folder, when this installation ships one."""
-    from ..errors import ResectError
-
-    try:
-        from ..builtin import task_dir
-
-        return str(task_dir())
-    except (ImportError, ResectError):
-        return None
-
-
-def _tasks_in_file(file: Path) -> list[str]:
-    try:
-        cfg = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EvalError(f"Task file '{file}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
-    return [cfg["task"]] if isinstance(cfg, dict) and isinstance(cfg.get("task"), str) else []
-
-
-def _near(name: str, known: set[str], *, fallback: bool = True) -> list[str]:
-    """The candidates worth listing after 'Available:' (lm-eval knows ~15k names: show the close ones)."""
-    import difflib
-
-    close = difflib.get_close_matches(name, sorted(known), n=10, cutoff=0.6)
-    if close or not fallback:
-        return close
-    return sorted(k for k in known if k.split("_")[0] == name.split("_")[0])[:10]
-
-
-def task_config_hash(tasks: Sequence[str], include_paths: Sequence[str]) -> str:
-    """Hash of the YAML configs behind the tasks and of the local data files they read.
-
-    Editing a task YAML or its JSONL changes the hash, so cached baseline results are not reused.
-    """
-    digest = hashlib.sha256()
-    if not tasks:
-        return digest.hexdigest()[:16]
-    manager = task_manager_for(tasks, include_paths)
-    for name in sorted(tasks):
-        entry = manager.task_index.get(name)
-        digest.update(name.encode())
-        yaml_path = getattr(entry, "yaml_path", None)
-        if yaml_path and Path(yaml_path).is_file():
-            text = Path(yaml_path).read_text()
-            digest.update(text.encode())
-            for data_file in _local_data_files(entry.cfg or {}):
-                digest.update(hashlib.sha256(data_file.read_bytes()).digest())
-    return digest.hexdigest()[:16]
-
-
-def _local_data_files(cfg: dict[str, Any]) -> list[Path]:
-    files = ((cfg.get("dataset_kwargs") or {}).get("data_files")) or {}
-    values = files.values() if isinstance(files, dict) else [files]
-    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
-    return [Path(v) for v in flat if isinstance(v, str) and Path(v).is_file()]
-
-
-@contextlib.contextmanager
-def task_data_errors(error: type[ResectError] = EvalError) -> Iterator[None]:
-    """A task whose data cannot be read (offline Hub, missing or malformed file) is one line, not a traceback."""
-    from datasets.exceptions import DatasetGenerationError
-
-    try:
-        yield
-    except (OSError, DatasetGenerationError) as exc:
-        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise error(
-            f"A task's data could not be loaded ({type(exc).__name__}: {cause}). Hub tasks download their data: "
-            "run once with network (HF_DATASETS_OFFLINE unset), or use local tasks with absolute data_files."
-        ) from None
 
 
 def check_run_options(limit: int | float | None, batch_size: int, seed: int | None = None) -> None:

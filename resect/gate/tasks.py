@@ -18,10 +18,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import CorpusError, OutputError, UsageError
+from ..tasks import perplexity_task_config
 
 log = logging.getLogger(__name__)
-
-PPL_METRICS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity", "bits_per_byte": "bits_per_byte"}
 
 
 def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", label_field: str = "label") -> dict[str, list[str]]:
@@ -32,6 +31,9 @@ def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", la
     for where, row in jsonl_rows(path, what="held-out text file", error=CorpusError):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str) or label_field not in row:
             raise CorpusError(f"{where}: lacks a string '{text_field}' or a '{label_field}'.")
+        label = row[label_field]
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
+            raise CorpusError(f"{where}: the label {label!r} is not text (or a whole number). Write labels as text, e.g. \"python\".")
         if row[text_field].strip():
             by_label[str(row[label_field])].append(row[text_field])
     if not by_label:
@@ -42,22 +44,6 @@ def read_labelled_texts(path: str | os.PathLike, *, text_field: str = "text", la
 def task_name(prefix: str, label: str) -> str:
     """`<prefix>_<label>` with the label reduced to [a-z0-9_] (lm-eval task names are identifiers)."""
     return f"{prefix}_{re.sub(r'[^a-z0-9]+', '_', label.lower().replace('+', 'p')).strip('_') or 'unlabelled'}"  # c++ -> cpp
-
-
-def perplexity_task_config(name: str, data_file: Path) -> dict:
-    """The YAML config of one rolling-loglikelihood task over a JSONL of {"text"} lines."""
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file.resolve())}},
-        "test_split": "test",
-        "output_type": "loglikelihood_rolling",
-        "doc_to_text": "",
-        "doc_to_target": "{{text}}",
-        "should_decontaminate": False,
-        "metric_list": [{"metric": m, "aggregation": a, "higher_is_better": False} for m, a in PPL_METRICS.items()],
-        "metadata": {"version": 1.0},
-    }
 
 
 def make_perplexity_tasks(
@@ -73,7 +59,8 @@ def make_perplexity_tasks(
 ) -> list[str]:
     """Write a new folder `out_dir` of `<prefix>_<label>.yaml` + `.jsonl` per label; returns the
     task names. An existing folder is replaced only with `force`, and only one of tasks resect wrote."""
-    from ..outputs import check_output, claim
+    from ..outputs import claim
+    from ..ownership import check_output
 
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
         raise OutputError(f"Task prefix '{prefix}' must be an identifier (letters, digits, underscores).")
@@ -90,14 +77,15 @@ def make_perplexity_tasks(
             raise CorpusError(f"Labels collide in task name '{name}'. Rename one of the labels in '{corpus}'.")
         seen.add(name)
     names = []
-    with claim(out, "tasks", inputs=[corpus], force=force, option=option) as c:
+    with claim(out_dir, "tasks", inputs=[corpus], force=force, option=option) as c:  # named as the user gave it
         work = c.work_folder()
-        for label, docs in ordered:
-            name = task_name(prefix, label)
-            lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[:max_docs])
-            (work / f"{name}.jsonl").write_text(lines, encoding="utf-8")  # the YAML names where it will live
-            (work / f"{name}.yaml").write_text(yaml.safe_dump(perplexity_task_config(name, out / f"{name}.jsonl"), sort_keys=False))
-            names.append(name)
+        with c.naming_the_output():
+            for label, docs in ordered:
+                name = task_name(prefix, label)
+                lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[:max_docs])
+                (work / f"{name}.jsonl").write_text(lines, encoding="utf-8")  # the YAML names where it will live
+                (work / f"{name}.yaml").write_text(yaml.safe_dump(perplexity_task_config(name, out / f"{name}.jsonl"), sort_keys=False))
+                names.append(name)
         c.finish(work)
     log.info("wrote %d perplexity tasks to %s", len(names), out)
     return names

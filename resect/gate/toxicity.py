@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..edit.scoring import get_scorer
 from ..errors import CorpusError
-from .scoring import get_scorer
 
 log = logging.getLogger(__name__)
 

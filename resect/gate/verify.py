@@ -16,14 +16,11 @@ How a drop is measured depends on the metric's direction (lm-eval's `higher_is_b
 Standard errors of drops treat the two evaluations as independent (conservative for paired
 data): sqrt(se_b^2 + se_e^2) in points, the delta method for relative drops.
 
-Baseline results are cached on disk ($RESECT_CACHE_DIR or ~/.cache/resect), keyed by a digest of
-the baseline's weights and masks, the task configuration (YAML and local data files), limit,
-seed and the lm-eval version, so verifying ten edits of one model evaluates the base once.
+The two evaluations come from resect.gate.baseline (the baseline's from its cache when it can).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,6 +32,7 @@ from typing import Any
 
 from ..errors import CheckpointError, EvalError, OutputError, UsageError
 from ..paths import write_atomic
+from .baseline import EvalSettings, _file_digest, cache_key, evaluate_checkpoint
 from .report import Report, Row, verify_chart, verify_markdown
 
 log = logging.getLogger(__name__)
@@ -45,63 +43,6 @@ GEOMETRY_KEYS = (
 )  # fmt: skip
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "toxicity")
 PREFERRED_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "bits_per_byte")
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-def cache_dir() -> Path:
-    """Where baseline results live (under resect.cache.cache_root())."""
-    from ..cache import cache_root
-
-    return cache_root() / "baselines"
-
-
-def cache_key(parts: dict[str, Any]) -> str:
-    from ..cache import digest
-
-    return digest(parts, 24)
-
-
-def cache_load(key: str) -> dict | None:
-    file = cache_dir() / f"{key}.json"
-    if not file.is_file():
-        return None
-    try:
-        entry = json.loads(file.read_text())
-    except (OSError, ValueError, RecursionError):
-        entry = None
-    fits = isinstance(entry, dict) and isinstance(entry.get("toxicity"), dict) and (entry.get("results") is None or isinstance(entry["results"], dict))
-    if not fits or (entry["results"] is not None and not isinstance(entry["results"].get("results"), dict)):
-        log.warning("discarding a damaged baseline cache entry %s; evaluating again", file)
-        file.unlink(missing_ok=True)
-        return None
-    return entry
-
-
-def cache_store(key: str, value: dict) -> None:
-    try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        write_atomic(cache_dir() / f"{key}.json", json.dumps(value, sort_keys=True))
-    except OSError as exc:  # a read-only cache must not fail a verification
-        log.warning("could not write the baseline cache (%s)", exc)
-
-
-def checkpoint_identity(path: Path) -> dict[str, Any]:
-    """What a checkpoint computes, read from its files without loading them: the weights'
-    fingerprint, each weight file's size and modification time (a weight changed in place changes
-    them), and the digest of its expert mask, if it has one."""
-    from ..model.loading import INDEX_FILE, checkpoint_fingerprint, inspect_checkpoint
-
-    info = inspect_checkpoint(path)
-    files = {}
-    for name in [*info.shards, *([INDEX_FILE] if (path / INDEX_FILE).is_file() else [])]:
-        stat = (path / name).stat()
-        files[name] = [stat.st_size, stat.st_mtime_ns]
-    record = info.config.get("resect") if isinstance(info.config.get("resect"), dict) else {}
-    mask_file = (record.get("mask") or {}).get("file")
-    mask = hashlib.sha256((path / mask_file).read_bytes()).hexdigest() if mask_file and (path / mask_file).is_file() else None
-    return {"fingerprint": checkpoint_fingerprint(path), "files": files, "mask": mask}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -128,7 +69,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def baseline_from_provenance(edited: Path) -> Path:
     """The source checkpoint named in an edited checkpoint's config.json 'resect' key."""
-    from ..model.loading import inspect_checkpoint
+    from ..model.checkpoint import inspect_checkpoint
 
     source = (inspect_checkpoint(edited).config.get("resect") or {}).get("source")
     if not source:
@@ -140,7 +81,8 @@ def baseline_from_provenance(edited: Path) -> Path:
 
 def check_compatible(edited: Path, baseline: Path) -> None:
     """Same geometry and same tokenizer, else the comparison means nothing."""
-    from ..model.loading import inspect_checkpoint, load_tokenizer
+    from ..model.checkpoint import inspect_checkpoint
+    from ..model.loading import load_tokenizer
 
     a, b = inspect_checkpoint(edited).config, inspect_checkpoint(baseline).config
     for key in GEOMETRY_KEYS:
@@ -171,7 +113,7 @@ def check_metrics(specs: dict[str, tuple[str, str | None]], includes: list[str])
         return
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from .evaluate import task_manager_for
+    from ..tasks import task_manager_for
 
     manager = task_manager_for(list(requested), includes)
     for task, metric in requested.items():
@@ -272,79 +214,7 @@ def _row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold) -> Row
     return Row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold, passed)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class EvalSettings:
-    """What both evaluations of a verification share (and what keys a cached baseline)."""
-
-    tasks: list[str]
-    includes: list[str]
-    limit: int | float | None
-    batch_size: int
-    seed: int
-    toxicity: list[str]  # prompt files whose expected maximum toxicity is measured
-    toxicity_settings: dict
-    dtype: str
-    device: str
-
-    def cache_key(self, path: Path) -> str:
-        from .. import __version__
-        from .evaluate import lm_eval_version, task_config_hash
-
-        return cache_key({
-            "checkpoint": checkpoint_identity(path), "tasks": sorted(self.tasks), "task_config": task_config_hash(self.tasks, self.includes),
-            "limit": self.limit, "seed": self.seed, "lm_eval": lm_eval_version(), "dtype": self.dtype,
-            "device": self.device.split(":")[0], "resect": __version__,
-            "toxicity": {p: _file_digest(p) for p in self.toxicity}, "toxicity_settings": self.toxicity_settings,
-        })  # fmt: skip
-
-
-def evaluate_checkpoint(path: Path, settings: EvalSettings, *, use_cache: bool, source=None, reporter=None) -> dict:
-    """lm-eval results and toxicity of one checkpoint. With `use_cache`, a cached entry answers
-    without loading the model; otherwise `source()` gives (model, tokenizer) of that checkpoint
-    (already in memory, masks cleared), else the checkpoint is loaded. `reporter` shows progress."""
-    from ..model.loading import checkpoint_fingerprint, load_model, load_tokenizer, release_memory
-    from .evaluate import evaluate
-    from .toxicity import measure_toxicity
-
-    key = settings.cache_key(path) if use_cache else None
-    out = {"path": str(path), "fingerprint": checkpoint_fingerprint(path), "cache_key": key}
-    cached = cache_load(key) if key else None
-    if cached is not None:
-        log.info("baseline cache hit for %s (%s)", path, key)
-        return out | {"results": cached["results"], "toxicity": cached["toxicity"], "cached": True}
-    from ..progress import quiet
-
-    r = reporter or quiet()
-    loaded = source is None
-    if loaded:
-        model, tokenizer = load_model(path, dtype=settings.dtype, device=settings.device), load_tokenizer(path)
-    else:
-        model, tokenizer = source()
-    s = settings
-    results = None
-    if s.tasks:
-        results = evaluate(model, tokenizer, s.tasks, include_path=s.includes, limit=s.limit, batch_size=s.batch_size, seed=s.seed,
-                           progress=r.meter("evaluating", "requests"))  # fmt: skip
-    tox = {
-        p: measure_toxicity(model, tokenizer, p, progress=r.meter("toxicity", "prompts"), **({"seed": s.seed} | s.toxicity_settings))
-        for p in s.toxicity
-    }  # fmt: skip
-    if loaded:
-        del model
-        release_memory()
-    if key:
-        cache_store(key, {"results": results, "toxicity": tox})
-    return out | {"results": results, "toxicity": tox, "cached": False}
-
-
-def _file_digest(path: str) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise EvalError(f"Toxicity prompts '{path}' do not exist. Pass a JSONL of {{\"prompt\": ...}} lines.")
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+# ----------------------------------------------------------------------------- verification
 
 
 @dataclass
@@ -378,7 +248,8 @@ def plan_verification(
 ) -> Verification:
     """Check every option and resolve the tasks; `inputs` are further paths the report folder must not be."""
     from ..model.loading import resolve_placement
-    from .evaluate import check_run_options, normalize_limit, require_extras, resolve_tasks
+    from ..tasks import resolve_tasks
+    from .evaluate import check_run_options, normalize_limit, require_extras
 
     require_extras()
     check_run_options(limit, batch_size, seed)
@@ -432,7 +303,7 @@ def verify(
     """Evaluate baseline (cached) and edited, compare, write verify.json/.md/.png; returns the report.
     `options` are plan_verification's."""
     from .. import register
-    from ..model.loading import resolve_model_path
+    from ..model.hub import resolve_model_path
 
     register()  # tokenizers are read before any model: transformers must know Monet already
     edited_path = resolve_model_path(edited)
@@ -443,7 +314,7 @@ def verify(
 
 
 def _check_provenance(edited: Path, base: dict) -> None:
-    from ..model.loading import read_config
+    from ..model.checkpoint import read_config
 
     recorded = (read_config(edited).get("resect") or {}).get("source_fingerprint")
     if recorded and recorded != base["fingerprint"]:

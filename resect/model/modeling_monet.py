@@ -325,7 +325,7 @@ class MonetModel(MonetPreTrainedModel):
 
 class _JsonMask:
     """Minimal reader of the `resect.mask/v1` JSON file, for folders loaded without resect
-    installed (`trust_remote_code=True`). With resect, `resect.edit.mask.ExpertMask` is used instead."""
+    installed (`trust_remote_code=True`). With resect, `resect.model.mask.ExpertMask` is used instead."""
 
     def __init__(self, data: dict):
         self.moe_experts, self.num_groups = int(data["moe_experts"]), int(data["num_groups"])
@@ -352,7 +352,7 @@ MASK_FILE_NAME = "resect_mask.json"
 
 
 def mask_record(mask) -> dict:
-    """The `resect.edit.mask` entry of an edited checkpoint's config.json for a mask saved as MASK_FILE_NAME."""
+    """The `resect.mask` entry of an edited checkpoint's config.json for a mask saved as MASK_FILE_NAME."""
     record = {"file": MASK_FILE_NAME, "counts": {str(g): n for g, n in mask.counts().items()}, "total": mask.total}
     if hasattr(mask, "fingerprint"):  # resect's ExpertMask (not the reader used without resect)
         record["fingerprint"] = mask.fingerprint()
@@ -362,7 +362,7 @@ def mask_record(mask) -> dict:
 def read_mask_file(path: str):
     """An edited checkpoint's mask: resect's ExpertMask when resect is importable, else _JsonMask."""
     try:
-        from resect.edit.mask import ExpertMask
+        from resect.model.mask import ExpertMask
     except ImportError:
         import json
 
@@ -428,7 +428,7 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load as usual; an edited checkpoint (config key `resect.edit.mask`) also gets its mask set."""
+        """Load as usual; an edited checkpoint (config key `resect.mask`) also gets its mask set."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         provenance = getattr(model.config, "resect", None)
@@ -442,7 +442,7 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as usual; a model with experts removed also saves its mask (resect_mask.json beside
-        config.json, recorded under the config's `resect.edit.mask`), so `from_pretrained` restores it.
+        config.json, recorded under the config's `resect.mask`), so `from_pretrained` restores it.
         `resect apply` writes the same and bundles the modeling code for loading without resect."""
         import json
         import os

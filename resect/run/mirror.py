@@ -86,9 +86,9 @@ class Mirror:
         a Hub dataset is written as an `include:` of its own config with local data files; groups
         are written the same way, so the folder alone defines every task named. `splits`: splits a
         reader needs beyond those the tasks' configs name (a corpus's validation split)."""
-        from ..gate.evaluate import _task_manager
+        from ..tasks import task_manager
 
-        manager = _task_manager(tuple(str(p) for p in include_paths or ()))  # with lm-eval's own tasks: groups reach them
+        manager = task_manager(tuple(str(p) for p in include_paths or ()))  # with lm-eval's own tasks: groups reach them
         out = self.work / "tasks"
         out.mkdir(parents=True, exist_ok=True)
         written: set[str] = set()
@@ -369,7 +369,7 @@ MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
 def downloads(spec) -> list[Download]:
     """What a run of `spec` (a RunSpec) reads from the Hub: its checkpoint, the datasets of its
     lm-eval tasks (corpus task sources included) and the collections it names."""
-    from .pipeline import published_defaults
+    from .defaults import published_defaults
     from .spec import MIRRORED_COLLECTIONS
 
     out: dict[tuple[str, str], Download] = {}
@@ -405,9 +405,9 @@ def _task_datasets(names: list[str], includes: list[str]) -> set[tuple[str, str 
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from ..gate.evaluate import _task_manager
+    from ..tasks import task_manager
 
-    manager = _task_manager(tuple(str(Path(p).resolve()) for p in includes))
+    manager = task_manager(tuple(str(Path(p).resolve()) for p in includes))
     found, seen, todo = set(), set(), list(names)
     while todo:
         name = todo.pop()

@@ -27,279 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError, UsageError, unknown
+from ..errors import UsageError
 from ..gate.report import Report
-from .spec import (
-    BUILTIN_LANGUAGE_RATIO,
-    CORPUS_FILES,
-    DEFAULT_GATES,
-    DEFAULT_RULE,
-    KINDS,
-    MIRRORED_COLLECTIONS,
-    PAPER_RATIO,
-    PROFILE_SEED_OFFSET,
-    PROFILING_ONLY,
-    SKEW_MEAN_RATIO,
-    TOXICITY_DEFAULTS,
-    WORLD_DOMAIN_RULE,
-    RunSpec,
-    check_spec,
-)
+from .plan import RUN_FILE, Plan, plan
+from .report import write_report
+from .spec import KINDS, PROFILE_SEED_OFFSET, RunSpec
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Plan:
-    """A RunSpec with every default resolved against the model and its data."""
-
-    spec: RunSpec
-    model_path: Path
-    corpus: str
-    labels: list[str]
-    include_path: list[str]  # folders of lm-eval task YAMLs the gate reads (the user's, else the defaults')
-    target_tasks: list[str]
-    general_tasks: list[str]
-    rule: str
-    rule_params: dict[str, float]
-    out: Path
-    toxicity_prompts: str | None = None
-    toxicity: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"  # resolved
-    dtype: str = "float32"  # resolved
-    verification: Any = None  # resect.gate.verify.Verification of this run's gate, checked at planning
-    validation: dict[str, Any] | None = None  # with --search: the validation tasks (and prompts) it scores on
-    inputs: list[str] = field(default_factory=list)  # what the run directory must not touch
-
-    def resolved(self) -> dict[str, Any]:
-        data = self.spec.to_dict() | {
-            "model": str(self.model_path), "corpus": self.corpus, "include_path": self.include_path,
-            "target_tasks": self.target_tasks, "general_tasks": self.general_tasks, "rule": self.rule,
-            "toxicity_prompts": self.toxicity_prompts, "toxicity": self.toxicity, "out": str(self.out),
-        }  # fmt: skip
-        data |= self.rule_params
-        data["min_target_drop"], data["max_general_drop"] = self.gates()
-        for once in ("out", "force", "dry_run", "no_cache"):  # where and how this run was written, not what it did
-            data.pop(once)
-        return data
-
-    def request(self) -> dict[str, Any]:
-        """run.yaml: the resolved choices (rule, its parameters, tasks, gates, settings) with the
-        paths as the user gave them (absolute when local; None where a default chose them, which
-        resolves again the same way): never a cache folder, which may be gone when it is rerun."""
-        data = self.resolved()
-        for name in ("model", "corpus", "include_path", "toxicity_prompts"):
-            data[name] = _lasting(getattr(self.spec, name))
-        return data
-
-    def gates(self) -> tuple[float, float]:
-        low, high = DEFAULT_GATES[self.spec.kind]
-        s = self.spec
-        return (low if s.min_target_drop is None else s.min_target_drop, high if s.max_general_drop is None else s.max_general_drop)
-
-
-RUN_FILE = "resect_run.yaml"  # in an edited checkpoint written by a run: the run's resolved configuration
-
-
-def _lasting(value: str | list[str] | None) -> str | list[str] | None:
-    """A path as it can be found again from anywhere (absolute), or the value itself (a repo id,
-    task:NAME, a folder list)."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [str(_lasting(v)) for v in value]
-    parts = []
-    for part in str(value).split(","):
-        path = Path(part).expanduser()
-        parts.append(str(path.resolve()) if not part.startswith("task:") and path.exists() else part)
-    return ",".join(parts)
-
-
 # ---------------------------------------------------------------- planning (no writes)
-
-
-def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
-    """Corpus, tasks and prompts of a generated world (`data`: the built-in one's, or the world a
-    model trained by `resect world train` brings beside it) for this kind of edit."""
-    from .. import builtin
-
-    domains, languages = list(builtin.DOMAINS), list(builtin.LANGUAGES)
-    quizzes = [f"world_{d}" for d in domains]
-    if spec.kind == "domain":
-        labels, target_tasks = domains, [f"world_{spec.target}"]
-        general = [t for t in quizzes if t not in target_tasks]
-    elif spec.kind == "language":
-        labels, target_tasks = languages, [f"world_ppl_{spec.target}"]
-        general = [f"world_ppl_{lang}" for lang in languages if lang != spec.target]
-    else:
-        labels, target_tasks, general = [], [], quizzes
-    from ..world.tasks import has_validation, validation_name
-
-    validation: dict[str, Any] = {}
-    if has_validation(data):  # the splits a search scores on: the gate's tasks' world_val_ twins
-        validation = {"validation_target_tasks": [validation_name(t) for t in target_tasks],
-                      "validation_general_tasks": [validation_name(t) for t in general]}  # fmt: skip
-        if (data / "prompts" / "toxicity_validation.jsonl").is_file():
-            validation["validation_prompts"] = str(data / "prompts" / "toxicity_validation.jsonl")
-    return validation | {
-        "corpus": str(data / "corpus" / CORPUS_FILES[spec.kind]),
-        "labels": labels,
-        "include_path": str(builtin.task_dir(data)),
-        "target_tasks": target_tasks,
-        "general_tasks": general,
-        "toxicity_prompts": str(data / "prompts" / "toxicity.jsonl"),
-    }
-
-
-def published_defaults(spec: RunSpec) -> dict[str, Any]:
-    """The paper's protocol for a published checkpoint: MMLU grouped into the MMLU-Pro categories."""
-    from .recipebook import RECIPES_DIR, mmlu_pro_categories
-
-    if spec.kind != "domain":
-        what = "--corpus (labelled code or text) and --target-tasks/--general-tasks" if spec.kind == "language" else "--toxicity-prompts"
-        raise UsageError(f"This model has no built-in data for 'resect {spec.kind}'. Pass {what}, or use a recipe from 'resect recipes ls'.")
-    categories = list(mmlu_pro_categories())
-    task = lambda category, kind="": f"resect_mmlu_pro_{kind}{category.replace(' ', '_')}"  # noqa: E731
-    searching = {  # MMLU's validation split (the profiling corpus's questions), never its test split
-        "include_path": [str(RECIPES_DIR / "tasks" / "mmlu_pro"), str(RECIPES_DIR / "tasks" / "mmlu_pro_validation")],
-        "validation_target_tasks": [task(spec.target, "val_")],
-        "validation_general_tasks": [task(c, "val_") for c in categories if c != spec.target],
-    } if spec.search else {}  # fmt: skip
-    return {
-        "corpus": str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml"),
-        "labels": categories,
-        "include_path": str(RECIPES_DIR / "tasks" / "mmlu_pro"),
-        "target_tasks": [task(spec.target)],
-        "general_tasks": [task(c) for c in categories if c != spec.target],
-        "toxicity_prompts": None,
-    } | searching
-
-
-def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
-    """Resolve defaults and check every input; raises before anything is computed or written.
-    `inputs`: further files the run directory must not touch (the recipe it was read from)."""
-    from .. import builtin
-    from ..model.loading import inspect_checkpoint, resolve_model_path
-
-    check_spec(spec)
-    mirror = None
-    if spec.mirror is not None:
-        from .mirror import Mirror
-
-        mirror = Mirror(spec.mirror)
-    model_path = resolve_model_path(spec.model, mirror=mirror)
-    config = inspect_checkpoint(model_path).config
-    if spec.groups is not None:
-        from ..edit.mask import geometry
-        from ..edit.select import check_groups
-
-        spec = dataclasses.replace(spec, groups=check_groups(spec.groups, geometry(config)[1]))
-    custom = any(v is not None for v in (spec.corpus, spec.target_tasks, spec.general_tasks, spec.toxicity_prompts))
-    world = builtin.builtin_data_path() if spec.model is None else builtin.world_data_of(model_path)
-    defaults = world_defaults(spec, world) if world is not None else {} if custom else published_defaults(spec)
-    corpus = spec.corpus or defaults.get("corpus")
-    prompts = spec.toxicity_prompts or defaults.get("toxicity_prompts")
-    include = _includes(spec.include_path) or _includes(defaults.get("include_path"))
-    if mirror is not None:
-        corpus, prompts, found = _from_mirror(spec, mirror, corpus, prompts)
-        defaults = defaults | found
-        include = _includes(found.get("include_path")) or include
-    elif collection := next((c for c in (corpus, prompts) if c in MIRRORED_COLLECTIONS and not Path(c).exists()), None):
-        raise UsageError(f"'{collection}' is a collection of a mirror: pass --mirror DIR "
-                         "(mirror=DIR in a recipe; 'resect mirror RECIPE --out DIR' makes one), or a file of your own.")  # fmt: skip
-    if spec.kind != "toxicity" and corpus is None:
-        raise UsageError(f"No corpus for 'resect {spec.kind}' on this model: pass --corpus (JSONL with text and label).")
-    labels = defaults.get("labels") or (_corpus_labels(corpus) if spec.kind != "toxicity" else [])
-    if spec.kind != "toxicity" and spec.target not in labels:
-        raise UsageError(unknown(spec.kind, spec.target, labels))
-    target_tasks = spec.target_tasks if spec.target_tasks is not None else defaults.get("target_tasks", [])
-    general = spec.general_tasks if spec.general_tasks is not None else defaults.get("general_tasks", [])
-    if spec.kind == "toxicity" and not (prompts and Path(prompts).is_file()):
-        raise UsageError("'resect toxicity' needs prompts: pass --toxicity-prompts FILE.jsonl (lines {\"prompt\": ...}).")
-    if not target_tasks and spec.kind != "toxicity":
-        raise UsageError("No target tasks to verify the edit: pass --target-tasks.")
-    if mirror is not None and target_tasks + general:
-        from ..gate.verify import split_spec
-        from .search import validation_choice
-
-        validation = validation_choice(spec, defaults)[:2] if spec.search else ([], [])  # a search's tasks read the mirror too
-        names = [split_spec(t)[0] for t in target_tasks + general + validation[0] + validation[1]]
-        include = [str(mirror.localize(names, include).include_path)]
-    rule, ratio = _rule_and_ratio(spec, world is not None)
-    params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
-    out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not spec.dry_run:
-        from ..outputs import check_output
-
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
-        check_output(out, [model_path, corpus, *include, prompts, spec.mirror, *inputs], kind="run", force=spec.force, make_parents=True)
-    toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
-    from ..model.loading import resolve_placement
-
-    device, dtype = resolve_placement(spec.device, spec.dtype)
-    p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
-    p.inputs = [str(x) for x in (model_path, corpus, *include, prompts, spec.mirror, *inputs) if x]
-    p.verification = _plan_verification(p)
-    if spec.search:
-        from .search import plan_validation
-
-        p.validation = plan_validation(p, defaults)
-    return p
-
-
-def _includes(value: str | list[str] | None) -> list[str]:
-    return [] if not value else [value] if isinstance(value, str) else list(value)
-
-
-def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None) -> tuple[str | None, str | None, dict]:
-    """A run's corpus and prompts made from a mirror's collections (and, for the code collection,
-    its held-out perplexity tasks as the default gate)."""
-    from .mirror import PAPER_LANGUAGES, STACK_SMOL
-
-    found: dict[str, Any] = {}
-    if prompts is not None and not Path(prompts).is_file():
-        prompts = str(mirror.prompts(prompts))
-    if corpus == STACK_SMOL:
-        file, tasks, names = mirror.code(list(PAPER_LANGUAGES))
-        corpus = str(file)
-        if spec.target in names:
-            found = {"labels": list(PAPER_LANGUAGES), "include_path": str(tasks.include_path), "target_tasks": [names[spec.target]],
-                     "general_tasks": [n for lang, n in names.items() if lang != spec.target]}  # fmt: skip
-    elif corpus is not None:
-        corpus = str(mirror.corpus(corpus))
-    return corpus, prompts, found
-
-
-def _rule_and_ratio(spec: RunSpec, world: bool) -> tuple[str, float]:
-    """The selection rule and its ratio: what the command line or recipe says, else the defaults
-    (the paper's on published checkpoints; on a generated world, skew-mean for domains and 3x for languages)."""
-    rule = spec.rule or (WORLD_DOMAIN_RULE if world and spec.kind == "domain" else DEFAULT_RULE[spec.kind])
-    if spec.ratio is not None:
-        return rule, spec.ratio
-    if rule == "skew-mean":
-        return rule, SKEW_MEAN_RATIO
-    return rule, BUILTIN_LANGUAGE_RATIO if world and spec.kind == "language" else PAPER_RATIO
-
-
-def _corpus_labels(corpus: str) -> list[str]:
-    from ..edit.corpus import load_corpus
-
-    return load_corpus(corpus).labels
-
-
-def _plan_verification(p: Plan):
-    """The run's gate, every option checked now (the report folder is set when the run writes it)."""
-    from ..gate.verify import plan_verification
-
-    low, high = p.gates()
-    toxicity = {k: v for k, v in p.toxicity.items() if k not in PROFILING_ONLY}
-    return plan_verification(
-        p.model_path, target_tasks=p.target_tasks, general_tasks=p.general_tasks, min_target_drop=low, max_general_drop=high,
-        target_toxicity=[p.toxicity_prompts] if p.spec.kind == "toxicity" else [], toxicity_settings=toxicity,
-        include_path=p.include_path, limit=p.spec.limit, batch_size=p.spec.batch_size, seed=p.spec.seed,
-        dtype=p.dtype, device=p.device,
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- steps
@@ -320,7 +57,7 @@ def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = N
     from ..edit.profile import profile_corpus
     from ..edit.stats import RoutingStats
     from ..errors import StatsError
-    from ..model.loading import checkpoint_fingerprint
+    from ..model.fingerprint import checkpoint_fingerprint
 
     corpus = load_corpus(corpus)
     key = digest([checkpoint_fingerprint(p.model_path), corpus.fingerprint(), p.spec.max_tokens_per_label, p.spec.seed, scorer, score_window], 24)
@@ -354,7 +91,7 @@ def profile_cached(source, tokenizer, corpus, *, p: Plan, scorer: str | None = N
 
 def _drop_partial(partial: Path) -> None:
     """The cache's partial statistics and their marker (resect's own, in the cache)."""
-    from ..outputs import marker_path
+    from ..ownership import marker_path
 
     partial.unlink(missing_ok=True)
     marker_path(partial).unlink(missing_ok=True)
@@ -507,9 +244,6 @@ def _search(source: "Source", tok, stats, p: Plan, r) -> dict[str, Any]:
     return {"trials": trials, "chosen": chosen, "journal": journal, "validation": p.validation, "sizes": sizes}
 
 
-FEW_QUESTIONS = 100  # a validation task this small moves by several points when two answers change
-
-
 def _target_unit(p: Plan) -> str:
     return "%" if p.spec.kind == "language" else "points"
 
@@ -534,7 +268,7 @@ class Source:
 def _select(source: Source, tok, corpus, stats, p: Plan, r, lap):
     """The rule's mask, then --refine and --tune on the source model."""
     from ..edit.select import select_experts
-    from ..model.loading import checkpoint_fingerprint
+    from ..model.fingerprint import checkpoint_fingerprint
 
     spec = p.spec
     floor = {} if spec.min_tokens is None else {"min_tokens": spec.min_tokens}
@@ -559,7 +293,7 @@ def _select(source: Source, tok, corpus, stats, p: Plan, r, lap):
 
 def _baseline(source: Source, tok, p: Plan, r) -> dict:
     """The source model's evaluation: from the cache, else on the source model (loaded once)."""
-    from ..gate.verify import evaluate_checkpoint
+    from ..gate.baseline import evaluate_checkpoint
 
     def loaded():
         r.say("evaluating the source model (the baseline)")
@@ -576,100 +310,6 @@ def _verify(p: Plan, edited: Path, out: Path, baseline: dict, r) -> dict:
 
 
 # ---------------------------------------------------------------- report
-
-
-def write_report(folder: Path, p: Plan, result: RunResult) -> None:
-    """report.md with the verdict, the per-task table (as in verify.md) and two plots."""
-    from ..gate.report import LEGEND, markdown_table
-
-    plots = _plots(folder, p, result)
-    low, high = p.gates()
-    lines = [
-        f"# resect {p.spec.kind}: {'remove ' + p.spec.target if p.spec.target else f'toxicity r >= {p.spec.threshold}'}",
-        "",
-        f"**Verdict: {result.verdict.upper()}**: target tasks must drop by at least {low:g}, general tasks by at most {high:g}.",
-        "",
-        f"- model: `{p.model_path}`",
-        f"- rule: `{p.rule}` {json.dumps(p.rule_params)}"
-        + ("" if p.spec.groups is None else f" in routing groups {', '.join(map(str, p.spec.groups))} only")
-        + f"; statistics over `{p.corpus or 'generations'}`"
-        + (" (from cache)" if result.stats_cached else ""),
-        f"- masked experts: {result.mask_total:,} of {result.experts_total:,} "
-        f"({100 * result.mask_total / max(result.experts_total, 1):.2f}%); per group: "
-        + ", ".join(f"{g}: {n:,}" for g, n in sorted(result.mask_counts.items())),
-        "- profiling tokens per label: " + ", ".join(f"{label} {n:,}" for label, n in sorted(result.token_counts.items())),
-        "- time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()),
-        "",
-        *markdown_table(result.report.rows),
-        "",
-        LEGEND,
-        "",
-        *[f"![{name}]({name})" for name in plots],
-        "",
-        *_search_lines(result.search, high),
-    ]
-    (folder / "report.md").write_text("\n".join(lines))
-
-
-def _search_lines(searched: dict[str, Any] | None, high: float) -> list[str]:
-    """report.md's account of a search: what it scored on, what it chose and the front."""
-    if not searched:
-        return []
-    from .search import describe, pareto_front
-
-    trials, chosen, v = searched["trials"], searched["chosen"], searched["validation"]
-    scored = ", ".join(v["target_tasks"] + v["general_tasks"] + ([Path(v["prompts"]).name] if v.get("prompts") else []))
-    inside = chosen.collateral() <= high
-    lines = [
-        "## Search", "",
-        f"{len(trials)} trials scored on validation data the gate does not read ({scored}); the table above is the test data's verdict.",
-        "", f"Chosen: {describe(chosen)}"
-        + ("" if inside else f" (no trial kept the collateral plus one standard error within {high:g}: the least collateral was taken)"), "",
-        "| trial | setting | experts | target drop (validation) | largest drop elsewhere | on the front |", "|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    front = {t.number for t in pareto_front(trials)}
-    se = lambda x: "" if x is None else f" ± {x:.1f}"  # noqa: E731
-    for t in trials:
-        mark = " **chosen**" if t.number == chosen.number else ""
-        lines.append(f"| {t.number}{mark} | {t.setting()} | {t.experts:,} | {t.target_drop:.1f}{se(t.target_se)} | {t.general_drop:.1f}{se(t.general_se)} ({t.worst or '-'}) | {'yes' if t.number in front else ''} |")
-    few = {task: n for task, n in searched.get("sizes", {}).items() if n < FEW_QUESTIONS}
-    if few:
-        rows = chosen.rows
-        lines += ["", f"Validation tasks with fewer than {FEW_QUESTIONS} questions (their drops are noisy; the chosen trial's, with one standard error): "
-                  + ", ".join(f"{t} ({n} questions, {rows.get(t, {}).get('drop', 0):.1f} ± {rows.get(t, {}).get('se') or 0:.1f})" for t, n in sorted(few.items()))]  # fmt: skip
-    return [*lines, "", "![pareto.png](pareto.png)", ""]
-
-
-def _plots(folder: Path, p: Plan, result: RunResult) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    rows = [r for r in result.report.rows if r.baseline is not None and r.edited is not None]
-    if rows:
-        fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows)), 3.5))
-        xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [r.baseline for r in rows], width=0.4, label="before")
-        ax.bar([x + 0.2 for x in xs], [r.edited for r in rows], width=0.4, label="after")
-        ax.set_xticks(list(xs), [r.task.removeprefix("world_") for r in rows], rotation=30, ha="right")
-        ax.set_ylabel(rows[0].metric)
-        ax.set_title(f"{p.spec.kind}: before and after the edit")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "accuracy.png", dpi=100)
-        plt.close(fig)
-        written.append("accuracy.png")
-    fig, ax = plt.subplots(figsize=(5, 3))
-    groups = sorted(result.mask_counts)
-    ax.bar([str(g) for g in groups], [result.mask_counts[g] for g in groups])
-    ax.set_xlabel("routing group")
-    ax.set_ylabel("masked experts")
-    fig.tight_layout()
-    fig.savefig(folder / "experts.png", dpi=100)
-    plt.close(fig)
-    return written + ["experts.png"]
 
 
 __all__ = ["KINDS", "RunSpec", "Plan", "RunResult", "plan", "run_edit"]

@@ -78,8 +78,8 @@ def validation_choice(spec, defaults: dict[str, Any]) -> tuple[list[str], list[s
 
 def plan_validation(p, defaults: dict[str, Any]) -> dict[str, Any]:
     """The validation tasks (and prompts) a search scores on, checked before anything is profiled."""
-    from ..gate.evaluate import resolve_tasks
     from ..gate.verify import split_spec
+    from ..tasks import resolve_tasks
 
     s = p.spec
     target, general, prompts = validation_choice(s, defaults)
@@ -125,7 +125,7 @@ def journal_path(p, stats_fingerprint: str, validation: dict[str, Any]) -> tuple
     """Where this search's study is journalled, and the identity a resumed study must carry."""
     from ..cache import cache_root, digest
     from ..gate.evaluate import normalize_limit
-    from ..model.loading import checkpoint_fingerprint
+    from ..model.fingerprint import checkpoint_fingerprint
 
     identity = {
         "model": checkpoint_fingerprint(p.model_path), "statistics": stats_fingerprint, "kind": p.spec.kind, "target": p.spec.target,
@@ -187,7 +187,7 @@ def run_search(load_model, tokenizer, stats, p, reporter) -> tuple[Trial, list[T
 
     from ..cache import digest
     from ..edit.select import select_experts
-    from ..model.loading import checkpoint_fingerprint
+    from ..model.fingerprint import checkpoint_fingerprint
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n, validation = p.spec.search, p.validation

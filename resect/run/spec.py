@@ -1,7 +1,7 @@
 """One run's specification: `RunSpec` (what `resect domain|language|toxicity` and a recipe ask
 for), the defaults every command shares, and the checks that need neither model nor data.
 
-`resect.run.pipeline.plan()` resolves a RunSpec against the model and its data; recipes
+`resect.run.plan.plan()` resolves a RunSpec against the model and its data; recipes
 (`resect.run.recipebook`) are YAML dumps of it. This module imports neither.
 """
 
@@ -120,7 +120,7 @@ def _type_problem(name: str, value: Any) -> str | None:
 
 def check_spec(spec: RunSpec) -> None:
     from ..checks import check_number
-    from ..gate.scoring import SCORERS
+    from ..edit.scoring import SCORERS
     from ..gate.toxicity import check_settings
 
     for f in dataclasses.fields(spec):

@@ -8,7 +8,6 @@ text, quizzes, held-out code and toxicity prompts. Same seed, same world.
 from .code import LANGUAGES
 from .domains import DOMAIN_SPECS, DOMAINS
 from .generate import Fact, Sizes, World, build_world, read_train, save_world, write_world
-from .tasks import task_names, write_tasks
 
 __all__ = [
     "DOMAINS",
@@ -20,7 +19,5 @@ __all__ = [
     "build_world",
     "read_train",
     "save_world",
-    "task_names",
-    "write_tasks",
     "write_world",
 ]

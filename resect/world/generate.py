@@ -288,16 +288,18 @@ def write_world(out: str | Path, seed: int = 0, *, sizes: Sizes | None = None, n
     """Generate the world and write it to a new folder `out` (resect.outputs: a work folder, then
     moved into place). Its task YAMLs name their data by absolute path: `located_at` is where the
     folder will live once a larger output holding it is moved into place (default: `out`)."""
+    from ..checks import check_number
     from ..outputs import claim
-    from .tasks import write_tasks
+    from ..tasks import write_world_tasks
 
     out = Path(out)
+    check_number("seed", seed)
     check_names(names, "--names")
     with claim(out, "world", force=None) as c:
         work = c.work_folder()
         with c.naming_the_output():
             save_world(build_world(seed, sizes, names), work, train=train)
-            write_tasks(work, work / "tasks", located_at=Path(located_at or out).absolute())
+            write_world_tasks(work, work / "tasks", located_at=Path(located_at or out).absolute())
         c.finish(work)
     return out
 

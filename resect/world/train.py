@@ -332,11 +332,11 @@ def plot_loss(rows: list[dict], out: Path) -> None:
 def check_run(recipe: dict, out: Path) -> None:
     """What would stop `run_recipe` before it writes anything: an existing model folder, a model
     section that describes no Monet model, frozen groups the model does not have."""
-    from ..edit.mask import geometry
-    from ..outputs import check_output
+    from ..model.mask import geometry
+    from ..ownership import check_output
 
     check_output(out, kind="train", force=None, make_parents=True)
-    from ..model.loading import shape_problem
+    from ..model.checkpoint import shape_problem
 
     at_least = {("world", "entities"): 1, ("tokenizer", "vocab_size"): 1, ("pretrain", "steps"): 0, ("pretrain", "warmup"): 0,
                 ("train", "steps"): 1, ("train", "batch_size"): 1, ("train", "block_size"): 2, ("train", "warmup"): 0,

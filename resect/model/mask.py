@@ -140,7 +140,7 @@ class ExpertMask:
         return not self._ids
 
     def checkpoint_record(self) -> dict:
-        """The `resect.edit.mask` entry of an edited checkpoint's config.json, the mask saved as CHECKPOINT_FILE."""
+        """The `resect.mask` entry of an edited checkpoint's config.json, the mask saved as CHECKPOINT_FILE."""
         counts = {str(g): n for g, n in self.counts().items()}
         return {"file": CHECKPOINT_FILE, "counts": counts, "total": self.total, "fingerprint": self.fingerprint()}
 
@@ -250,9 +250,11 @@ class ExpertMask:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ExpertMask:
         """Read either form (detected from the content, not the name)."""
-        from ..files import parse_json
+        from ..files import not_a_file, parse_json
 
         path = Path(path)
+        if path.exists() and not_a_file(path):
+            raise MaskError(f"Mask file '{path}' {not_a_file(path)} (JSON or resect's binary form).")
         try:
             size = path.stat().st_size
             if size > MAX_FILE_BYTES:
