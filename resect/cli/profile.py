@@ -21,10 +21,18 @@ def _init_distributed(device: str) -> str:
         return device
     cuda = device.startswith("cuda")
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    import atexit
+
+    atexit.register(_leave, dist)  # a group left open aborts the process at exit ("terminate called without an active exception")
     if cuda:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
     return device
+
+
+def _leave(dist) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @app.command(rich_help_panel=BLOCKS)
