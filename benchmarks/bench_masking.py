@@ -42,7 +42,7 @@ from common import interleaved_seconds, mib, peak_memory_bytes, set_threads  # n
 from resect.kernels.dispatch import choose, masked_moe_forward  # noqa: E402
 from resect.kernels.reference import expanded_moe_forward  # noqa: E402
 from resect.model.configuration_monet import MonetConfig  # noqa: E402
-from resect.model.modeling_monet import MonetMoVDE, MonetRouter  # noqa: E402
+from resect.model.monet_layers import MonetMoVDE, MonetRouter  # noqa: E402
 
 FRACTIONS = (0.0, 0.01, 0.041, 0.144)
 

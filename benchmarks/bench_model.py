@@ -21,7 +21,8 @@ from common import interleaved_seconds, mib, peak_memory_bytes, set_threads  # n
 
 import resect  # noqa: E402,F401
 from resect.model.configuration_monet import MonetConfig  # noqa: E402
-from resect.model.modeling_monet import MonetForCausalLM, MonetMoVDE  # noqa: E402
+from resect.model.modeling_monet import MonetForCausalLM  # noqa: E402
+from resect.model.monet_layers import MonetMoVDE  # noqa: E402
 
 
 def published_vd_forward(self: MonetMoVDE, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:

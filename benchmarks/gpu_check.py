@@ -37,7 +37,8 @@ import resect  # noqa: E402,F401
 from resect.kernels.dispatch import choose  # noqa: E402
 from resect.kernels.reference import expanded_moe_forward  # noqa: E402
 from resect.model.configuration_monet import MonetConfig  # noqa: E402
-from resect.model.modeling_monet import MonetForCausalLM, MonetMoVDE, routing_threshold  # noqa: E402
+from resect.model.modeling_monet import MonetForCausalLM  # noqa: E402
+from resect.model.monet_layers import MonetMoVDE, routing_threshold  # noqa: E402
 
 FULL = {"hidden_size": 2048, "moe_experts": 512, "moe_dim": 16, "moe_heads": 8, "moe_topk": 8, "num_hidden_layers": 24,
         "num_attention_heads": 16, "vocab_size": 32000, "tokens": (1, 63, 2048), "batch": (8, 512)}  # fmt: skip

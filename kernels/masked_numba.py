@@ -190,7 +190,8 @@ def supported(experts, x: torch.Tensor, *gates: torch.Tensor) -> bool:
     return not grad and same and x.dtype in DTYPES and all(g.device.type == "cpu" and g.dtype in (x.dtype, torch.float32) for g in gates)
 
 
-_fused = functools.partial(masked_torch.masked_moe_forward, corrections=FusedCorrections)
+_fused = functools.partial(masked_torch.masked_moe_forward, corrections=FusedCorrections, kernel="numba")
+masked_torch.KERNELS["numba"] = {"corrections": FusedCorrections}  # what the compiled graph's operator runs
 
 
 def masked_moe_forward(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ m the activation width (m/2 for VD), R rows (token, head) in a chunk.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 
 import torch
@@ -187,9 +188,73 @@ class SparseCorrections:
         subtract_side(mask, own, other, sums=sums, mixed=mixed, acts=acts, budget=budget, compute=self.compute)
 
 
+# ---------------------------------------------------------------------------- under torch.compile
+# The corrections depend on how many halves each (token, head) routes to, which no compiled graph can
+# know: under torch.compile they run as one custom operator per side, opaque to the compiler, whose
+# output shapes are known ([N, E] and [N, E, m]); everything around it compiles (fullgraph=True holds).
+# The operator runs the same code as the eager path, with the kernel named (`KERNELS`).
+
+KERNELS: dict[str, dict] = {"torch": {"compute": side_corrections}}  # numba and triton add themselves when imported
+_NAMESPACE = "monet_" + hashlib.sha1(__name__.encode()).hexdigest()[:12]  # one per copy of this file (resect's, an edited folder's)
+
+
+def _side_correction_eager(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor, column: bool, budget: int,
+                           kernel: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The removed share of one side, negated: (sums [N, E], mixed [N, E, m]) to add. g1, g2
+    [B, T, H, E] as the router gave them; acts [N, E, m] (N = B*T) in the layer's dtype."""
+    n, experts, width = acts.shape[0], g1.shape[-1], acts.shape[-1]
+    sums = torch.zeros(n, experts, dtype=acts.dtype, device=acts.device)
+    mixed = torch.zeros(n, experts, width, dtype=acts.dtype, device=acts.device)
+    chosen = KERNELS.get(kernel, KERNELS["torch"])
+    if "corrections" in chosen:
+        fix = chosen["corrections"](g1, g2, mask)
+    else:
+        fix = SparseCorrections(g1.to(acts.dtype).flatten(0, 1), g2.to(acts.dtype).flatten(0, 1), mask, compute=chosen["compute"])
+    fix.subtract(column, sums=sums, mixed=mixed, acts=acts, budget=budget)
+    return sums, mixed
+
+
+try:
+    side_correction = torch.library.custom_op(f"{_NAMESPACE}::side_correction", mutates_args=())(_side_correction_eager)
+
+    @side_correction.register_fake
+    def _(g1, g2, mask, acts, column, budget, kernel):
+        n, experts, width = acts.shape[0], g1.shape[-1], acts.shape[-1]
+        return acts.new_empty(n, experts), acts.new_empty(n, experts, width)
+except RuntimeError:  # this copy imported twice (a reload): the operator it defined stands
+    side_correction = getattr(torch.ops, _NAMESPACE).side_correction
+
+
+class OpaqueCorrections:
+    """`SparseCorrections` for a compiled graph: each side is one call of `side_correction`.
+
+    g1, g2 [B, T, H, E] as the router gave them, mask [E, E] bool; `kernel` names the
+    implementation inside the operator."""
+
+    def __init__(self, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor, kernel: str = "torch"):
+        self.g1, self.g2, self.mask, self.kernel = g1, g2, mask, kernel
+
+    def subtract(self, column: bool, *, sums: torch.Tensor, mixed: torch.Tensor, acts: torch.Tensor, budget: int) -> None:
+        d_sums, d_mixed = side_correction(self.g1, self.g2, self.mask, acts, column, budget, self.kernel)
+        sums.add_(d_sums)
+        mixed.add_(d_mixed)
+
+
+def mask_flags(mask: torch.Tensor) -> tuple[bool, bool]:
+    """(every expert removed, any expert removed) of a bool mask; the model computes them once when the
+    mask is set (`MonetExperts.mask_flags`), so that no forward reads the mask's values to branch."""
+    return bool(mask.all()), bool(mask.any())
+
+
+def _tracks_gradient(experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t.requires_grad for t in (x, g1, g2, mask)) or any(p.requires_grad for p in experts.parameters())
+
+
 def masked_moe_forward(
     experts, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor, *, compute=side_corrections,
-    corrections=None,
+    corrections=None, kernel: str = "torch",
 ) -> torch.Tensor:
     """Masked MonetMoVDE / MonetMoHDE forward. x [B, T, D]; g1, g2 [B, T, H, E]; mask [E, E] bool.
 
@@ -200,20 +265,24 @@ def masked_moe_forward(
     The gates may come in the router's float32; the sums use them in x's dtype.
     `compute` evaluates a chunk of corrections (`side_corrections`, or the Triton kernel);
     `corrections` (g1, g2 [B, T, H, E] as given, mask) -> an object like `SparseCorrections`
-    replaces the whole correction step (the numba kernel).
+    replaces the whole correction step (the numba kernel). Under torch.compile (and no gradient
+    to track) the corrections run as the `side_correction` operator of the kernel named `kernel`.
     """
     given = g1, g2
     g1, g2 = g1.to(x.dtype), g2.to(x.dtype)
     if mask.is_floating_point():  # removed fractions in [0, 1]: the same corrections, weighted (differentiable)
         mask = mask.to(device=x.device, dtype=x.dtype).contiguous()
     else:
+        flags = getattr(experts, "mask_flags", None)
         mask = mask.to(device=x.device, dtype=torch.bool).contiguous()
-        whole, some = prepared(mask, "all-any", lambda m: (bool(m.all()), bool(m.any())))
+        whole, some = flags if flags is not None else prepared(mask, "all-any", mask_flags)
         if whole:  # the whole group removed: exactly zero, not a rounding residue
             return x.new_zeros(x.shape)
         if not some:
             return experts.dense_forward(x, g1, g2)
-    if corrections is not None:
+    if torch.compiler.is_compiling() and not mask.is_floating_point() and not _tracks_gradient(experts, x, *given, mask):
+        fix = OpaqueCorrections(*given, mask, kernel)
+    elif corrections is not None:
         fix = corrections(*given, mask)
     else:
         fix = SparseCorrections(g1.flatten(0, 1), g2.flatten(0, 1), mask, compute=compute)

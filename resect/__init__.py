@@ -2,7 +2,7 @@
 
 `import resect` is light (no torch, no transformers): it asks to be told when transformers loads
 its auto classes, and registers the Monet architecture with `AutoConfig` and
-`AutoModelForCausalLM` then, so published and edited checkpoints load without
+`AutoModel` and `AutoModelForCausalLM` then, so published and edited checkpoints load without
 `trust_remote_code`, and `resect --help` answers at once.
 """
 
@@ -25,7 +25,7 @@ _registered: set[str] = set()
 
 
 def register() -> None:
-    """Register MonetConfig / MonetForCausalLM with the transformers auto classes (idempotent)."""
+    """Register MonetConfig, MonetModel and MonetForCausalLM with the transformers auto classes (idempotent)."""
     _register("config")
     _register("model")
 
@@ -40,10 +40,11 @@ def _register(what: str) -> None:
 
         AutoConfig.register("monet", MonetConfig, exist_ok=True)
     else:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModel, AutoModelForCausalLM
 
-        from .model.modeling_monet import MonetForCausalLM
+        from .model.modeling_monet import MonetForCausalLM, MonetModel
 
+        AutoModel.register(MonetConfig, MonetModel, exist_ok=True)
         AutoModelForCausalLM.register(MonetConfig, MonetForCausalLM, exist_ok=True)
     _registered.add(what)
 

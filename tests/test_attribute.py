@@ -12,7 +12,7 @@ from resect.edit.corpus import Corpus, CorpusError, Document, load_corpus
 from resect.errors import UsageError
 from resect.model.loading import load_model, load_tokenizer
 from resect.model.mask import ExpertMask
-from resect.model.modeling_monet import MonetExperts
+from resect.model.monet_layers import MonetExperts
 
 TEXTS = {
     "alpha": ["The newt eats fungi and lives in marshes.", "Owls hunt the moth; it eats seeds."],

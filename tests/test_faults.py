@@ -77,7 +77,7 @@ def info_refuses(path: Path, cache: Path) -> None:
 
 APPLY_POINTS = {
     "linking the weights": ("resect.edit.export._link_or_copy", 2, "after"),
-    "writing the model code": ("resect.edit.export._write_code", 1, "before"),
+    "writing the model code": ("resect.edit.export.bundle_code", 1, "before"),
     "moving into place": ("resect.outputs._move_into_place", 1, "before"),
     "after the swap": ("resect.outputs._exchange", 1, "after"),
 }

@@ -468,3 +468,36 @@ def test_inputs_that_need_a_gradient_take_pure_torch(models, monkeypatch):
     assert used == []  # no gradient needed: the layer's kernel
     dispatch.masked_moe_forward(moe, x.clone().requires_grad_(True), g1, g2, mask)
     assert used == ["torch"]
+
+
+TRITON_COMPILE = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from resect.model.loading import load_model
+    from resect.model.mask import ExpertMask
+    report = {}
+    for name, path in json.loads(sys.argv[1]).items():
+        model = load_model(path)
+        model.set_mask_kernel("triton")
+        model.set_expert_mask(ExpertMask(16, model.config.num_routing_groups, {0: range(0, 256, 3), 1: range(1, 256, 5)}))
+        x = torch.randint(4, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            eager = model(x).logits
+            torch._dynamo.reset()
+            compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x).logits
+        report[name] = float((compiled - eager).abs().max())
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (pip install 'resect[triton]')")
+def test_a_compiled_model_on_the_triton_path_is_one_graph_and_equals_eager(tiny_vd, tiny_hd, tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"}
+    paths = json.dumps({"vertical": str(tiny_vd), "horizontal": str(tiny_hd)})
+    proc = subprocess.run([sys.executable, "-c", TRITON_COMPILE, paths], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report) == {"vertical", "horizontal"} and all(err < 1e-4 for err in report.values()), report

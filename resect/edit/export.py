@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 MASKING_MODULE = "monet_masking"
 EXPORT_IMPORT = "from ..kernels.dispatch import masked_moe_forward  # resect:export-import"
-AUTO_MAP = {"AutoConfig": "configuration_monet.MonetConfig", "AutoModelForCausalLM": "modeling_monet.MonetForCausalLM"}
-OWN_FILES = {"config.json", "README.md", MASK_FILE, "configuration_monet.py", "modeling_monet.py", f"{MASKING_MODULE}.py",
-             "resect_run.yaml"}  # fmt: skip  (the last: a run's configuration, not carried into a further edit)
+AUTO_MAP = {"AutoConfig": "configuration_monet.MonetConfig", "AutoModel": "modeling_monet.MonetModel",
+            "AutoModelForCausalLM": "modeling_monet.MonetForCausalLM"}  # fmt: skip
+CODE_FILES = ("configuration_monet.py", "modeling_monet.py", "monet_layers.py", f"{MASKING_MODULE}.py")  # what an edited folder carries
+OWN_FILES = {"config.json", "README.md", MASK_FILE, *CODE_FILES, "resect_run.yaml"}  # the last: a run's configuration, not carried further
 
 
 @dataclass
@@ -126,19 +127,28 @@ def _weight_origin(source: Path, provenance: dict[str, Any] | None, shards: list
     return original if same else source
 
 
-def _write_code(folder: Path) -> None:
-    """configuration_monet.py, modeling_monet.py (import rewritten) and monet_masking.py."""
+def bundle_code(folder: Path) -> None:
+    """configuration_monet.py, modeling_monet.py, monet_layers.py (import rewritten) and monet_masking.py."""
+    for name, text in model_code().items():
+        (folder / name).write_text(text)  # new files: the user's umask
+
+
+def model_code() -> dict[str, str]:
+    """The modeling code an edited (or the built-in) checkpoint carries, by file name: resect's own
+    files, with monet_layers.py importing the pure-torch masked path from beside it."""
     import importlib.util
 
-    here = Path(__file__).parent.parent / "model"  # the model code every edited checkpoint carries
+    here = Path(__file__).parent.parent / "model"
     masked_torch = importlib.util.find_spec("resect.kernels.masked_torch").origin  # its file, without importing torch
-    _copy(here / "configuration_monet.py", folder / "configuration_monet.py")
-    modeling = (here / "modeling_monet.py").read_text()
-    if EXPORT_IMPORT not in modeling:
-        raise OutputError("resect's modeling_monet.py lacks its export import line; reinstall resect.")
-    rewritten = modeling.replace(EXPORT_IMPORT, f"from .{MASKING_MODULE} import masked_moe_forward")
-    (folder / "modeling_monet.py").write_text(rewritten)
-    _copy(Path(masked_torch), folder / f"{MASKING_MODULE}.py")
+    layers = (here / "monet_layers.py").read_text()
+    if EXPORT_IMPORT not in layers:
+        raise OutputError("resect's monet_layers.py lacks its export import line; reinstall resect.")
+    return {
+        "configuration_monet.py": (here / "configuration_monet.py").read_text(),
+        "modeling_monet.py": (here / "modeling_monet.py").read_text(),
+        "monet_layers.py": layers.replace(EXPORT_IMPORT, f"from .{MASKING_MODULE} import masked_moe_forward"),
+        f"{MASKING_MODULE}.py": Path(masked_torch).read_text(),
+    }
 
 
 def _card(provenance: dict[str, Any], mask: ExpertMask) -> str:
@@ -213,7 +223,7 @@ def _fill(tmp: Path, source: Path, info, provenance, mask: ExpertMask, record: d
         if item.is_file() and item.name not in OWN_FILES and item.name not in weights and not item.name.startswith("."):
             _copy(item, tmp / item.name)
     mask.save(tmp / MASK_FILE)
-    _write_code(tmp)
+    bundle_code(tmp)
     config = dict(info.config)
     config["auto_map"] = dict(AUTO_MAP)
     config["resect"] = record

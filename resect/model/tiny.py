@@ -27,6 +27,7 @@ def tiny_config(*, decompose: str = "vertical", layers: int = 4, groups: int = 2
         "architectures": ["MonetForCausalLM"],
         "auto_map": {
             "AutoConfig": "configuration_monet.MonetConfig",
+            "AutoModel": "modeling_monet.MonetModel",
             "AutoModelForCausalLM": "modeling_monet.MonetForCausalLM",
         },
         "model_type": "monet",

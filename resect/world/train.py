@@ -236,6 +236,9 @@ def train_model(model, docs: list[list[int]], train: dict, *, seed: int, on_step
 
     torch.manual_seed(seed)
     model.train()  # only place the router runs in train mode: its BatchNorm statistics update here
+    for module in model.modules():  # pretraining: every router's statistics follow the data, trained weights or frozen ones
+        if hasattr(module, "track_statistics"):
+            module.track_statistics = True
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": train["weight_decay"]}, {"params": other, "weight_decay": 0.0}]
@@ -259,6 +262,9 @@ def train_model(model, docs: list[list[int]], train: dict, *, seed: int, on_step
         if on_step:
             on_step(step + 1, train["steps"], metrics)
     model.eval()
+    for module in model.modules():  # the saved model's routers: the default again (fixed unless their weights train)
+        if hasattr(module, "track_statistics"):
+            module.track_statistics = None
     return rows
 
 
