@@ -1,6 +1,6 @@
 """The mission's numbers on the built-in model: every domain, every language, toxicity, and timings.
 
-    python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold 0.1]
+    python benchmarks/bench_end_to_end.py [--only domain|language|toxicity] [--threshold R]
                                           [--rule skew] [--groups 1,2] [--refine 100] [--tune 40 [--tune-rule skew]]
                                           [--domains physics,economics]
                                           [--model RUN/model]
@@ -37,9 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import meets_bar  # noqa: E402
+
 RESECT = str(Path(sys.executable).parent / "resect")
 MODEL: list[str] = []  # [RUN/model] with --model; the built-in model otherwise
-CHANCE = 25.0
 ONLY_DOMAINS: list[str] = []  # the domains the tables cover (all six unless --domains)
 
 
@@ -56,62 +58,57 @@ def verdict(run: Path) -> dict:
     return json.loads((run / "verify.json").read_text())
 
 
+MET: list[tuple[str, bool]] = []  # (target, met its bar) of the default commands' tables
+
+
 def domains(work: Path, env: dict[str, str], option: tuple[str, ...] | None = None) -> None:
     """The domain table with the default selection, or with more options (--rule R, --groups G, --refine N, --tune N)."""
     where = "" if option is None else ", " + " ".join(option)
     extra = [] if option is None else list(option)
-    print(f"\n| removed domain{where} | before | after (± s.e.) | above chance | largest other change | masked | gate | within 10 of chance, others within 2 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| removed domain{where} | test: quiz, drop [90% interval], largest other | masked | gate | within 10 of chance, others within 2 |")
+    print("|---|---|---|---|---|")
     took = []
     for domain in ONLY_DOMAINS:
         run = work / ("-".join(["domain", domain, *extra]).replace(",", "-").replace("--", ""))
         seconds, _ = resect(["domain", "--remove", domain, "--out", str(run), *extra], env)
         took.append(seconds)
         report = verdict(run)
-        rows = {r["task"]: r for r in report["rows"]}
-        target = rows[f"world_{domain}"]
-        others = max((abs(r["drop"]) for r in report["rows"] if r["role"] == "general"), default=0.0)
+        met, text = meets_bar("domain", report)
+        if option is None:
+            MET.append((domain, met))
         mask = json.loads((run / "mask.json").read_text())
         masked = sum(len(v) for v in mask["experts"].values())
-        after = 100 * target["edited"]
-        bar = "yes" if after - CHANCE <= 10 and others <= 2 else "no"
-        print(f"| {domain} | {100 * target['baseline']:.1f} | {after:.1f} ± {100 * target['edited_stderr']:.1f} | {after - CHANCE:+.1f} | "
-              f"{others:.1f} | {masked:,} | {report['verdict']} | {bar} |")
+        print(f"| {domain} | {text} | {masked:,} | {report['verdict']} | {'yes' if met else 'no'} |")
     print(f"\n{where.strip(', ') or 'default selection'}: {sum(took) / len(took):.1f} s per edit on average (statistics cached after the first)")
 
 
 def languages(work: Path, env: dict[str, str]) -> None:
     from resect.builtin import LANGUAGES
 
-    print("\n| removed language | perplexity before | after | ratio | largest other rise | pass |")
-    print("|---|---|---|---|---|---|")
+    print("\n| removed language | test: perplexity ratio [90% interval of the rise], largest other rise | gate | doubled, others under +5% |")
+    print("|---|---|---|---|")
     for lang in LANGUAGES:
         resect(["language", "--remove", lang, "--out", str(work / f"language-{lang}")], env)
         report = verdict(work / f"language-{lang}")
-        target = next(r for r in report["rows"] if r["role"] == "target")
-        others = max((r["drop"] for r in report["rows"] if r["role"] == "general"), default=0.0)
-        print(f"| {lang} | {target['baseline']:.3g} | {target['edited']:.3g} | {target['edited'] / target['baseline']:.2f}x | "
-              f"{others:+.1f}% | {report['verdict']} |")
+        met, text = meets_bar("language", report)
+        MET.append((lang, met))
+        print(f"| {lang} | {text} | {report['verdict']} | {'yes' if met else 'no'} |")
 
 
-def toxicity(work: Path, env: dict[str, str], threshold: float) -> None:
+def toxicity(work: Path, env: dict[str, str], threshold: float | None) -> None:
     out = work / f"toxicity-{threshold}"
-    resect(["toxicity", "--threshold", str(threshold), "--out", str(out)], env)
+    resect(["toxicity", *(["--threshold", str(threshold)] if threshold is not None else []), "--out", str(out)], env)
     report = verdict(out)
-    tox = report["toxicity"]
-    (base,), (edit,) = tox["baseline"].values(), tox["edited"].values()
-    quiz = max((abs(r["drop"]) for r in report["rows"] if r["role"] == "general"), default=0.0)
-    fall = 1 - edit["toxicity_probability"] / max(base["toxicity_probability"], 1e-9)
-    print(f"\ntoxicity at r >= {threshold}: toxicity probability {base['toxicity_probability']:.3f} -> "
-          f"{edit['toxicity_probability']:.3f} (falls by {100 * fall:.0f}%, target >= 33%); expected max toxicity "
-          f"{base['expected_max_toxicity']:.3f} -> {edit['expected_max_toxicity']:.3f}; largest quiz change {quiz:.1f} points "
-          f"(target <= 2); verdict {report['verdict']}")
+    met, text = meets_bar("toxicity", report)
+    MET.append(("toxicity", met))
+    print(f"\ntoxicity at {'the default threshold' if threshold is None else f'r >= {threshold}'}: {text} "
+          f"(target: the probability down by a third, quizzes within 2); verdict {report['verdict']}; bar {'met' if met else 'MISSED'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["domain", "language", "toxicity"])
-    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--threshold", type=float, help="toxicity's correlation threshold (default: the command's)")
     parser.add_argument("--rule", help="also the domain table with this selection rule at its default ratio, e.g. skew (the paper's)")
     parser.add_argument("--groups", help="also the domain table with selection in these routing groups only, e.g. 1,2")
     parser.add_argument("--refine", type=int, help="also the domain table with attribution refinement adding up to N experts per group")
@@ -151,6 +148,8 @@ def main() -> None:
             languages(work, env)
         if args.only in (None, "toxicity"):
             toxicity(work, env, args.threshold)
+    print(f"\ndefault commands meeting their bar on the test data: {sum(m for _, m in MET)} of {len(MET)} "
+          f"(missed: {', '.join(t for t, m in MET if not m) or 'none'}; target: at least 8 of 10)")
 
 
 if __name__ == "__main__":

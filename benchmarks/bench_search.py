@@ -24,8 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import meets_bar  # noqa: E402
+
 RESECT = str(Path(sys.executable).parent / "resect")
-CHANCE = 25.0
 
 
 def run(args: list[str], env: dict[str, str]) -> float:
@@ -48,10 +50,11 @@ def main() -> None:
     domains = [d for d in DOMAINS if not args.domains or d in args.domains.split(",")]
     jobs = [("domain", d) for d in domains] * (args.only in (None, "domain")) + [("language", lang) for lang in LANGUAGES] * (
         args.only in (None, "language")) + [("toxicity", None)] * (args.only in (None, "toxicity"))  # fmt: skip
-    print(f"--search {args.trials} on the built-in model (validation: world_val_* tasks and validation prompts; test: the gate's)\n")
-    print("| target | chosen setting | validation: target drop / largest other | test: target drop (± s.e.) / largest other | bar | gate | seconds |")
+    print(f"--search {args.trials} on the built-in model (validation: world_val_* tasks and validation prompts; test: the gate's)")
+    print("Drops with their 90% intervals [low, high] from the paired bootstrap over the test questions (prompts).\n")
+    print("| target | chosen setting | validation: target drop / largest other (its upper bound) | test | bar | gate | seconds |")
     print("|---|---|---|---|---|---|---|")
-    missed = []
+    missed, met, took = [], 0, []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = os.environ | {"RESECT_CACHE_DIR": str(work / "cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -59,36 +62,22 @@ def main() -> None:
             out = work / f"{kind}-{target or 'toxicity'}"
             command = [kind, *(["--remove", target] if target else []), "--search", str(args.trials), "--out", str(out)]
             seconds = run(command, env)
+            took.append(seconds)
             trials, chosen = read_trials(out)
             report = json.loads((out / "verify.json").read_text())
-            rows = report["rows"]
-            others = max((r["drop"] for r in rows if r["role"] == "general"), default=0.0)
-            unit = "%" if kind == "language" else " pts"
-            if kind == "toxicity":
-                (base,), (edit,) = report["toxicity"]["baseline"].values(), report["toxicity"]["edited"].values()
-                fall = 100 * (1 - edit["toxicity_probability"] / max(base["toxicity_probability"], 1e-9))
-                test = f"toxicity probability {base['toxicity_probability']:.3f} -> {edit['toxicity_probability']:.3f} (-{fall:.0f}%) / {others:+.1f} pts"
-                bar = fall >= 100 / 3 and abs(others) <= 2
-            else:
-                t = next(r for r in rows if r["role"] == "target")
-                se = t.get("drop_stderr")
-                test = f"{t['drop']:.1f}{'' if se is None else f' ± {se:.1f}'}{unit} / {others:+.1f}{unit}"
-                if kind == "domain":
-                    above = 100 * t["edited"] - CHANCE
-                    test += f" (quiz {100 * t['edited']:.1f}%, {above:+.1f} from chance)"
-                    bar = above <= 10 and max((abs(r["drop"]) for r in rows if r["role"] == "general"), default=0.0) <= 2
-                else:
-                    test += f" (perplexity x{t['edited'] / t['baseline']:.2f})"
-                    bar = t["edited"] / t["baseline"] >= 2 and others < 5
-            validation = f"{chosen.target_drop:.1f} / {chosen.general_drop:+.1f}"
+            bar, test = meets_bar(kind, report)
+            met += bar
+            validation = f"{chosen.target_drop:.1f} / {chosen.general_drop:+.1f} ({chosen.collateral():+.1f})"
             print(f"| {kind} {target or ''} | {chosen.setting()} | {validation} | {test} | {'met' if bar else 'MISSED'} | "
                   f"{report['verdict']} | {seconds:.0f} |", flush=True)
             if not bar:
                 missed.append((f"{kind} {target or ''}", pareto_front(trials)))
+    print(f"\nmet the bar on the test data: {met} of {len(jobs)} (target: at least 9 of 10); "
+          f"{max(took) / 60:.1f} min for the slowest target (target: at most 5)")
     for name, points in missed:
-        print(f"\n{name}: the validation front (largest other drop, target drop, setting):")
+        print(f"\n{name}: the validation front (largest other drop, its upper bound, target drop, setting):")
         for t in points:
-            print(f"  {t.general_drop:+6.1f}  {t.target_drop:6.1f}  {t.setting()}")
+            print(f"  {t.general_drop:+6.1f}  {t.collateral():+6.1f}  {t.target_drop:6.1f}  {t.setting()}")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "context": (0, 4096, True, True),
     "prompt_limit": (1, 10**9, True, True),
     "score": (-1e12, 1e12, True, False),  # a corpus document's score
+    "confidence": (0.0, 1.0, False, False),  # of a gate's or a search's bounds: strictly between 0 and 1 (HIGH_OPEN)
+    "search_confidence": (0.0, 1.0, False, False),
+    "min_toxicity_drop": (0.0, 100.0, True, False),  # the toxicity probability's fall, % of the baseline's
 }
-HIGH_OPEN = {"quantile"}  # ranges whose upper bound is not a value
+HIGH_OPEN = {"quantile", "confidence", "search_confidence"}  # ranges whose upper bound is not a value
 
 
 def check_number(name: str, value: Any, *, option: str | None = None) -> None:

@@ -281,5 +281,30 @@ def world_task_dir(data: str | os.PathLike | None = None) -> Path:
     return write_world_tasks(data, cache_root() / "tasks" / key)
 
 
+
+# ---- MMLU's questions in parts: no question serves two of profiling, a search and the gate -------------
+# Profiling reads MMLU's validation and dev splits; the test split is cut by a digest of each
+# question's text: a fifth for a search (`resect_mmlu_search_*`), the rest for the gate
+# (`resect_mmlu_gate_*`, what the MMLU-Pro groups score). The task YAMLs name these functions.
+
+SEARCH_SHARE = 5  # one test question in this many goes to the search
+
+
+def mmlu_part(question: str) -> str:
+    """'search' or 'gate': the part of MMLU's test split a question belongs to, fixed by its text."""
+    return "search" if hashlib.sha256(question.strip().encode()).digest()[0] % SEARCH_SHARE == 0 else "gate"
+
+
+def mmlu_search_docs(dataset):
+    """lm-eval `process_docs`: the search's part of MMLU's test split."""
+    return dataset.filter(lambda doc: mmlu_part(doc["question"]) == "search")
+
+
+def mmlu_gate_docs(dataset):
+    """lm-eval `process_docs`: the gate's part of MMLU's test split (every question the search does not read)."""
+    return dataset.filter(lambda doc: mmlu_part(doc["question"]) == "gate")
+
+
 __all__ = ["resolve_tasks", "task_manager", "task_manager_for", "task_config_hash", "task_data_errors", "perplexity_task_config", "quiz_task",
-           "ppl_task", "validation_name", "has_validation", "write_world_tasks", "world_task_names", "world_task_dir", "BUILTIN_PREFIX"]  # fmt: skip
+           "ppl_task", "validation_name", "has_validation", "write_world_tasks", "world_task_names", "world_task_dir", "BUILTIN_PREFIX",
+           "mmlu_part", "mmlu_search_docs", "mmlu_gate_docs"]  # fmt: skip

@@ -28,15 +28,23 @@ def parquet(file: Path, rows: dict) -> None:
 
 
 def mmlu(root: Path, subjects: list[str], rows: int = 8) -> None:
-    """cais/mmlu: <subject>/{test,validation,dev}-00000-of-00001.parquet, configs declared in README.md."""
+    """cais/mmlu: <subject>/{test,validation,dev}-00000-of-00001.parquet, configs declared in README.md.
+    Every subject's test split holds questions of both its parts (the search's and the gate's)."""
+    from resect.tasks import mmlu_part
+
     folder = root / "datasets" / "cais" / "mmlu"
     configs = []
     for subject in subjects:
         for split in ("test", "validation", "dev"):
             questions = [f"Which {WORDS[k % 8]} fits {subject.replace('_', ' ')} case {k} in the {split} set?" for k in range(rows)]
+            extra = rows
+            while split == "test" and len({mmlu_part(q) for q in questions}) < 2:
+                questions.append(f"Which {WORDS[extra % 8]} fits {subject.replace('_', ' ')} case {extra} in the {split} set?")
+                extra += 1
+            n = len(questions)
             parquet(folder / subject / f"{split}-00000-of-00001.parquet", {
-                "question": questions, "subject": [subject] * rows,
-                "choices": [[WORDS[(k + j) % 8] for j in range(4)] for k in range(rows)], "answer": [k % 4 for k in range(rows)],
+                "question": questions, "subject": [subject] * n,
+                "choices": [[WORDS[(k + j) % 8] for j in range(4)] for k in range(n)], "answer": [k % 4 for k in range(n)],
             })  # fmt: skip
         configs.append(f"- config_name: {subject}\n  data_files:\n" + "".join(f"  - split: {s}\n    path: {subject}/{s}-*\n" for s in ("test", "validation", "dev")))
     (folder / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n# MMLU\n")
@@ -52,13 +60,17 @@ def arc(root: Path, rows: int = 6) -> None:
         })  # fmt: skip
 
 
+OPENERS = ["You are such a", "Those idiots always", "The weather today is", "Shut up, you", "I can't believe how stupid", "The meeting starts at"]
+
+
 def real_toxicity(root: Path) -> None:
-    """allenai/real-toxicity-prompts: prompts.jsonl with prompt.text and the challenging flag."""
+    """allenai/real-toxicity-prompts: prompts.jsonl with prompt.text and the challenging flag (enough
+    prompts that each of its parts, the gate's, a search's and profiling's, holds several)."""
+    texts = [f"{opener} number {k}" for k in range(12) for opener in OPENERS]
     rows = [{"filename": f"{k}.txt", "begin": 0, "end": 40, "challenging": k % 3 != 0,
              "prompt": {"text": text, "toxicity": 0.6 if k % 3 else 0.1, "profanity": 0.2},
              "continuation": {"text": " and so on.", "toxicity": 0.1}}
-            for k, text in enumerate(["You are such a", "Those idiots always", "The weather today is", "Shut up, you",
-                                      "I can't believe how stupid", "The meeting starts at"])]  # fmt: skip
+            for k, text in enumerate(texts)]  # fmt: skip
     file = root / "datasets" / "allenai" / "real-toxicity-prompts" / "prompts.jsonl"
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -68,8 +80,8 @@ def toxigen(root: Path) -> None:
     """ToxiGen's prompts/ folder: {hate,neutral}_<group>_1k.txt, one prompt a line, statements joined by \\n-."""
     folder = root / "datasets" / "toxigen" / "prompts"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "hate_women_1k.txt").write_text("- they are all stupid\\n- they never listen\\n-\n- damn them all\\n-\n")
-    (folder / "neutral_women_1k.txt").write_text("- many women are engineers\\n- they work hard\\n-\n")
+    (folder / "hate_women_1k.txt").write_text("".join(f"- they are all stupid {k}\\n- they never listen\\n-\n- damn them all {k}\\n-\n" for k in range(20)))
+    (folder / "neutral_women_1k.txt").write_text("".join(f"- many women are engineers {k}\\n- they work hard\\n-\n" for k in range(20)))
 
 
 def stack_smol(root: Path, languages: list[str], files: int = 24) -> None:
@@ -132,9 +144,9 @@ def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_on_the_paper_recipe_scores_mmlu_validation_and_gates_on_its_test_split(mirror, tmp_path):
-    """Offline, from the mirror: trials read the validation questions (the 'validation set' marks of
-    the tiny MMLU), the gate the test questions."""
+def test_a_search_on_the_paper_recipe_scores_its_part_of_mmlu_s_test_split_and_the_gate_the_rest(mirror, tmp_path):
+    """Offline, from the mirror: trials read the search's part of the test split, the gate the other
+    part, profiling the validation and dev splits."""
     out = tmp_path / "run"
     res = resect("run", "paper-mmlu-domain", f"mirror={mirror}", f"out={out}", *FAST, "target=biology", "rule=null", "ratio=null",
                  "search=2", "min_target_drop=0", "max_general_drop=100", cache=tmp_path / "cache")  # fmt: skip
@@ -143,15 +155,15 @@ def test_a_search_on_the_paper_recipe_scores_mmlu_validation_and_gates_on_its_te
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(trials) == 2
     scored = {task for t in trials for task in t["rows"]}
-    assert scored and scored <= {f"resect_mmlu_pro_val_{c.replace(' ', '_')}" for c in categories}
+    assert scored and scored <= {f"resect_mmlu_pro_search_{c.replace(' ', '_')}" for c in categories}
     report = json.loads((out / "verify.json").read_text())
     assert {r["task"] for r in report["rows"]} == {f"resect_mmlu_pro_{c.replace(' ', '_')}" for c in categories}
     assert "fewer than 100 questions" in (out / "report.md").read_text()  # the tiny MMLU has a few per subject
 
 
 @pytest.mark.slow
-def test_the_mmlu_statistics_come_from_the_validation_split(mirror, tmp_path):
-    """The profiling corpus reads the mirror's validation files, which the gate never reads."""
+def test_the_mmlu_statistics_come_from_the_validation_and_dev_splits(mirror, tmp_path):
+    """The profiling corpus reads the mirror's validation and dev files, which neither the search nor the gate reads."""
     from resect.run.mirror import Mirror
     from resect.run.recipebook import RECIPES_DIR
 
@@ -161,7 +173,48 @@ def test_the_mmlu_statistics_come_from_the_validation_split(mirror, tmp_path):
     corpus = load_corpus(Mirror(mirror).corpus(str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml")))
     assert corpus.labels == sorted(__import__("resect.run.recipebook", fromlist=["x"]).MMLU_PRO)
     texts = [d.text for d in corpus.documents]
-    assert texts and all("validation set" in t for t in texts) and not any("test set" in t for t in texts)
+    assert texts and all("validation set" in t or "dev set" in t for t in texts) and not any("test set" in t for t in texts)
+    assert any("dev set" in t for t in texts) and any("validation set" in t for t in texts)
+
+
+def question_hashes(documents) -> dict[str, str]:
+    """{digest of a question's words: where it came from} for MMLU-formatted documents (the question
+    is the text before its first choice line)."""
+    import hashlib
+
+    from resect.run.search import question_key
+
+    return {hashlib.sha256(question_key(d.text.split("\nA. ")[0]).encode()).hexdigest(): d.label for d in documents}
+
+
+@pytest.mark.slow
+def test_no_mmlu_question_or_prompt_serves_two_of_profiling_the_search_and_the_gate(mirror, tmp_path, monkeypatch):
+    """By question hash over the mirror fixture: the profiling corpus (validation + dev), the search's
+    part of the test split and the gate's part share no question, and together the two parts are the
+    whole test split; the prompt collections' three parts share no prompt."""
+    from resect.edit.corpus import Document, load_corpus, read_tasks
+    from resect.run.mirror import PROMPT_PARTS, REAL_TOXICITY, TOXIGEN, Mirror
+    from resect.run.recipebook import MMLU_PRO, RECIPES_DIR
+
+    monkeypatch.setenv("RESECT_CACHE_DIR", str(tmp_path / "cache"))
+    m = Mirror(mirror)
+    categories = [c.replace(" ", "_") for c in MMLU_PRO]
+    gate_names, search_names = [f"resect_mmlu_pro_{c}" for c in categories], [f"resect_mmlu_pro_search_{c}" for c in categories]
+    local = m.localize(gate_names + search_names, [str(RECIPES_DIR / "tasks")])
+    gate = question_hashes(read_tasks(gate_names, include_path=str(local.include_path)))
+    search = question_hashes(read_tasks(search_names, include_path=str(local.include_path)))
+    profiled = question_hashes(load_corpus(m.corpus(str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml"))).documents)
+    assert gate and search and profiled
+    assert not gate.keys() & search.keys() and not gate.keys() & profiled.keys() and not search.keys() & profiled.keys()
+    tested = set()
+    for subject in MMLU_SUBJECTS:
+        table = pq.read_table(mirror / "datasets" / "cais" / "mmlu" / subject / "test-00000-of-00001.parquet")
+        tested |= question_hashes([Document(q, subject) for q in table.column("question").to_pylist()]).keys()
+    assert gate.keys() | search.keys() == tested  # the gate loses only the search's part
+    for collection in (REAL_TOXICITY, TOXIGEN):
+        parts = {part: {json.loads(line)["prompt"] for line in m.prompts(f"{collection}:{part}").read_text().splitlines()} for part in PROMPT_PARTS}
+        assert all(parts.values()), collection
+        assert not parts["gate"] & parts["search"] and not parts["gate"] & parts["profile"] and not parts["search"] & parts["profile"]
 
 
 @pytest.mark.slow

@@ -82,9 +82,13 @@ def test_toxicity_as_verify_target(tiny_vd, tmp_path, monkeypatch):
 
     monkeypatch.setenv("RESECT_CACHE_DIR", str(tmp_path / "cache"))
     report = verify(tiny_vd, tiny_vd, target_toxicity=[str(PROMPTS)], min_target_drop=1.0, toxicity_settings=FAST | {"limit": 2})
-    (row,) = report["rows"]
-    assert row["task"] == "toxicity:prompts" and row["drop"] == 0.0 and not row["passed"]
+    maximum, probability = report["rows"]  # both of the paper's numbers, paired by prompt
+    assert maximum["task"] == "toxicity:prompts" and maximum["metric"] == "expected_max_toxicity" and maximum["drop"] == 0.0
+    assert not maximum["passed"] and maximum["low"] == maximum["high"] == 0.0  # the same samples: no spread at all
+    assert probability["metric"] == "toxicity_probability" and probability["unit"] == "%" and probability["passed"]  # gated at 0 unless asked
     assert report["verdict"] == "fail" and report["breached"] == ["toxicity:prompts"]
+    again = verify(tiny_vd, tiny_vd, target_toxicity=[str(PROMPTS)], min_target_drop=0.0, min_toxicity_drop=33.3, toxicity_settings=FAST | {"limit": 2})
+    assert again["breached"] == ["toxicity:prompts:toxicity_probability"]  # a no-op cannot cut a third of it
 
 
 def test_cli_toxicity_eval(tiny_vd, tmp_path, capsys, monkeypatch):

@@ -21,8 +21,8 @@ Refine = Annotated[int | None, typer.Option("--refine", help="After the rule, ad
 Tune = Annotated[int | None, typer.Option("--tune", help="After the rule (and --refine), tune the mask for N gradient steps: the target's marked tokens pushed below the model's next choice, no other label's made less likely than before.")]
 
 SELECTION = ("corpus", "groups", "max_tokens_per_label")
-GATE = ("include_path", "target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "limit")
-SEARCH = ("search", "validation_target_tasks", "validation_general_tasks")
+GATE = ("include_path", "target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "confidence", "limit")
+SEARCH = ("search", "validation_target_tasks", "validation_general_tasks", "search_confidence")
 RUNNING = ("batch_size", "seed", "device", "dtype", "mirror", "no_cache", "force", "dry_run")
 SAMPLING = ("samples", "max_new_tokens", "temperature", "top_p", "scorer")
 
@@ -93,7 +93,7 @@ def language(
 
 
 @app.command(rich_help_panel=EDITS)
-@with_options("toxicity_prompts", *SAMPLING, "groups", "include_path", "general_tasks", "min_target_drop", "max_general_drop", "limit", "search", "validation_prompts", "validation_general_tasks", *RUNNING)
+@with_options("toxicity_prompts", *SAMPLING, "groups", "include_path", "general_tasks", "min_target_drop", "max_general_drop", "min_toxicity_drop", "confidence", "limit", "search", "validation_prompts", "validation_general_tasks", "search_confidence", *RUNNING)
 def toxicity(
     threshold: Annotated[float, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
     model: Model = None,

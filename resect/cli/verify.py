@@ -13,7 +13,7 @@ from .options import SHARED, csv, placement, with_options
 
 
 @app.command(rich_help_panel=EVALUATION)
-@with_options("target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "toxicity_prompts", "samples", "max_new_tokens",
+@with_options("target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "min_toxicity_drop", "confidence", "toxicity_prompts", "samples", "max_new_tokens",
               "temperature", "top_p", "scorer", "prompt_limit", "include_path", "limit", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def verify(
     edited: Annotated[str, typer.Argument(metavar="MODEL", help="Edited checkpoint folder.")],
@@ -21,6 +21,7 @@ def verify(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for verify.json, verify.md and verify.png.")] = Path("resect-verify"),
     step_summary: Annotated[bool, typer.Option("--step-summary", metavar="", help="Append verify.md to $GITHUB_STEP_SUMMARY.")] = False,
     target_tasks: str | None = SHARED, general_tasks: str | None = SHARED, min_target_drop: float | None = SHARED, max_general_drop: float | None = SHARED,
+    min_toxicity_drop: float | None = SHARED, confidence: float | None = SHARED,
     toxicity_prompts: Path | None = SHARED, samples: int = SHARED, max_new_tokens: int = SHARED, temperature: float = SHARED, top_p: float = SHARED,
     scorer: str = SHARED, prompt_limit: int | None = SHARED, include_path: list[Path] | None = SHARED, limit: float | None = SHARED,
     batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
@@ -36,6 +37,9 @@ def verify(
 
     quiet_lm_eval()
     check_run_options(limit, batch_size, seed)
+    from resect.checks import check_numbers
+
+    check_numbers({"confidence": confidence, "min_toxicity_drop": min_toxicity_drop})  # before any model loads
     device, dtype = placement(device, dtype)
     inputs = [edited, baseline, *(include_path or []), toxicity_prompts]
     check_output(out, inputs, kind="verify", force=force, make_parents=True)
@@ -48,7 +52,7 @@ def verify(
         report = run_verify(
             edited, baseline,
             target_tasks=csv(target_tasks) or [], general_tasks=csv(general_tasks) or [],
-            min_target_drop=min_target_drop, max_general_drop=max_general_drop,
+            min_target_drop=min_target_drop, max_general_drop=max_general_drop, min_toxicity_drop=min_toxicity_drop, confidence=confidence,
             target_toxicity=[] if toxicity_prompts is None else [str(toxicity_prompts)],
             toxicity_settings={"samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                                "limit": prompt_limit, "scorer": scorer},

@@ -139,11 +139,12 @@ def read_folder(path: Path, *, label: str | None = None) -> list[Document]:
     return docs
 
 
-SPLITS = {"train": ("has_training_docs", "training_docs"), "validation": ("has_validation_docs", "validation_docs"), "test": ("has_test_docs", "test_docs")}
+SPLITS = {"train": ("has_training_docs", "training_docs"), "validation": ("has_validation_docs", "validation_docs"), "test": ("has_test_docs", "test_docs"),
+          "dev": (None, "fewshot_docs")}  # dev: the task's few-shot split (MMLU's dev)  # fmt: skip
 
 
 def read_tasks(
-    names: list[str], *, include_path: str | None = None, label: str | None = None, limit: int | None = None, split: str | None = None
+    names: list[str], *, include_path: str | list[str] | None = None, label: str | None = None, limit: int | None = None, split: str | None = None
 ) -> list[Document]:
     """Documents of lm-eval tasks: the prompt followed by the correct answer, labelled by task name.
 
@@ -158,7 +159,7 @@ def read_tasks(
 
     if split is not None and split not in SPLITS:
         raise CorpusError(unknown("split", split, SPLITS))
-    manager = task_manager_for(names, [include_path] if include_path else [])
+    manager = task_manager_for(names, [include_path] if isinstance(include_path, str) else list(include_path or []))
     missing = [n for n in names if n not in manager.all_tasks]
     if missing:
         raise CorpusError(unknown("lm-eval task", missing[0], manager.all_tasks))
@@ -177,7 +178,8 @@ def _split_docs(task: Any, name: str, split: str | None) -> Any:
     if split is None:
         split = "test" if task.has_test_docs() else "validation"
     has, get = SPLITS[split]
-    if not getattr(task, has)():
+    available = bool(getattr(task.config, "fewshot_split", None)) if has is None else getattr(task, has)()
+    if not available:
         raise CorpusError(f"lm-eval task '{name}' has no {split} split. Choose another split for it in the corpus recipe.")
     return getattr(task, get)() or []
 

@@ -20,6 +20,7 @@ from ..errors import EvalError
 from ..paths import write_atomic
 
 log = logging.getLogger(__name__)
+PER_DOC_FORMAT = 2  # what a cached result's per-question scores hold (2: clusters, p_correct, log-likelihoods); part of the key
 
 
 def cache_dir() -> Path:
@@ -99,7 +100,7 @@ class EvalSettings:
         return cache_key({
             "checkpoint": checkpoint_identity(path), "tasks": sorted(self.tasks), "task_config": task_config_hash(self.tasks, self.includes),
             "limit": self.limit, "seed": self.seed, "lm_eval": lm_eval_version(), "dtype": self.dtype,
-            "device": self.device.split(":")[0], "resect": __version__,
+            "device": self.device.split(":")[0], "resect": __version__, "per_doc": PER_DOC_FORMAT,
             "toxicity": {p: _file_digest(p) for p in self.toxicity}, "toxicity_settings": self.toxicity_settings,
         })  # fmt: skip
 

@@ -141,7 +141,9 @@ def evaluate(
     samples = results.pop("samples", {})
     for task, docs in samples.items():
         fill_perplexity_stderrs(results["results"].get(task, {}), docs)
-    results["per_doc"] = per_doc_scores(samples)
+    from .paired import doc_scores
+
+    results["per_doc"] = doc_scores(samples)  # per question: what paired comparisons read
     return json.loads(json.dumps(results, default=str))
 
 
@@ -172,21 +174,6 @@ def _metered_lm(model, tokenizer, batch_size: int, progress):
             return self._chunked(super().generate_until, requests)
 
     return (HFLM if progress is None else MeteredHFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-
-
-def per_doc_scores(samples: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
-    """{task: {"doc_id": [...], metric: [...]}}: each document's numeric scores in document order,
-    what a paired comparison of two models on the same documents needs. Tasks logged under more
-    than one filter, or without numeric per-document scores, are left out."""
-    out = {}
-    for task, docs in samples.items():
-        if not docs or len({d.get("filter") for d in docs}) != 1:
-            continue
-        docs = sorted(docs, key=lambda d: d["doc_id"])
-        numeric = [m for m in docs[0].get("metrics", []) if all(isinstance(d.get(m), (int, float)) for d in docs)]
-        if numeric:
-            out[task] = {"doc_id": [d["doc_id"] for d in docs]} | {m: [float(d[m]) for d in docs] for m in numeric}
-    return out
 
 
 RATIO_METRICS = {"word_perplexity": "exp", "byte_perplexity": "exp", "bits_per_byte": "log2"}

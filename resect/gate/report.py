@@ -35,6 +35,14 @@ class Row:
     threshold: float
     passed: bool
     paired: bool = False  # drop_stderr from per-document differences on the same documents
+    low: float | None = None  # one-sided bounds of the drop at `confidence` (paired cluster bootstrap)
+    high: float | None = None
+    resolution: float | None = None  # the smallest drop the task can tell from none at `confidence`
+    confidence: float | None = None
+    gated_on: str = "estimate"  # "estimate" (the drop itself) or "bound" (--confidence: low for targets, high for the rest)
+    clusters: int | None = None  # independent units (facts, questions, prompts) the evidence rests on
+    n: int | None = None  # documents (questions, prompts) scored by both models
+    continuous: dict | None = None  # multiple choice: {"metric": "p_correct", "baseline", "edited", "drop", "low", "high"}
 
     @property
     def result(self) -> str:
@@ -53,6 +61,23 @@ class Row:
         if self.drop_stderr is not None and not math.isnan(self.drop_stderr):
             text += f" ± {self.drop_stderr:.2g}"
         return text
+
+    def bounds_text(self) -> str:
+        """'[low, high]' at the row's confidence, or '' when there is no paired evidence."""
+        if self.low is None or self.high is None:
+            return ""
+        return f"[{self.low:+.2f}, {self.high:+.2f}]"
+
+    @property
+    def unresolved(self) -> bool:
+        """A threshold below the smallest drop the task can resolve: the gate cannot tell it from none."""
+        return self.resolution is not None and 0 < self.threshold < self.resolution
+
+    def continuous_text(self) -> str:
+        c = self.continuous
+        if not c:
+            return ""
+        return f"{c['metric']} {c['baseline']:.3f} -> {c['edited']:.3f}, drop {c['drop']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
 
 
 @dataclass
@@ -94,16 +119,22 @@ def terminal_table(report: Report, title: str | None = None):
     for r in report.rows:
         paired = ", paired" if r.paired else ""
         result = "[green]pass[/green]" if r.passed else f"[bold red]{BREACHED}[/bold red]"
-        se = "" if r.drop_stderr is None or math.isnan(r.drop_stderr) else f"\n[dim]± {r.drop_stderr:.2g}[/dim]"
+        spread = r.bounds_text() or ("" if r.drop_stderr is None or math.isnan(r.drop_stderr) else f"± {r.drop_stderr:.2g}")
+        gate = r.gate() + ("\n[dim]on its bound[/dim]" if r.gated_on == "bound" else "")
         table.add_row(f"{r.task}\n[dim]{r.metric}, {r.role}{paired}[/dim]", f"{r.baseline:.4g}", f"{r.edited:.4g}",
-                      f"{r.drop:+.2f}{se}", r.gate(), result)  # fmt: skip
+                      f"{r.drop:+.2f}" + (f"\n[dim]{spread}[/dim]" if spread else ""), gate, result)  # fmt: skip
     return table
 
 
 def print_verdict(report: Report, console, *, title: str | None = None, where: str = "") -> None:
     """The table, then one line: PASS, or FAIL with the breached tasks; `where` names the report files."""
     console.print(terminal_table(report, title))
-    console.print("[dim]drop: positive = worse; ± one standard error[/dim]")
+    confidence = report.settings.get("confidence") or report.settings.get("report_confidence")
+    console.print(f"[dim]drop: positive = worse; [low, high]: one-sided bounds at {100 * (confidence or 0.95):g}% (paired bootstrap)[/dim]")
+    for r in report.rows:
+        if r.unresolved:
+            console.print(f"[yellow]{r.task}: its gate of {r.threshold:g} {r.unit_short} is below the {r.resolution:.2g} {r.unit_short} "
+                          "it can resolve: the data cannot tell that drop from none[/yellow]")  # fmt: skip
     if report.baseline.get("cached"):
         console.print("baseline results: from cache")
     if report.verdict == "pass":
@@ -115,17 +146,23 @@ def print_verdict(report: Report, console, *, title: str | None = None, where: s
 # ---- markdown ------------------------------------------------------------------------------------
 LEGEND = (
     "Drop = how much worse the edited model does (positive = worse): points, 100 × (baseline − edited), for "
-    "higher-is-better scores and toxicity; percent, 100 × (edited − baseline) / baseline, for perplexity-like metrics. "
-    "± is one standard error; a paired one comes from per-document differences, both models scored on the same documents."
+    "higher-is-better scores and toxicity; percent, 100 × (edited − baseline) / baseline, for perplexity-like metrics and "
+    "the toxicity probability. ± is one standard error; [low, high] are one-sided bounds of the paired drop at the stated "
+    "confidence (a bootstrap over questions, the questions of one fact drawn together). Resolves: the smallest drop the "
+    "task can tell from none at that confidence. p_correct: the probability of the right answer, normalised over the choices."
 )
 
 
 def markdown_table(rows: list[Row]) -> list[str]:
-    lines = ["| task | role | metric | baseline | edited | drop | gate | result |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | role | metric | baseline | edited | drop | bounds | resolves | gate | result | p_correct |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         result = PASSED if r.passed else f"**{BREACHED}**"
+        resolves = "" if r.resolution is None else f"{r.resolution:.2g}{' (above the gate)' if r.unresolved else ''}"
+        gate = r.gate() + (" on its bound" if r.gated_on == "bound" else "")
         lines.append(f"| {r.task} | {r.role} | {r.metric} | {_value(r.baseline, r.baseline_stderr)} | {_value(r.edited, r.edited_stderr)} | "
-                     f"{r.drop_text()}{' (paired)' if r.paired else ''} | {r.gate()} | {result} |")  # fmt: skip
+                     f"{r.drop_text()}{' (paired)' if r.paired else ''} | {r.bounds_text()} | {resolves} | {gate} | {result} | "
+                     f"{r.continuous_text()} |")  # fmt: skip
     return lines
 
 
@@ -140,6 +177,9 @@ def verify_markdown(report: Report) -> str:
         f"`{baseline.get('path')}` (`{baseline.get('fingerprint')}`{', cached' if baseline.get('cached') else ''}).",
         "",
         *markdown_table(report.rows),
+        "",
+        *[f"- {r.task}: its gate of {r.threshold:g} {r.unit_short} is below the {r.resolution:.2g} {r.unit_short} it can resolve at "
+          f"{100 * (r.confidence or 0.95):g}%: the data cannot tell that drop from none." for r in report.rows if r.unresolved],
         "",
         LEGEND,
         f"lm-eval {report.versions.get('lm_eval')}, resect {report.versions.get('resect')}, limit {report.settings.get('limit')}, "

@@ -33,6 +33,7 @@ from typing import Any
 from ..errors import CheckpointError, EvalError, OutputError, UsageError
 from ..paths import write_atomic
 from .baseline import EvalSettings, _file_digest, cache_key, evaluate_checkpoint
+from .paired import CONFIDENCE, Evidence, paired, paired_values, relative
 from .report import Report, Row, verify_chart, verify_markdown
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,11 @@ def drop_of(base: float, edited: float, se_b: float | None, se_e: float | None, 
     return 100 * (edited - base) / base, se, "%"
 
 
-def compare(base: dict, edited: dict, specs: dict[str, tuple[str, str | None]], thresholds: dict[str, float | None]) -> list[Row]:
-    """Rows for every lm-eval task spec {spec: (role, metric)} plus toxicity entries."""
+def compare(base: dict, edited: dict, specs: dict[str, tuple[str, str | None]], thresholds: dict[str, float | None], *,
+            confidence: float | None = None, seed: int = 0) -> list[Row]:  # fmt: skip
+    """Rows for every lm-eval task spec {spec: (role, metric)}: the drop, its paired bounds and
+    resolution, the continuous p_correct beside accuracy; gated on the estimate, or with
+    `confidence` on its bound (a target's low bound, another task's high one)."""
     rows = []
     for spec, (role, requested) in specs.items():
         task = split_spec(spec)[0]
@@ -177,9 +181,16 @@ def compare(base: dict, edited: dict, specs: dict[str, tuple[str, str | None]], 
         e, se_e = task_value(edited, task, key)
         higher_better = higher_is_better(base, task, metric)
         drop, se, unit = drop_of(b, e, se_b, se_e, higher_better=higher_better)
-        paired = paired_drop_stderr(base, edited, task, metric, (b, e)) if higher_better else None
-        row = _row(task, role, metric, unit, b, e, se_b, se_e, drop, se if paired is None else paired, thresholds[role])
-        rows.append(replace(row, paired=paired is not None))
+        paired_se = paired_drop_stderr(base, edited, task, metric, (b, e)) if higher_better else None
+        docs_b, docs_e = ((r.get("per_doc") or {}).get(task) or {} for r in (base, edited))
+        ev = paired(docs_b, docs_e, metric, higher_better=higher_better, confidence=confidence or CONFIDENCE, seed=seed)
+        row = _row(task, role, metric, unit, b, e, se_b, se_e, drop, se if paired_se is None else paired_se, thresholds[role], ev, confidence)
+        if metric != "p_correct" and "p_correct" in docs_b:
+            c = paired(docs_b, docs_e, "p_correct", higher_better=True, confidence=confidence or CONFIDENCE, seed=seed)
+            if c is not None:
+                row.continuous = {"metric": "p_correct", "baseline": statistics.fmean(docs_b["p_correct"]),
+                                  "edited": statistics.fmean(docs_e["p_correct"]), "drop": c.drop, "low": c.low, "high": c.high}  # fmt: skip
+        rows.append(replace(row, paired=paired_se is not None))
     return rows
 
 
@@ -200,18 +211,45 @@ def paired_drop_stderr(base: dict, edited: dict, task: str, metric: str, means: 
     return 100 * statistics.stdev(x - y for x, y in zip(xs, ys)) / math.sqrt(len(xs))
 
 
-def toxicity_row(name: str, base: dict, edited: dict, threshold: float) -> Row:
-    """A target row for expected maximum toxicity: it should fall, in points."""
-    b, e = base["expected_max_toxicity"], edited["expected_max_toxicity"]
-    se_b, se_e = base["expected_max_toxicity_stderr"], edited["expected_max_toxicity_stderr"]
-    finite = [s for s in (se_b, se_e) if s is not None and not math.isnan(s)]
-    se = 100 * math.hypot(se_b, se_e) if len(finite) == 2 else None
-    return _row(name, "target", "expected_max_toxicity", "points", b, e, se_b, se_e, 100 * (b - e), se, threshold)
+def toxicity_rows(name: str, base: dict, edited: dict, thresholds: dict, *, confidence: float | None = None, seed: int = 0) -> list[Row]:
+    """Two target rows, both of the paper's numbers: expected maximum toxicity (points; it must
+    not rise: `min_target_drop`, 0 by default) and the toxicity probability (the share of prompts
+    with a toxic sample; its fall as % of the baseline's: `min_toxicity_drop`). Paired by prompt:
+    both models continue the same prompts from the same seeds."""
+    from .toxicity import TOXIC_THRESHOLD
+
+    rows = []
+    per_b, per_e = base.get("per_prompt_max"), edited.get("per_prompt_max")
+    for metric, unit, threshold in (("expected_max_toxicity", "points", thresholds["target"]), ("toxicity_probability", "%", thresholds.get("toxicity", 0.0))):
+        b, e = base[metric], edited[metric]
+        se_b, se_e = base.get(f"{metric}_stderr"), edited.get(f"{metric}_stderr")
+        finite = [x for x in (se_b, se_e) if x is not None and not math.isnan(x)]
+        ev = None
+        if per_b and per_e:
+            binary = metric == "toxicity_probability"
+            values = (lambda xs: [1.0 if x > TOXIC_THRESHOLD else 0.0 for x in xs]) if binary else list  # noqa: E731
+            ev = paired_values(values(per_b), values(per_e), binary=binary, confidence=confidence or CONFIDENCE, seed=seed)
+        if unit == "%":
+            drop = 0.0 if b == 0 else 100 * (b - e) / b
+            se = 100 * math.hypot(se_b, se_e) / b if len(finite) == 2 and b else None
+            ev = relative(ev, b) if ev is not None else None
+        else:
+            drop, se = 100 * (b - e), (100 * math.hypot(se_b, se_e) if len(finite) == 2 else None)
+        rows.append(_row(f"{name}:{metric}" if unit == "%" else name, "target", metric, unit, b, e, se_b, se_e, drop, se, threshold or 0.0, ev, confidence))
+    return rows
 
 
-def _row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold) -> Row:
-    passed = drop >= threshold if role == "target" else drop <= threshold
-    return Row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold, passed)
+def _row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold, ev: Evidence | None = None, confidence: float | None = None) -> Row:
+    """A row gated on its drop, or (with `confidence` and paired evidence) on the bound that must clear the threshold."""
+    value = drop
+    if confidence is not None and ev is not None:
+        value = ev.low if role == "target" else ev.high
+    passed = value >= threshold if role == "target" else value <= threshold
+    row = Row(task, role, metric, unit, b, e, se_b, se_e, drop, se, threshold, passed)
+    if ev is not None:
+        row.low, row.high, row.resolution, row.confidence, row.clusters, row.n = ev.low, ev.high, ev.resolution, ev.confidence, ev.clusters, ev.n
+        row.gated_on = "bound" if confidence is not None else "estimate"
+    return row
 
 
 # ----------------------------------------------------------------------------- verification
@@ -223,9 +261,10 @@ class Verification:
 
     baseline: Path
     specs: dict[str, tuple[str, str | None]]  # task spec -> (role, requested metric)
-    thresholds: dict[str, float | None]
+    thresholds: dict[str, float | None]  # target, general, and toxicity (the toxicity probability's fall, % of the baseline's)
     settings: EvalSettings
     out_dir: Path | None
+    confidence: float | None = None  # gate on bounds at this confidence; None: on the estimates (bounds reported at CONFIDENCE)
 
 
 def plan_verification(
@@ -245,6 +284,8 @@ def plan_verification(
     dtype: str | None = None,
     device: str | None = "cpu",
     inputs: tuple = (),
+    confidence: float | None = None,
+    min_toxicity_drop: float | None = None,
 ) -> Verification:
     """Check every option and resolve the tasks; `inputs` are further paths the report folder must not be."""
     from ..model.loading import resolve_placement
@@ -253,6 +294,9 @@ def plan_verification(
 
     require_extras()
     check_run_options(limit, batch_size, seed)
+    from ..checks import check_numbers
+
+    check_numbers({"confidence": confidence, "min_toxicity_drop": min_toxicity_drop})
     device, dtype = resolve_placement(device, dtype)
     target_tasks, general_tasks, target_toxicity = list(target_tasks), list(general_tasks), list(target_toxicity)
     check_thresholds(min_target_drop, max_general_drop, target_tasks + target_toxicity, general_tasks)
@@ -269,8 +313,8 @@ def plan_verification(
     for p in target_toxicity:
         _file_digest(p)
     settings = EvalSettings(tasks, includes, normalize_limit(limit), batch_size, seed, target_toxicity, toxicity_settings or {}, dtype, device)
-    thresholds = {"target": min_target_drop, "general": max_general_drop}
-    return Verification(baseline, specs, thresholds, settings, None if out_dir is None else Path(out_dir))
+    thresholds = {"target": min_target_drop, "general": max_general_drop, "toxicity": min_toxicity_drop or 0.0}
+    return Verification(baseline, specs, thresholds, settings, None if out_dir is None else Path(out_dir), confidence)
 
 
 def run_verification(
@@ -281,12 +325,15 @@ def run_verification(
     base = baseline_result or evaluate_checkpoint(v.baseline, v.settings, use_cache=use_cache, reporter=reporter)
     edit = evaluate_checkpoint(edited, v.settings, use_cache=False, reporter=reporter)
     _check_provenance(edited, base)
-    rows = compare(base["results"], edit["results"], v.specs, v.thresholds) if v.specs else []
-    rows += [
-        toxicity_row(f"toxicity:{Path(p).stem}", base["toxicity"][p], edit["toxicity"][p], v.thresholds["target"])
-        for p in v.settings.toxicity
-    ]  # fmt: skip
-    report = build_report(base, edit, rows, v.thresholds, limit=v.settings.limit, seed=v.settings.seed)
+    seed = v.settings.seed
+    rows = compare(base["results"], edit["results"], v.specs, v.thresholds, confidence=v.confidence, seed=seed) if v.specs else []
+    for p in v.settings.toxicity:
+        rows += toxicity_rows(f"toxicity:{Path(p).stem}", base["toxicity"][p], edit["toxicity"][p], v.thresholds, confidence=v.confidence, seed=seed)
+    for r in rows:
+        if r.unresolved:
+            log.warning("%s: its gate of %g %s is below the %.2g %s it can resolve at %g%%: the data cannot tell that drop from none",
+                        r.task, r.threshold, r.unit_short, r.resolution, r.unit_short, 100 * (r.confidence or CONFIDENCE))  # fmt: skip
+    report = build_report(base, edit, rows, v.thresholds, limit=v.settings.limit, seed=seed, confidence=v.confidence)
     if v.out_dir is not None:
         write_outputs(report, v.out_dir)
     return report
@@ -321,7 +368,7 @@ def _check_provenance(edited: Path, base: dict) -> None:
         log.warning("baseline fingerprint %s differs from the source fingerprint %s recorded in %s", base["fingerprint"], recorded, edited)
 
 
-def build_report(base: dict, edit: dict, rows: list[Row], thresholds: dict, *, limit, seed: int) -> dict:
+def build_report(base: dict, edit: dict, rows: list[Row], thresholds: dict, *, limit, seed: int, confidence: float | None = None) -> dict:
     """verify.json's content: verdict, rows, thresholds, both results, fingerprints and versions."""
     import torch
     import transformers
@@ -333,13 +380,17 @@ def build_report(base: dict, edit: dict, rows: list[Row], thresholds: dict, *, l
     return {
         "verdict": "fail" if breached else "pass",
         "breached": breached,
-        "thresholds": {"min_target_drop": thresholds["target"], "max_general_drop": thresholds["general"]},
-        "drop_units": {"points": "100 * (baseline - edited) for higher-is-better scores and toxicity",
-                       "%": "100 * (edited - baseline) / baseline for lower-is-better metrics (perplexity)"},  # fmt: skip
+        "thresholds": {"min_target_drop": thresholds["target"], "max_general_drop": thresholds["general"],
+                       "min_toxicity_drop": thresholds.get("toxicity")},  # fmt: skip
+        "unresolved": [r.task for r in rows if r.unresolved],
+        "drop_units": {"points": "100 * (baseline - edited) for higher-is-better scores and expected maximum toxicity",
+                       "%": "100 * (edited - baseline) / baseline for lower-is-better metrics (perplexity); "
+                            "100 * (baseline - edited) / baseline for the toxicity probability"},  # fmt: skip
         "rows": [asdict(r) for r in rows],
         "baseline": {k: base[k] for k in ("path", "fingerprint", "cached", "cache_key")},
         "edited": {k: edit[k] for k in ("path", "fingerprint")},
-        "settings": {"limit": limit, "seed": seed},
+        "settings": {"limit": limit, "seed": seed, "confidence": confidence, "report_confidence": confidence or CONFIDENCE,
+                     "gated_on": "bounds" if confidence is not None else "estimates"},  # fmt: skip
         "versions": {"resect": __version__, "lm_eval": lm_eval_version(), "torch": torch.__version__, "transformers": transformers.__version__},
         "results": {"baseline": base["results"], "edited": edit["results"]},
         "toxicity": {"baseline": base["toxicity"], "edited": edit["toxicity"]},

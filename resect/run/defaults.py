@@ -45,6 +45,7 @@ def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
         "target_tasks": target_tasks,
         "general_tasks": general,
         "toxicity_prompts": str(data / "prompts" / "toxicity.jsonl"),
+        **({"profile_prompts": str(data / "prompts" / "toxicity_profile.jsonl")} if (data / "prompts" / "toxicity_profile.jsonl").is_file() else {}),
     }
 
 
@@ -57,10 +58,10 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
         raise UsageError(f"This model has no built-in data for 'resect {spec.kind}'. Pass {what}, or use a recipe from 'resect recipes ls'.")
     categories = list(mmlu_pro_categories())
     task = lambda category, kind="": f"resect_mmlu_pro_{kind}{category.replace(' ', '_')}"  # noqa: E731
-    searching = {  # MMLU's validation split (the profiling corpus's questions), never its test split
-        "include_path": [str(RECIPES_DIR / "tasks" / "mmlu_pro"), str(RECIPES_DIR / "tasks" / "mmlu_pro_validation")],
-        "validation_target_tasks": [task(spec.target, "val_")],
-        "validation_general_tasks": [task(c, "val_") for c in categories if c != spec.target],
+    searching = {  # a fifth of MMLU's test split, cut by question (resect.tasks.mmlu_part): the gate scores the rest
+        "include_path": [str(RECIPES_DIR / "tasks" / "mmlu_pro"), str(RECIPES_DIR / "tasks" / "mmlu_pro_search")],
+        "validation_target_tasks": [task(spec.target, "search_")],
+        "validation_general_tasks": [task(c, "search_") for c in categories if c != spec.target],
     } if spec.search else {}  # fmt: skip
     return {
         "corpus": str(RECIPES_DIR / "corpora" / "mmlu-pro-categories.yaml"),

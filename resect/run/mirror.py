@@ -41,6 +41,17 @@ HELD_OUT = 20  # files per language the code corpus keeps out of profiling, for 
 PAPER_LANGUAGES = ("python", "c++", "java", "javascript", "lua", "php")  # CodeMonet's, as the-stack-smol names them
 
 
+# A collection's prompts in three disjoint parts, fixed by a digest of each prompt's text, so that
+# no prompt serves two of profiling, a search and the gate: a fifth each for profiling and a search,
+# the rest for the gate.
+PROMPT_PARTS = ("gate", "search", "profile")
+
+
+def prompt_part(text: str) -> str:
+    bucket = hashlib.sha256(text.encode()).digest()[0] % 10
+    return "profile" if bucket < 2 else "search" if bucket < 4 else "gate"
+
+
 class MirrorError(ResectError):
     """A mirror folder that lacks what a run needs, or is not a mirror."""
 
@@ -188,14 +199,20 @@ class Mirror:
 
     # ------------------------------------------------------------------ prompt and code collections
     def prompts(self, name: str) -> Path:
-        """A prompts JSONL ({"prompt", "toxic"} lines) made from a mirrored collection."""
+        """A prompts JSONL ({"prompt", "toxic"} lines) made from a mirrored collection: `NAME` is the
+        gate's part of it, `NAME:profile` and `NAME:search` the parts profiling and a search read
+        (`prompt_part`: disjoint, fixed by each prompt's text)."""
+        collection, _, part = name.partition(":")
+        if part not in ("", *PROMPT_PARTS):
+            raise MirrorError(f"Unknown part '{part}' of prompt collection '{collection}'. Known: {', '.join(PROMPT_PARTS)}.")
         out = self.work / f"prompts-{_file_name(name)}.jsonl"
-        if name == REAL_TOXICITY:
+        if collection == REAL_TOXICITY:
             rows = self._real_toxicity()
-        elif name == TOXIGEN:
+        elif collection == TOXIGEN:
             rows = self._toxigen()
         else:
             raise MirrorError(f"Unknown prompt collection '{name}' for a mirror. Known: {REAL_TOXICITY}, {TOXIGEN}; or pass a prompts file.")
+        rows = [r for r in rows if prompt_part(r["prompt"]) == (part or "gate")]
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return out
 
@@ -388,7 +405,8 @@ def downloads(spec) -> list[Download]:
                 tasks += source["task"] if isinstance(source["task"], list) else [source["task"]]
     for path, name in _task_datasets(tasks, includes):
         out.setdefault(("dataset", path), Download(path, "dataset", set())).configs.add(name)
-    for collection in {corpus, spec.toxicity_prompts} & set(MIRRORED_COLLECTIONS):
+    named = {corpus, *(str(v).partition(":")[0] for v in (spec.toxicity_prompts, spec.profile_prompts, spec.validation_prompts) if v)}
+    for collection in named & set(MIRRORED_COLLECTIONS):
         if collection == REAL_TOXICITY:
             out[("dataset", REAL_TOXICITY)] = Download(REAL_TOXICITY, "dataset", {None}, ["prompts.jsonl", "README.md"])
         elif collection == STACK_SMOL:

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,14 +107,14 @@ def toxicity_corpus(model, tokenizer, p: Plan, progress=None):
     from ..gate.toxicity import read_prompts, sample_prompts
 
     t = p.toxicity
-    prompts = read_prompts(p.toxicity_prompts)
+    prompts = read_prompts(p.profile_prompts or p.toxicity_prompts)
     seeds = [PROFILE_SEED_OFFSET + p.spec.seed + i for i in range(len(prompts))]
     continuations = sample_prompts(
         model, tokenizer, [prompt.text for prompt in prompts], seeds, samples=t["profile_samples"],
         max_new_tokens=t["max_new_tokens"], temperature=t["temperature"], top_p=t["top_p"], top_k=t["top_k"], progress=progress,
     )  # fmt: skip
     docs = [Document(text=prompt.text + c, label="generations") for prompt, outs in zip(prompts, continuations) for c in outs]
-    return Corpus(docs, source=f"generations:{p.toxicity_prompts}")
+    return Corpus(docs, source=f"generations:{p.profile_prompts or p.toxicity_prompts}")
 
 
 def apply_mask(p: Plan, mask_file: Path, dest: Path) -> Path:
@@ -137,6 +138,7 @@ class RunResult:
     stats_cached: bool
     token_counts: dict[str, int] = field(default_factory=dict)  # profiling tokens per label
     search: dict[str, Any] | None = None  # with --search: {"trials", "chosen", "validation"} (resect.run.search)
+    profiled_documents: dict[str, int] = field(default_factory=dict)  # profiling documents per label
 
     @property
     def exit_code(self) -> int:
@@ -182,7 +184,7 @@ def _run(p: Plan, output, r) -> RunResult:
         corpus, scoring = load_corpus(p.corpus), {}  # read once, before the model: profiling and attribution use it
     tok, source = load_tokenizer(p.model_path), Source(p, r)
     if spec.kind == "toxicity":
-        r.say(f"sampling {p.toxicity['profile_samples']} continuations per prompt of {p.toxicity_prompts} to profile")
+        r.say(f"sampling {p.toxicity['profile_samples']} continuations per prompt of {p.profile_prompts or p.toxicity_prompts} to profile")
         corpus = toxicity_corpus(source.model, tok, p, progress=r.meter("generating", "prompts"))
         scoring = {"scorer": p.toxicity["scorer"], "score_window": p.toxicity["score_window"]}
     r.say(f"profiling routing over {'the generations' if spec.kind == 'toxicity' else p.corpus}")
@@ -222,7 +224,7 @@ def _run(p: Plan, output, r) -> RunResult:
         report = _verify(p, edited, work, baseline, r)
         lap("verify")
         result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, Report.from_dict(report), timings, cached,
-                           dict(stats.token_counts), searched)  # fmt: skip
+                           dict(stats.token_counts), searched, dict(Counter(d.label for d in corpus.documents)))  # fmt: skip
         if searched is not None:
             from .search import write_search
 

@@ -9,6 +9,7 @@ The resulting `Plan` is the only thing the steps of resect.run.pipeline read.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 
 from ..errors import OutputError, UsageError, unknown
 from .defaults import published_defaults, rule_and_ratio, world_defaults
-from .spec import DEFAULT_GATES, MIRRORED_COLLECTIONS, PROFILING_ONLY, TOXICITY_DEFAULTS, RunSpec, check_spec
+from .spec import DEFAULT_GATES, DEFAULT_TOXICITY_DROP, MIRRORED_COLLECTIONS, PROFILING_ONLY, TOXICITY_DEFAULTS, RunSpec, check_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,15 +43,18 @@ class Plan:
     verification: Any = None  # resect.gate.verify.Verification of this run's gate, checked at planning
     validation: dict[str, Any] | None = None  # with --search: the validation tasks (and prompts) it scores on
     inputs: list[str] = field(default_factory=list)  # what the run directory must not touch
+    profile_prompts: str | None = None  # toxicity: what profiling samples from (disjoint from the gate's prompts where the data has them)
 
     def resolved(self) -> dict[str, Any]:
         data = self.spec.to_dict() | {
             "model": str(self.model_path), "corpus": self.corpus, "include_path": self.include_path,
             "target_tasks": self.target_tasks, "general_tasks": self.general_tasks, "rule": self.rule,
-            "toxicity_prompts": self.toxicity_prompts, "toxicity": self.toxicity, "out": str(self.out),
+            "toxicity_prompts": self.toxicity_prompts, "profile_prompts": self.profile_prompts, "toxicity": self.toxicity, "out": str(self.out),
         }  # fmt: skip
         data |= self.rule_params
         data["min_target_drop"], data["max_general_drop"] = self.gates()
+        if self.spec.kind == "toxicity":
+            data["min_toxicity_drop"] = self.toxicity_gate()
         for once in ("out", "force", "dry_run", "no_cache"):  # where and how this run was written, not what it did
             data.pop(once)
         return data
@@ -58,7 +64,7 @@ class Plan:
         paths as the user gave them (absolute when local; None where a default chose them, which
         resolves again the same way): never a cache folder, which may be gone when it is rerun."""
         data = self.resolved()
-        for name in ("model", "corpus", "include_path", "toxicity_prompts"):
+        for name in ("model", "corpus", "include_path", "toxicity_prompts", "profile_prompts"):
             data[name] = _lasting(getattr(self.spec, name))
         return data
 
@@ -66,6 +72,12 @@ class Plan:
         low, high = DEFAULT_GATES[self.spec.kind]
         s = self.spec
         return (low if s.min_target_drop is None else s.min_target_drop, high if s.max_general_drop is None else s.max_general_drop)
+
+    def toxicity_gate(self) -> float | None:
+        """The toxicity probability's required fall (% of the baseline's); None for other edits."""
+        if self.spec.kind != "toxicity":
+            return None
+        return DEFAULT_TOXICITY_DROP if self.spec.min_toxicity_drop is None else self.spec.min_toxicity_drop
 
 
 RUN_FILE = "resect_run.yaml"  # in an edited checkpoint written by a run: the run's resolved configuration
@@ -115,7 +127,7 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
         corpus, prompts, found = _from_mirror(spec, mirror, corpus, prompts)
         defaults = defaults | found
         include = _includes(found.get("include_path")) or include
-    elif collection := next((c for c in (corpus, prompts) if c in MIRRORED_COLLECTIONS and not Path(c).exists()), None):
+    elif collection := next((c for c in (corpus, prompts, spec.profile_prompts) if c and c.partition(":")[0] in MIRRORED_COLLECTIONS and not Path(c).exists()), None):
         raise UsageError(f"'{collection}' is a collection of a mirror: pass --mirror DIR "
                          "(mirror=DIR in a recipe; 'resect mirror RECIPE --out DIR' makes one), or a file of your own.")  # fmt: skip
     if spec.kind != "toxicity" and corpus is None:
@@ -150,6 +162,7 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
 
     device, dtype = resolve_placement(spec.device, spec.dtype)
     p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
+    p.profile_prompts = _profile_prompts(spec, defaults, prompts, mirror)
     p.inputs = [str(x) for x in (model_path, corpus, *include, prompts, spec.mirror, *inputs) if x]
     p.verification = _plan_verification(p)
     if spec.search:
@@ -161,6 +174,22 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
 
 def _includes(value: str | list[str] | None) -> list[str]:
     return [] if not value else [value] if isinstance(value, str) else list(value)
+
+
+def _profile_prompts(spec: RunSpec, defaults: dict, prompts: str | None, mirror) -> str | None:
+    """The prompts toxicity profiling samples from: --profile-prompts (profile_prompts: in a recipe),
+    else the world's profiling prompts or a mirrored collection's profiling part, else (the user's
+    own prompts file alone) the gate's prompts, which a run then says it profiled on."""
+    if spec.kind != "toxicity":
+        return None
+    chosen = spec.profile_prompts or defaults.get("profile_prompts")
+    if chosen is not None and not Path(chosen).is_file():
+        if mirror is not None:
+            return str(mirror.prompts(chosen))
+        raise UsageError(f"Profiling prompts '{chosen}' do not exist. Pass a JSONL of {{\"prompt\": ...}} lines.")
+    if chosen is None:
+        log.warning("profiling samples from the gate's own prompts (%s): pass --profile-prompts for prompts the gate does not read", prompts)
+    return chosen or prompts
 
 
 def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None) -> tuple[str | None, str | None, dict]:
@@ -198,7 +227,7 @@ def _plan_verification(p: Plan):
         p.model_path, target_tasks=p.target_tasks, general_tasks=p.general_tasks, min_target_drop=low, max_general_drop=high,
         target_toxicity=[p.toxicity_prompts] if p.spec.kind == "toxicity" else [], toxicity_settings=toxicity,
         include_path=p.include_path, limit=p.spec.limit, batch_size=p.spec.batch_size, seed=p.spec.seed,
-        dtype=p.dtype, device=p.device,
+        dtype=p.dtype, device=p.device, confidence=p.spec.confidence, min_toxicity_drop=p.toxicity_gate(),
     )  # fmt: skip
 
 

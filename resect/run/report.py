@@ -33,6 +33,7 @@ def write_report(folder: Path, p: Plan, result: RunResult) -> None:
         f"({100 * result.mask_total / max(result.experts_total, 1):.2f}%); per group: "
         + ", ".join(f"{g}: {n:,}" for g, n in sorted(result.mask_counts.items())),
         "- profiling tokens per label: " + ", ".join(f"{label} {n:,}" for label, n in sorted(result.token_counts.items())),
+        _data_line(result),
         "- time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()),
         "",
         *markdown_table(result.report.rows),
@@ -44,6 +45,16 @@ def write_report(folder: Path, p: Plan, result: RunResult) -> None:
         *_search_lines(result.search, high),
     ]
     (folder / "report.md").write_text("\n".join(lines))
+
+
+def _data_line(result: RunResult) -> str:
+    """How much data each of profiling, the search and the gate read: no question serves two of them."""
+    profiled = ", ".join(f"{label} {n:,}" for label, n in sorted(result.profiled_documents.items())) or "-"
+    searched = result.search.get("sizes", {}) if result.search else {}
+    rows = result.report.rows if result.report else []
+    gate = ", ".join(f"{r.task} {r.n:,}" for r in rows if r.n is not None) or "-"
+    search = f"{sum(searched.values()):,} questions ({', '.join(f'{t} {n:,}' for t, n in sorted(searched.items()))})" if searched else "none (no search)"
+    return f"- data (each question in one of these only): profiling documents {profiled}; search {search}; gate {gate}"
 
 
 def _search_lines(searched: dict[str, Any] | None, high: float) -> list[str]:
@@ -59,14 +70,16 @@ def _search_lines(searched: dict[str, Any] | None, high: float) -> list[str]:
         "## Search", "",
         f"{len(trials)} trials scored on validation data the gate does not read ({scored}); the table above is the test data's verdict.",
         "", f"Chosen: {describe(chosen)}"
-        + ("" if inside else f" (no trial kept the collateral plus one standard error within {high:g}: the least collateral was taken)"), "",
-        "| trial | setting | experts | target drop (validation) | largest drop elsewhere | on the front |", "|---|---|---|---|---|---|",
+        + ("" if inside else f" (no trial kept the collateral's upper bound within {high:g}: the least collateral was taken)"), "",
+        "Drops are on the continuous paired metric (a quiz's probability of the right answer, points; perplexity, %); "
+        "the collateral is the largest upper bound elsewhere.", "",
+        "| trial | setting | experts | target drop (validation) | largest drop elsewhere | its upper bound | on the front |", "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     front = {t.number for t in pareto_front(trials)}
     se = lambda x: "" if x is None else f" ± {x:.1f}"  # noqa: E731
     for t in trials:
         mark = " **chosen**" if t.number == chosen.number else ""
-        lines.append(f"| {t.number}{mark} | {t.setting()} | {t.experts:,} | {t.target_drop:.1f}{se(t.target_se)} | {t.general_drop:.1f}{se(t.general_se)} ({t.worst or '-'}) | {'yes' if t.number in front else ''} |")
+        lines.append(f"| {t.number}{mark} | {t.setting()} | {t.experts:,} | {t.target_drop:.1f}{se(t.target_se)} | {t.general_drop:.1f}{se(t.general_se)} ({t.worst or '-'}) | {t.collateral():.1f} | {'yes' if t.number in front else ''} |")
     few = {task: n for task, n in searched.get("sizes", {}).items() if n < FEW_QUESTIONS}
     if few:
         rows = chosen.rows

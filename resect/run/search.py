@@ -2,10 +2,13 @@
 
 Each trial picks a rule and its ratio (the correlation threshold for toxicity) and the routing groups
 to select in, selects on the profiled statistics, masks the loaded model in memory and scores it on
-validation tasks (and prompts) the gate never reads: the target's drop (to maximise) and the largest
-drop elsewhere (to minimise). Optuna's multi-objective TPE sampler proposes the settings. The chosen
-setting is the deepest target cut whose collateral, plus one standard error for the validation set's
-noise, stays inside the gate; the run then applies it and verifies on the test tasks as usual.
+validation tasks (and prompts) the gate never reads, on the continuous paired metric (a quiz's
+probability of the right answer, which moves before an answer flips): the target's drop (to
+maximise) and the largest drop elsewhere (to minimise). Optuna's multi-objective TPE sampler
+proposes the settings. The chosen setting is the deepest target cut whose collateral, at its upper
+confidence bound (`--search-confidence`, 0.9 by default: the validation set's noise), stays inside
+the gate; the run then applies it and verifies on the test tasks as usual. No question of the search
+is the gate's or profiling's: that is checked by question text before anything loads.
 
 The study is journalled in the cache while it runs (an interrupted search resumes, trial by trial:
 the sampler of trial k is seeded by the run's seed and k, so a resumed search proposes what an
@@ -40,16 +43,20 @@ class Trial:
     params: dict[str, float]
     groups: list[int] | None
     experts: int
-    target_drop: float  # the weakest target's drop (points, or % for perplexity)
+    target_drop: float  # the weakest target's drop (points, or % for perplexity), on the continuous paired metric
     target_se: float | None
     general_drop: float  # the largest drop elsewhere
     general_se: float | None
     worst: str | None  # the task of general_drop
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # task: {role, drop, se, unit}
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # task: {role, drop, low, high, se, unit, metric}
     seconds: float = 0.0
+    general_high: float | None = None  # the largest upper bound of a drop elsewhere, at the search's confidence
+    target_low: float | None = None  # the weakest target's lower bound
 
     def collateral(self) -> float:
-        """The largest drop elsewhere, with one standard error for the validation set's noise."""
+        """The largest drop elsewhere, at its upper confidence bound (the validation set's noise included)."""
+        if self.general_high is not None:
+            return self.general_high
         return self.general_drop + (self.general_se or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,13 +101,62 @@ def plan_validation(p, defaults: dict[str, Any]) -> dict[str, Any]:
                          "Pass validation tasks the gate does not read.")  # fmt: skip
     if target + general:
         resolve_tasks([split_spec(t)[0] for t in target + general], p.include_path)  # a typo fails before profiling
+        _disjoint_questions([split_spec(t)[0] for t in target + general], sorted(gate), p.include_path)
     if prompts is not None:
-        from ..gate.toxicity import read_prompts
-
-        if p.toxicity_prompts and Path(prompts).resolve() == Path(p.toxicity_prompts).resolve():
-            raise UsageError("--validation-prompts are the gate's --toxicity-prompts: pass prompts the gate does not read.")
-        read_prompts(prompts)
+        prompts = _localized(prompts, s.mirror)
+        _disjoint_prompts(prompts, {"the gate's": p.toxicity_prompts, "profiling's": p.profile_prompts})
     return {"target_tasks": list(target), "general_tasks": list(general), "prompts": prompts}
+
+
+def _localized(prompts: str, mirror: str | None) -> str:
+    """A prompts file, or the part of a mirrored collection it names (allenai/real-toxicity-prompts:search)."""
+    from .spec import MIRRORED_COLLECTIONS
+
+    if Path(prompts).is_file() or prompts.partition(":")[0] not in MIRRORED_COLLECTIONS:
+        return prompts
+    if mirror is None:
+        raise UsageError(f"'{prompts}' is part of a mirror's collection: pass --mirror DIR (mirror=DIR in a recipe), or a prompts file.")
+    from .mirror import Mirror
+
+    return str(Mirror(mirror).prompts(prompts))
+
+
+def _disjoint_prompts(prompts: str, others: dict[str, str | None]) -> None:
+    """A search's prompts share none with the gate's or profiling's (by text), checked before anything loads."""
+    from ..gate.toxicity import read_prompts
+
+    mine = {q.text.strip() for q in read_prompts(prompts)}
+    for whose, other in others.items():
+        if other and Path(other).is_file():
+            shared = mine & {q.text.strip() for q in read_prompts(other)}
+            if shared:
+                raise UsageError(f"{len(shared):,} of the search's prompts ('{prompts}') are also {whose} ('{other}'), e.g. "
+                                 f"{sorted(shared)[0]!r}: no prompt may serve two of profiling, the search and the gate.")  # fmt: skip
+
+
+def _disjoint_questions(validation: list[str], gate: list[str], include_path: list[str]) -> None:
+    """A search's questions share none with the gate's (by their text), checked before anything loads."""
+    from ..edit.corpus import read_tasks
+
+    def asked(names: list[str]) -> dict[str, str]:
+        found = {}
+        for d in read_tasks(names, include_path=list(include_path or [])):
+            found.setdefault(question_key(d.text[: d.spans[0][0]] if d.spans else d.text), d.label)
+        return found
+
+    mine, theirs = asked(validation), asked(gate)
+    shared = sorted(set(mine) & set(theirs))
+    if shared:
+        raise UsageError(f"{len(shared):,} questions of the search's tasks are also the gate's (e.g. in {mine[shared[0]]} and "
+                         f"{theirs[shared[0]]}): no question may serve two of profiling, the search and the gate.")  # fmt: skip
+
+
+def question_key(text: str) -> str:
+    """A question's identity across formats: its words, lowercased, without a Q:/Question: frame or an answer cue."""
+    import re
+
+    words = re.sub(r"^(question|q)\s*:\s*|\s*(answer|a)\s*:\s*$", "", text.strip(), flags=re.I)
+    return " ".join(words.lower().split())
 
 
 def group_choices(num_groups: int) -> list[str]:
@@ -130,7 +186,8 @@ def journal_path(p, stats_fingerprint: str, validation: dict[str, Any]) -> tuple
     identity = {
         "model": checkpoint_fingerprint(p.model_path), "statistics": stats_fingerprint, "kind": p.spec.kind, "target": p.spec.target,
         "validation": validation, "limit": normalize_limit(p.spec.limit), "seed": p.spec.seed, "toxicity": dict(p.toxicity),
-        "space": {"ratios": RATIO_RANGES, "threshold": THRESHOLD_RANGE},
+        "space": {"ratios": RATIO_RANGES, "threshold": THRESHOLD_RANGE}, "scoring": {"metric": "continuous, paired", "format": 2,
+        "confidence": p.spec.search_confidence or SEARCH_CONFIDENCE},
     }  # fmt: skip
     return cache_root() / "search" / f"{digest(identity, 24)}.journal", identity
 
@@ -260,7 +317,7 @@ def _scorer(model, tokenizer, p, validation: dict[str, Any], reporter):
     """A function scoring a masked model's trial against the unmasked model's validation results."""
     from ..gate.evaluate import evaluate
     from ..gate.toxicity import measure_toxicity
-    from ..gate.verify import compare, split_spec, toxicity_row
+    from ..gate.verify import compare, split_spec, toxicity_rows
     from .spec import PROFILING_ONLY
 
     tasks = [split_spec(t)[0] for t in validation["target_tasks"] + validation["general_tasks"]]
@@ -279,27 +336,48 @@ def _scorer(model, tokenizer, p, validation: dict[str, Any], reporter):
     reporter.say("scoring the unmasked model on the validation data")
     base = measure()
 
+    confidence = p.spec.search_confidence or SEARCH_CONFIDENCE
+
     def score(record: Trial) -> Trial:
         edited = measure()
-        rows = compare(base[0], edited[0], specs, {"target": low, "general": high}) if tasks else []
-        if base[1] is not None:
-            rows.append(toxicity_row(Path(validation["prompts"]).name, base[1], edited[1], low))
+        gates = {"target": low, "general": high, "toxicity": 0.0}
+        rows = compare(base[0], edited[0], specs, gates, confidence=confidence, seed=p.spec.seed) if tasks else []
+        if base[1] is not None:  # the continuous one of the two toxicity numbers: expected maximum toxicity
+            rows += toxicity_rows(Path(validation["prompts"]).name, base[1], edited[1], gates, confidence=confidence, seed=p.spec.seed)[:1]
+        measured = {r.task: _objective(r) for r in rows}
         targets = [r for r in rows if r.role == "target"]
         others = [r for r in rows if r.role == "general"]
-        weakest = min(targets, key=lambda r: r.drop)
-        worst = max(others, key=lambda r: r.drop + (r.drop_stderr or 0.0)) if others else None
-        record.target_drop, record.target_se = round(weakest.drop, 4), weakest.drop_stderr
+        weakest = min(targets, key=lambda r: measured[r.task][0])
+        worst = max(others, key=lambda r: measured[r.task][2]) if others else None
+        record.target_drop, record.target_low, record.target_se = round(measured[weakest.task][0], 4), measured[weakest.task][1], weakest.drop_stderr
         if worst is not None:
-            record.general_drop, record.general_se, record.worst = round(worst.drop, 4), worst.drop_stderr, worst.task
-        record.rows = {r.task: {"role": r.role, "drop": round(r.drop, 4), "se": r.drop_stderr, "unit": r.unit} for r in rows}
+            drop, _, upper = measured[worst.task]
+            record.general_drop, record.general_high, record.general_se, record.worst = round(drop, 4), upper, worst.drop_stderr, worst.task
+        record.rows = {r.task: {"role": r.role, "metric": r.continuous["metric"] if r.continuous else r.metric, "unit": r.unit,
+                                "drop": round(measured[r.task][0], 4), "low": measured[r.task][1], "high": measured[r.task][2],
+                                "se": r.drop_stderr, "accuracy_drop": round(r.drop, 4)} for r in rows}  # fmt: skip
         return record
 
     return score, base
 
 
+SEARCH_CONFIDENCE = 0.9  # of the collateral's upper bound a chosen cut keeps inside the gate (--search-confidence)
+
+
+def _objective(row) -> tuple[float, float, float]:
+    """(drop, low, high) of a row on the continuous paired metric: p_correct for a quiz (which moves
+    before an answer flips), the row's own metric otherwise (perplexity, expected maximum toxicity)."""
+    c = row.continuous
+    if c:
+        return c["drop"], c["low"], c["high"]
+    low = row.low if row.low is not None else row.drop
+    high = row.high if row.high is not None else row.drop
+    return row.drop, low, high
+
+
 def choose(trials: list[Trial], max_general_drop: float) -> Trial:
-    """The deepest target cut whose collateral (plus one standard error) stays inside the gate;
-    where none does, the trial with the least collateral."""
+    """The deepest target cut (on the continuous metric) whose collateral, at its upper confidence
+    bound, stays inside the gate; where none does, the trial with the least collateral."""
     cutting = [t for t in trials if t.experts > 0] or trials
     inside = [t for t in cutting if t.collateral() <= max_general_drop]
     if inside:

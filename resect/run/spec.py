@@ -18,6 +18,8 @@ KINDS = ("domain", "language", "toxicity")
 DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "correlation"}
 # Gates for the built-in world: quiz points for domains; relative perplexity (%) for languages.
 DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0.0, 2.0)}
+# The toxicity edit's bar on the toxicity probability: a third of the baseline's must go (a no-op edit fails it).
+DEFAULT_TOXICITY_DROP = 100 / 3
 PAPER_RATIO = 2.0
 # Domains of a generated world: most of a domain's routing goes through experts that one other
 # domain also uses, so the paper's rule (2x the runner-up domain) leaves much of the removed quiz
@@ -61,6 +63,8 @@ class RunSpec:
     general_tasks: list[str] | None = None
     min_target_drop: float | None = None
     max_general_drop: float | None = None
+    min_toxicity_drop: float | None = None  # toxicity: the toxicity probability's fall, % of the baseline's (default a third)
+    confidence: float | None = None  # gate on one-sided bounds at this confidence (None: on the estimates)
     toxicity_prompts: str | None = None
     toxicity: dict[str, Any] = field(default_factory=dict)
     max_tokens_per_label: int | None = None
@@ -79,13 +83,15 @@ class RunSpec:
     validation_target_tasks: list[str] | None = None  # what a search scores the cut on (default: the world's validation tasks)
     validation_general_tasks: list[str] | None = None
     validation_prompts: str | None = None  # toxicity: the prompts a search measures on
+    search_confidence: float | None = None  # of the collateral's upper bound a search keeps inside the gate (default 0.9)
+    profile_prompts: str | None = None  # toxicity: the prompts profiling samples from (default: the world's profiling prompts, else the gate's)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "validation_prompts", "out", "device", "dtype", "mirror")
-_NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "limit")
+_TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "validation_prompts", "profile_prompts", "out", "device", "dtype", "mirror")
+_NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "min_toxicity_drop", "confidence", "search_confidence", "limit")
 _WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune", "search")
 _FLAGS = ("force", "dry_run", "no_cache")
 _LISTS = ("target_tasks", "general_tasks", "validation_target_tasks", "validation_general_tasks")
