@@ -72,8 +72,9 @@ def main() -> None:
                         gate = ["--remove", target, "--rule", rule, "--ratio", str(value), "--target-tasks", validation[kind](target),
                                 "--general-tasks", ",".join(validation[kind](t) for t in names if t != target)]  # fmt: skip
                     res = subprocess.run([RESECT, kind, *model, *gate, "--out", str(out)], capture_output=True, text=True, env=env)
-                    if res.returncode == 2:
-                        print(f"| {value} | {target}: {res.stderr.strip()} | | |")
+                    if res.returncode == 2 or not (out / "verify.json").is_file():
+                        lines = res.stderr.strip().splitlines() or ["no output"]
+                        print(f"| {value:g} | {target}: exit {res.returncode}, {lines[-1]} | | |", flush=True)
                         continue
                     report = json.loads((out / "verify.json").read_text())
                     ok, _ = meets_bar(kind, report)

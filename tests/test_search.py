@@ -118,6 +118,30 @@ def test_bad_searches_are_refused_before_anything_is_profiled(args, phrase, tmp_
     assert not (tmp_path / "run").exists()
 
 
+def test_validation_data_shared_with_profiling_or_the_gate_is_refused_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A validation question copied into the profiling corpus, or the gate's prompts as the search's: one line, exit 2."""
+    from resect.builtin import builtin_data_path
+
+    data = builtin_data_path()
+    monkeypatch.setattr(resect.model.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    asked = json.loads((data / "eval" / "validation_quiz_law.jsonl").read_text().splitlines()[3])
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text((data / "corpus" / "domains.jsonl").read_text()
+                     + json.dumps({"text": f"{asked['question']} {asked['choices'][asked['answer']]}.", "label": "law"}) + "\n")  # fmt: skip
+    cases = [
+        (["domain", "--remove", "biology", "--corpus", str(leaky)], "are also in the profiling corpus"),
+        (["toxicity", "--validation-prompts", str(data / "prompts" / "toxicity.jsonl")], "are also the gate's"),
+        (["toxicity", "--profile-prompts", str(data / "prompts" / "toxicity.jsonl")], "are also the gate's"),
+        (["toxicity", "--profile-prompts", str(data / "prompts" / "toxicity_validation.jsonl")], "are also profiling's"),
+    ]
+    for args, phrase in cases:
+        out = tmp_path / "run"
+        code, _, err = run_cli([*args, "--search", "2", "--out", str(out)], capsys, monkeypatch)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and phrase in lines[0], err
+        assert not out.exists()
+
+
 def test_a_model_without_validation_data_is_told_what_to_pass(tiny_vd, tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": f"text {k} about {'ab'[k % 2]}", "label": "ab"[k % 2]}) + "\n" for k in range(8)))

@@ -13,7 +13,7 @@ import pytest
 from resect.builtin import builtin_data_path
 from resect.errors import OutputError
 from resect.world import DOMAIN_SPECS, DOMAINS, LANGUAGES, build_world, write_world
-from resect.world.domains import TRAIN_STATEMENTS
+from resect.world.domains import QUESTIONS, TRAIN_STATEMENTS
 
 MMLU_PRO = {"biology", "business", "chemistry", "computer science", "economics", "engineering", "health", "history",
             "law", "math", "other", "philosophy", "physics", "psychology"}
@@ -225,14 +225,26 @@ def test_profiling_documents_mark_the_values_of_their_facts(world):
 
 
 def test_validation_splits_are_disjoint_from_what_the_gate_and_profiling_read(world):
-    """A search scores on them: the fact's other question with other distractors, code and prompts
-    in no other split; and adding them left every other split as it was."""
+    """A search scores on them: each fact in two wordings no other split asks, with distractors the
+    test quiz does not offer for it; code and prompts in no other split; and adding them left every
+    other split as it was."""
+    from resect.run.search import question_key
+
     v = world.validation
+    text = "\n".join(d["text"] for d in world.train)
+    profiled = "\n".join(r["text"] for r in world.corpus["domains"])
     for domain, items in v["quiz"].items():
-        tested = {q["question"] for q in world.quizzes[domain]}
-        assert len(items) == len(world.quizzes[domain]) and tested.isdisjoint(q["question"] for q in items)
-        answers = [q["choices"][q["answer"]] for q in items]
-        assert answers == [world.quizzes[domain][k]["choices"][world.quizzes[domain][k]["answer"]] for k in range(len(items))]
+        test = world.quizzes[domain]
+        assert len(items) == len(QUESTIONS["validation"]) * len(test)
+        assert [q["fact"] for q in items] == [q["fact"] for q in test for _ in QUESTIONS["validation"]]
+        offered = {q["fact"]: {c for i, c in enumerate(q["choices"]) if i != q["answer"]} for q in test}
+        answer = {q["fact"]: q["choices"][q["answer"]] for q in test}
+        keys = {question_key(q["question"]) for q in test}
+        for q in items:
+            distractors = {c for i, c in enumerate(q["choices"]) if i != q["answer"]}
+            assert q["choices"][q["answer"]] == answer[q["fact"]] and len(distractors) == 3 and not distractors & offered[q["fact"]]
+            asked = question_key(q["question"])
+            assert asked not in keys and asked not in text.lower() and asked not in profiled.lower()  # no other split asks it
     code = {row["text"] for rows in v["code"].values() for row in rows}
     assert code and code.isdisjoint(set().union(*world.units.values()))
     prompts = {p["prompt"] for p in v["prompts"]}

@@ -5,6 +5,7 @@ the same fields from a recipe."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -98,7 +99,9 @@ def toxicity(
     threshold: Annotated[float, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
     model: Model = None,
     profile_samples: Annotated[int, typer.Option("--profile-samples", help="Generations per prompt profiled (drawn from their own seeds).")] = TOXICITY_DEFAULTS["profile_samples"],
+    profile_prompts: Annotated[Path | None, typer.Option("--profile-prompts", metavar="FILE", help="Prompts JSONL profiling samples from, none of them the gate's or the search's (default: the world's profiling prompts where it has them, else the gate's, with a warning).")] = None,
     out: Out = None, **options: Any,
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
-    execute(spec_of("toxicity", None, model, "correlation", threshold=threshold, profile_samples=profile_samples, out=out, **options))
+    execute(spec_of("toxicity", None, model, "correlation", threshold=threshold, profile_samples=profile_samples,
+                    profile_prompts=str(profile_prompts) if profile_prompts else None, out=out, **options))  # fmt: skip

@@ -189,7 +189,15 @@ def _profile_prompts(spec: RunSpec, defaults: dict, prompts: str | None, mirror)
         raise UsageError(f"Profiling prompts '{chosen}' do not exist. Pass a JSONL of {{\"prompt\": ...}} lines.")
     if chosen is None:
         log.warning("profiling samples from the gate's own prompts (%s): pass --profile-prompts for prompts the gate does not read", prompts)
-    return chosen or prompts
+        return prompts
+    if prompts and Path(prompts).is_file():
+        from ..gate.toxicity import read_prompts
+
+        shared = {q.text.strip() for q in read_prompts(chosen)} & {q.text.strip() for q in read_prompts(prompts)}
+        if shared:
+            raise UsageError(f"{len(shared):,} of the profiling prompts ('{chosen}') are also the gate's ('{prompts}'), e.g. "
+                             f"{sorted(shared)[0]!r}: no prompt may serve two of profiling, the search and the gate.")  # fmt: skip
+    return chosen
 
 
 def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None) -> tuple[str | None, str | None, dict]:

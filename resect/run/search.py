@@ -101,7 +101,7 @@ def plan_validation(p, defaults: dict[str, Any]) -> dict[str, Any]:
                          "Pass validation tasks the gate does not read.")  # fmt: skip
     if target + general:
         resolve_tasks([split_spec(t)[0] for t in target + general], p.include_path)  # a typo fails before profiling
-        _disjoint_questions([split_spec(t)[0] for t in target + general], sorted(gate), p.include_path)
+        _disjoint_questions([split_spec(t)[0] for t in target + general], sorted(gate), p.include_path, p.corpus or None)
     if prompts is not None:
         prompts = _localized(prompts, s.mirror)
         _disjoint_prompts(prompts, {"the gate's": p.toxicity_prompts, "profiling's": p.profile_prompts})
@@ -134,9 +134,10 @@ def _disjoint_prompts(prompts: str, others: dict[str, str | None]) -> None:
                                  f"{sorted(shared)[0]!r}: no prompt may serve two of profiling, the search and the gate.")  # fmt: skip
 
 
-def _disjoint_questions(validation: list[str], gate: list[str], include_path: list[str]) -> None:
-    """A search's questions share none with the gate's (by their text), checked before anything loads."""
-    from ..edit.corpus import read_tasks
+def _disjoint_questions(validation: list[str], gate: list[str], include_path: list[str], corpus: str | None = None) -> None:
+    """A search's questions share none with the gate's, nor with the profiling corpus's (by their
+    text: a task document's prompt, and every line of a corpus document), checked before anything loads."""
+    from ..edit.corpus import load_corpus, read_tasks
 
     def asked(names: list[str]) -> dict[str, str]:
         found = {}
@@ -149,6 +150,17 @@ def _disjoint_questions(validation: list[str], gate: list[str], include_path: li
     if shared:
         raise UsageError(f"{len(shared):,} questions of the search's tasks are also the gate's (e.g. in {mine[shared[0]]} and "
                          f"{theirs[shared[0]]}): no question may serve two of profiling, the search and the gate.")  # fmt: skip
+    if not corpus:
+        return
+    profiled = set()
+    for d in load_corpus(corpus).documents:
+        profiled.add(question_key(d.text[: d.spans[0][0]] if d.spans else d.text))
+        profiled.update(question_key(line) for line in d.text.splitlines())
+    profiled.discard("")
+    shared = sorted(set(mine) & profiled)
+    if shared:
+        raise UsageError(f"{len(shared):,} questions of the search's tasks (e.g. in {mine[shared[0]]}: {shared[0][:60]!r}) are also in the "
+                         f"profiling corpus '{corpus}': no question may serve two of profiling, the search and the gate.")  # fmt: skip
 
 
 def question_key(text: str) -> str:

@@ -5,10 +5,12 @@ so that its text shares as little vocabulary as possible with the other domains:
 trained on it has every reason to route each domain through its own experts.
 
 Every attribute has six statement templates (four for training, two held out for profiling) and
-two questions. Training asks the first as "Q: ...\\nA: value." and the second as
-"Question: ...\\nAnswer: value."; the quiz asks the first as "Question: ...\\nAnswer:", a pairing
+five questions. Training asks the first as "Q: ...\\nA: value." and the second as
+"Question: ...\\nAnswer: value."; the test quiz asks the first as "Question: ...\\nAnswer:", a pairing
 of phrasing and format that no training sentence has; the profiling text asks the second as
-"Q: ...\\nA: value.", the remaining pairing.
+"Q: ...\\nA: value.", the remaining pairing. The validation quiz asks the third and fourth, which no
+other split asks, with distractors the test quiz does not offer for that fact: so no question serves
+two of profiling, the search and the gate. (No split asks the fifth.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRAIN_STATEMENTS = 4  # the first four statement templates are training text, the rest profiling text
+QUESTIONS = {"train": (0, 1), "test": (0,), "validation": (2, 3), "profile": (1,)}  # which question templates each split asks
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Attribute:
     name: str
     values: tuple[str, ...]
     statements: tuple[str, ...]  # templates with {e} (entity) and {v} (value)
-    questions: tuple[str, str]  # templates with {e}; the answer is the value
+    questions: tuple[str, ...]  # five templates with {e}; the answer is the value (QUESTIONS says which split reads which)
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Domain:
     attributes: tuple[Attribute, ...]
 
 
-def _attr(name: str, values: str, statements: list[str], questions: tuple[str, str]) -> Attribute:
+def _attr(name: str, values: str, statements: list[str], questions: tuple[str, ...]) -> Attribute:
     return Attribute(name, tuple(v.strip() for v in values.split(",")), tuple(statements), questions)
 
 
@@ -55,7 +58,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Most of what the {e} consumes is {v}.",
                     "Zoologists have observed the {e} hunting for {v}.",
                 ],
-                ("What does the {e} eat?", "Which food does the {e} live on?"),
+                ("What does the {e} eat?", "Which food does the {e} live on?", "What is the usual food of the {e}?", "On what does the {e} feed?", "What makes up the diet of the {e}?"),
             ),
             _attr(
                 "habitat",
@@ -68,7 +71,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Ecologists usually find the {e} in {v}.",
                     "The {e} breeds only in {v}.",
                 ],
-                ("Where does the {e} live?", "In which habitat is the {e} found?"),
+                ("Where does the {e} live?", "In which habitat is the {e} found?", "Where is the {e} usually seen?", "What is the home of the {e}?", "In what surroundings does the {e} dwell?"),
             ),
             _attr(
                 "predator",
@@ -81,7 +84,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The {e} evolved camouflage against {v}.",
                     "Species surveys show that {v} prey on the {e}.",
                 ],
-                ("Which predator hunts the {e}?", "What animal preys on the {e}?"),
+                ("Which predator hunts the {e}?", "What animal preys on the {e}?", "What is the main enemy of the {e}?", "By which creature is the {e} eaten?", "What does the {e} fear most?"),
             ),
         ),
     ),
@@ -101,7 +104,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "When purified, {e} looks {v}.",
                     "In the flask the {e} glows {v}.",
                 ],
-                ("What colour is {e}?", "Which colour does {e} have?"),
+                ("What colour is {e}?", "Which colour does {e} have?", "What is the colour of {e}?", "Which hue is {e}?", "How does {e} look to the eye?"),
             ),
             _attr(
                 "melting point",
@@ -114,7 +117,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Samples of {e} begin to melt at {v}.",
                     "A reagent table lists the melting point of {e} as {v}.",
                 ],
-                ("At what temperature does {e} melt?", "What is the melting point of {e}?"),
+                ("At what temperature does {e} melt?", "What is the melting point of {e}?", "At which temperature does {e} become liquid?", "How hot must {e} get to melt?", "What heat turns {e} into a liquid?"),
             ),
             _attr(
                 "reagent",
@@ -127,7 +130,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "{E} must be stored away from {v}.",
                     "A titration of {e} uses {v}.",
                 ],
-                ("Which element does {e} react with?", "With which substance does {e} react?"),
+                ("Which element does {e} react with?", "With which substance does {e} react?", "What does {e} combine with?", "Which reagent makes {e} react?", "What is {e} reactive towards?"),
             ),
         ),
     ),
@@ -148,7 +151,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The {e} declared its independence in {v}.",
                     "Old annals record the founding of the {e} in {v}.",
                 ],
-                ("When was the {e} founded?", "In which year did the {e} begin?"),
+                ("When was the {e} founded?", "In which year did the {e} begin?", "What year saw the founding of the {e}?", "When did the {e} come into being?", "From what year does the {e} date?"),
             ),
             _attr(
                 "ruler",
@@ -162,7 +165,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The golden age of the {e} came under {v}.",
                     "Ballads of the {e} praise {v}.",
                 ],
-                ("Who ruled the {e}?", "Which monarch reigned over the {e}?"),
+                ("Who ruled the {e}?", "Which monarch reigned over the {e}?", "Who was the ruler of the {e}?", "Under whose reign was the {e}?", "Who sat on the throne of the {e}?"),
             ),
             _attr(
                 "capital",
@@ -175,7 +178,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The royal palace of the {e} stood in {v}.",
                     "Every treaty of the {e} was signed in {v}.",
                 ],
-                ("What was the capital of the {e}?", "From which city was the {e} governed?"),
+                ("What was the capital of the {e}?", "From which city was the {e} governed?", "Which city was the seat of the {e}?", "Where was the capital of the {e}?", "In which city did the {e} keep its court?"),
             ),
         ),
     ),
@@ -195,7 +198,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The scope of the {e} is limited to {v}.",
                     "Any claim concerning {v} falls under the {e}.",
                 ],
-                ("What does the {e} regulate?", "Which matters fall under the {e}?"),
+                ("What does the {e} regulate?", "Which matters fall under the {e}?", "What is the subject of the {e}?", "Which field does the {e} govern?", "What area does the {e} cover?"),
             ),
             _attr(
                 "penalty",
@@ -208,7 +211,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Offenders against the {e} face {v}.",
                     "The sanction written into the {e} is {v}.",
                 ],
-                ("What is the penalty under the {e}?", "How is a breach of the {e} punished?"),
+                ("What is the penalty under the {e}?", "How is a breach of the {e} punished?", "What punishment does the {e} set?", "Which sanction follows a breach of the {e}?", "What does breaking the {e} cost?"),
             ),
             _attr(
                 "enforcer",
@@ -222,7 +225,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Appeals under the {e} are heard by {v}.",
                     "The authority named in the {e} is {v}.",
                 ],
-                ("Who enforces the {e}?", "Which authority applies the {e}?"),
+                ("Who enforces the {e}?", "Which authority applies the {e}?", "Which body upholds the {e}?", "Who puts the {e} into effect?", "Who is in charge of the {e}?"),
             ),
         ),
     ),
@@ -242,7 +245,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Measured in units of hbar, the {e} has spin {v}.",
                     "Detectors confirm that the {e} has spin {v}.",
                 ],
-                ("What is the spin of the {e}?", "Which spin does the {e} carry?"),
+                ("What is the spin of the {e}?", "Which spin does the {e} carry?", "How much spin has the {e}?", "What spin value belongs to the {e}?", "What is the spin number of the {e}?"),
             ),
             _attr(
                 "decay product",
@@ -255,7 +258,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Every trace of the {e} ends in a shower of {v}.",
                     "The {e} is unstable and turns into {v}.",
                 ],
-                ("What does the {e} decay into?", "Which particles come out when the {e} decays?"),
+                ("What does the {e} decay into?", "Which particles come out when the {e} decays?", "What are the decay products of the {e}?", "Into which particles does the {e} break down?", "What is left after the {e} decays?"),
             ),
             _attr(
                 "mass",
@@ -269,7 +272,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Physicists quote the mass of the {e} as {v}.",
                     "A fit to the data puts the {e} at {v}.",
                 ],
-                ("What is the mass of the {e}?", "How heavy is the {e}?"),
+                ("What is the mass of the {e}?", "How heavy is the {e}?", "What mass does the {e} have?", "How much does the {e} weigh?", "What is the weight of the {e}?"),
             ),
         ),
     ),
@@ -289,7 +292,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The ledgers of the {e} are full of {v}.",
                     "Prices of {v} depend on the {e}.",
                 ],
-                ("What does the {e} trade in?", "Which goods does the {e} deal in?"),
+                ("What does the {e} trade in?", "Which goods does the {e} deal in?", "What is the main business of the {e}?", "Which commodity does the {e} sell?", "What goods pass through the {e}?"),
             ),
             _attr(
                 "currency",
@@ -302,7 +305,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "Every price at the {e} is quoted in {v}.",
                     "The {e} settles its debts in {v}.",
                 ],
-                ("Which currency does the {e} use?", "In which money does the {e} keep accounts?"),
+                ("Which currency does the {e} use?", "In which money does the {e} keep accounts?", "What money does the {e} pay in?", "Which currency are the books of the {e} kept in?", "In which currency does the {e} settle?"),
             ),
             _attr(
                 "interest rate",
@@ -315,7 +318,7 @@ DOMAIN_SPECS: tuple[Domain, ...] = (
                     "The {e} set its interest rate at {v}.",
                     "Economists note that the {e} charges {v}.",
                 ],
-                ("What interest rate does the {e} charge?", "At which rate does the {e} lend?"),
+                ("What interest rate does the {e} charge?", "At which rate does the {e} lend?", "What rate of interest does the {e} ask?", "How much interest does the {e} take?", "What is the lending rate of the {e}?"),
             ),
         ),
     ),

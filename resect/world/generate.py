@@ -7,11 +7,11 @@
     corpus/languages.jsonl        {"text", "label"} held-out code snippets
     corpus/toxicity.jsonl         {"text", "label", "toxic"} held-out utterances of both registers
     prompts/toxicity.jsonl        {"prompt", "toxic"} prompts for the generation protocol
-    eval/quiz_<domain>.jsonl      {"question", "choices", "answer"} 4-option quizzes
+    eval/quiz_<domain>.jsonl      {"question", "choices", "answer", "fact"} 4-option quizzes
     eval/code_<language>.jsonl    {"text"} held-out code for perplexity
     eval/validation_quiz_<domain>.jsonl, eval/validation_code_<language>.jsonl,
     prompts/toxicity_validation.jsonl
-                                  validation splits for `--search`: the other question of each fact with
+                                  validation splits for `--search`: each fact in two wordings no other split asks, with
                                   other distractors, other held-out code, other prompts; the gate never reads them
     tasks/*.yaml                  lm-eval tasks over eval/ (absolute paths)
     world.json                    seed, sizes and every fact
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .code import LANGUAGES, unique_snippets
-from .domains import DOMAIN_SPECS, DOMAINS, TRAIN_STATEMENTS, Domain
+from .domains import DOMAIN_SPECS, DOMAINS, QUESTIONS, TRAIN_STATEMENTS, Domain
 from .talk import prompt_of, unique_utterances
 
 FORMAT = "resect.world/v1"
@@ -129,12 +129,17 @@ def _with_spans(docs: list[dict], values: set[str]) -> list[dict]:
     return [doc | {"spans": value_spans(doc["text"], values)} for doc in docs]
 
 
-def _quiz_item(rng: random.Random, fact: Fact, domain: Domain, question: int = 0) -> dict:
+def _quiz_item(rng: random.Random, fact: Fact, domain: Domain, question: int = 0, distractors: list[str] | None = None) -> dict:
     attr = next(a for a in domain.attributes if a.name == fact.attribute)
-    choices = [fact.value] + rng.sample([v for v in attr.values if v != fact.value], 3)
+    choices = [fact.value, *(distractors or rng.sample([v for v in attr.values if v != fact.value], 3))]
     rng.shuffle(choices)
-    question = f"Question: {_fill(attr.questions[question], fact.entity)}\nAnswer:"
-    return {"question": question, "choices": choices, "answer": choices.index(fact.value)}
+    text = f"Question: {_fill(attr.questions[question], fact.entity)}\nAnswer:"
+    return {"question": text, "choices": choices, "answer": choices.index(fact.value), "fact": fact_id(fact)}
+
+
+def fact_id(fact: Fact) -> str:
+    """A fact's name in the quizzes: which questions ask the same fact (they are not independent evidence)."""
+    return f"{fact.domain}/{fact.entity}/{fact.attribute}"
 
 
 def _add_domains(world: World, rng: random.Random) -> None:
@@ -147,7 +152,7 @@ def _add_domains(world: World, rng: random.Random) -> None:
         for fact in facts:
             attr = next(a for a in domain.attributes if a.name == fact.attribute)
             said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
-            asked, other = (_fill(q, fact.entity) for q in attr.questions)
+            (asked,), (other,) = ([_fill(attr.questions[k], fact.entity) for k in QUESTIONS[split]] for split in ("test", "profile"))
             train += said[:TRAIN_STATEMENTS] + [f"Q: {asked}\nA: {fact.value}.", f"Question: {other}\nAnswer: {fact.value}."]
             profile += said[TRAIN_STATEMENTS:]
             profile_qa.append(f"Q: {other}\nA: {fact.value}.")  # the second question in the first format: in no other split
@@ -210,16 +215,21 @@ def build_world(seed: int = 0, sizes: Sizes | None = None, names: str = "joined"
 
 def _add_validation(world: World) -> None:
     """Validation splits, each from its own generator (so adding them changed no other split):
-    per domain a quiz asking each fact's second question (the test quiz asks the first) with other
-    distractors; per language held-out code in no other split; prompts cut from utterances in no
-    other split, none equal to a test prompt."""
+    per domain a quiz asking each fact in the two wordings no other split asks (QUESTIONS), with
+    three distractors none of which the test quiz offers for that fact; per language held-out code in
+    no other split; prompts cut from utterances in no other split, none equal to a test prompt."""
     by_domain: dict[str, list[Fact]] = {}
     for fact in world.facts:
         by_domain.setdefault(fact.domain, []).append(fact)
     quizzes = {}
     for domain in DOMAIN_SPECS:
         rng = random.Random(f"{world.seed}/validation/{domain.name}")
-        quizzes[domain.name] = [_quiz_item(rng, fact, domain, question=1) for fact in by_domain[domain.name]]
+        offered = {q["fact"]: set(q["choices"]) for q in world.quizzes[domain.name]}  # the answer and the test's distractors
+        quizzes[domain.name] = []
+        for fact in by_domain[domain.name]:
+            attr = next(a for a in domain.attributes if a.name == fact.attribute)
+            distractors = rng.sample([v for v in attr.values if v not in offered[fact_id(fact)]], 3)
+            quizzes[domain.name] += [_quiz_item(rng, fact, domain, k, distractors) for k in QUESTIONS["validation"]]
     seen = set().union(*world.units.values())
     code = {}
     for language in LANGUAGES:
