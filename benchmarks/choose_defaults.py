@@ -7,8 +7,9 @@ correlation thresholds for toxicity), runs the real edit command on every target
 the validation splits as its gate (`--target-tasks world_val_<target>`, `--general-tasks` the other
 `world_val_*` tasks, `--toxicity-prompts` the validation prompts; profiling reads its own corpus and
 profiling prompts as always), and counts the targets whose validation numbers meet the bars of
-benchmarks/bench_end_to_end.py. The chosen setting meets the most; ties go to the one whose worst
-collateral is smallest. No test quiz, test code or gate prompt is read: the test data then judges
+benchmarks/bench_end_to_end.py. The chosen setting meets the most; ties go to the one that misses
+the bars by the fewest points summed over targets (the removed quiz's distance beyond 10 points
+above chance plus the worst other quiz's change beyond 2, and likewise for the other kinds). No test quiz, test code or gate prompt is read: the test data then judges
 the chosen defaults (bench_end_to_end.py). The choice is what resect.run.spec's constants hold.
 """
 
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import meets_bar  # noqa: E402
+from common import CHANCE, meets_bar  # noqa: E402
 
 RESECT = str(Path(sys.executable).parent / "resect")
 CANDIDATES = {
@@ -37,6 +38,20 @@ CANDIDATES = {
 def collateral(kind: str, report: dict) -> float:
     others = [r["drop"] for r in report["rows"] if r["role"] == "general"]
     return max((abs(d) if kind != "language" else d for d in others), default=0.0)
+
+
+def shortfall(kind: str, report: dict) -> float:
+    """By how many points (or %) an edit misses its bars, summed over the bars: 0 when it meets them."""
+    rows = report["rows"]
+    worst = collateral(kind, report)
+    if kind == "domain":
+        target = next(r for r in rows if r["role"] == "target")
+        return max(0.0, 100 * target["edited"] - (CHANCE + 10)) + max(0.0, worst - 2)
+    if kind == "language":
+        target = next(r for r in rows if r["role"] == "target")
+        return max(0.0, 100 * (2 - target["edited"] / target["baseline"])) + max(0.0, worst - 5)
+    fall = next(r for r in rows if r["metric"] == "toxicity_probability")["drop"]
+    return max(0.0, 100 / 3 - fall) + max(0.0, worst - 2)
 
 
 def main() -> None:
@@ -57,11 +72,11 @@ def main() -> None:
         for kind, (rule, values) in CANDIDATES.items():
             if args.only not in (None, kind):
                 continue
-            print(f"| {kind}: {rule} | targets meeting the bar on validation | worst collateral | seconds |")
-            print("|---|---|---|---|")
+            print(f"| {kind}: {rule} | targets meeting the bar on validation | bars missed by, in all | worst collateral | seconds |")
+            print("|---|---|---|---|---|")
             scores = []
             for value in values:
-                met, worst, start = [], 0.0, time.perf_counter()
+                met, worst, missed, start = [], 0.0, 0.0, time.perf_counter()
                 for target in targets[kind]:
                     out = work / f"{kind}-{target}-{value}"
                     if kind == "toxicity":
@@ -80,11 +95,13 @@ def main() -> None:
                     ok, _ = meets_bar(kind, report)
                     met += [target or "toxicity"] * ok
                     worst = max(worst, collateral(kind, report))
+                    missed += shortfall(kind, report)
                 seconds = time.perf_counter() - start
-                scores.append((len(met), -worst, value))
-                print(f"| {value:g} | {len(met)} of {len(targets[kind])} ({', '.join(met) or '-'}) | {worst:.1f} | {seconds:.0f} |", flush=True)
+                scores.append((len(met), -missed, value))
+                print(f"| {value:g} | {len(met)} of {len(targets[kind])} ({', '.join(met) or '-'}) | {missed:.1f} | {worst:.1f} | {seconds:.0f} |", flush=True)
             best = max(scores)
-            print(f"\n{kind}: chosen {rule} {best[2]:g} ({best[0]} of {len(targets[kind])} on validation)\n", flush=True)
+            print(f"\n{kind}: chosen {rule} {best[2]:g} ({best[0]} of {len(targets[kind])} meet the bars on validation; "
+                  f"they miss them by {-best[1]:.1f} points in all)\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from resect.run.recipebook import recipe_files, validate_recipe
+from resect.run.spec import BUILTIN_LANGUAGE_RATIO, PAPER_THRESHOLD, SKEW_MEAN_RATIO, WORLD_SKEW_MEAN_RATIO, WORLD_TOXICITY_THRESHOLD
 
 RESECT = str(Path(sys.executable).parent / "resect")
 
@@ -109,15 +110,22 @@ def test_domain_rule_defaults_the_paper_s_on_published_checkpoints_skew_mean_on_
 
     out = str(tmp_path / "run")
     world = plan(RunSpec("domain", "law", out=out))
-    assert (world.rule, world.rule_params) == ("skew-mean", {"ratio": 1.25})
+    assert (world.rule, world.rule_params) == ("skew-mean", {"ratio": WORLD_SKEW_MEAN_RATIO})
     assert plan(RunSpec("domain", "law", rule="skew", out=out)).rule_params == {"ratio": 2.0}
     assert plan(RunSpec("domain", "law", ratio=1.5, out=out)).rule_params == {"ratio": 1.5}
     published = plan(RunSpec("domain", "law", model=str(tiny_vd), out=out))
     assert (published.rule, published.rule_params) == ("skew", {"ratio": 2.0})
     mean_there = plan(RunSpec("domain", "law", model=str(tiny_vd), rule="skew-mean", out=out))
-    assert mean_there.rule_params == {"ratio": 1.25}
+    assert mean_there.rule_params == {"ratio": SKEW_MEAN_RATIO}  # the rule's own default off the world
     language = plan(RunSpec("language", "python", out=out))
-    assert (language.rule, language.rule_params) == ("skew", {"ratio": 3.0})
+    assert (language.rule, language.rule_params) == ("skew", {"ratio": BUILTIN_LANGUAGE_RATIO})
+    toxicity = plan(RunSpec("toxicity", out=out))
+    assert toxicity.rule_params == {"threshold": WORLD_TOXICITY_THRESHOLD} and toxicity.spec.threshold == WORLD_TOXICITY_THRESHOLD
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "You are"}\n{"prompt": "Hello"}\n')
+    elsewhere = plan(RunSpec("toxicity", model=str(tiny_vd), toxicity_prompts=str(prompts), general_tasks=[], out=out))
+    assert elsewhere.rule_params == {"threshold": PAPER_THRESHOLD}
+    assert plan(RunSpec("toxicity", threshold=0.2, out=out)).rule_params == {"threshold": 0.2}
     assert not (tmp_path / "run").exists()
 
 

@@ -10,6 +10,7 @@ import torch
 from test_train import RECIPE, TINY
 
 from resect.errors import UsageError
+from resect.run.spec import BUILTIN_LANGUAGE_RATIO
 from resect.world.train import _pretrain_texts, build_model, freeze_all_but_experts, load_recipe, model_config, run_recipe, train_model
 
 
@@ -110,7 +111,7 @@ def test_a_trained_world_model_brings_its_world_to_the_edit_commands(tmp_path):
     task = yaml.safe_load((Path(domain.include_path[0]) / "world_law.yaml").read_text())
     assert task["dataset_kwargs"]["data_files"]["test"] == str((run / "data" / "eval" / "quiz_law.jsonl").resolve())
     language = plan(RunSpec("language", "lua", model=str(run / "model"), out=str(tmp_path / "edit")))
-    assert language.rule_params == {"ratio": 3.0} and language.target_tasks == ["world_ppl_lua"]
+    assert language.rule_params == {"ratio": BUILTIN_LANGUAGE_RATIO} and language.target_tasks == ["world_ppl_lua"]
     alone = tmp_path / "alone"
     shutil.copytree(run / "model", alone)
     with pytest.raises(UsageError, match="Pass --corpus"):

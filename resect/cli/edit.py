@@ -96,7 +96,7 @@ def language(
 @app.command(rich_help_panel=EDITS)
 @with_options("toxicity_prompts", *SAMPLING, "groups", "include_path", "general_tasks", "min_target_drop", "max_general_drop", "min_toxicity_drop", "confidence", "limit", "search", "validation_prompts", "validation_general_tasks", "search_confidence", *RUNNING)
 def toxicity(
-    threshold: Annotated[float, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more).")] = 0.1,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Remove experts whose token-level Pearson r with toxicity is at least this (lower removes more). Default: 0.1, the paper's; 0.05 on a generated world, chosen on its validation data.")] = None,
     model: Model = None,
     profile_samples: Annotated[int, typer.Option("--profile-samples", help="Generations per prompt profiled (drawn from their own seeds).")] = TOXICITY_DEFAULTS["profile_samples"],
     profile_prompts: Annotated[Path | None, typer.Option("--profile-prompts", metavar="FILE", help="Prompts JSONL profiling samples from, none of them the gate's or the search's (default: the world's profiling prompts where it has them, else the gate's, with a warning).")] = None,

@@ -12,7 +12,8 @@ bootstrap (clusters drawn with replacement, `ITERS` times): `low` and `high` are
 bounds at the given confidence (each holds with that probability). `resolution` is the smallest
 drop the task can tell from none at that confidence: for 0/1 scores (accuracy, a prompt counted
 toxic) the fall of the fewest clusters a bootstrap cannot miss, ceil(ln(1 / (1 - c))) of N
-(3 of N at 95%), and never less than the bound's own distance from the estimate.
+(3 of N at 95%), whatever this edit changed; for continuous scores the bound's distance from the
+estimate.
 """
 
 from __future__ import annotations
@@ -138,8 +139,11 @@ def _evidence(stat, clusters: int, n: int, confidence: float, seed: int, granula
     draws = np.asarray(stat(rng.integers(0, clusters, (ITERS, clusters))), float)  # every resample at once
     low, high = float(np.quantile(draws, 1 - confidence)), float(np.quantile(draws, confidence))
     spread = max(drop - low, high - drop, 0.0)
-    floor = 100.0 * math.ceil(math.log(1.0 / (1.0 - confidence))) / clusters if granular else 0.0
-    return Evidence(drop, min(low, drop), max(high, drop), max(spread, floor), confidence, n, clusters)
+    if granular:  # 0/1 scores: set by how many clusters there are, not by how many answers this edit changed
+        resolution = 100.0 * math.ceil(math.log(1.0 / (1.0 - confidence))) / clusters
+    else:
+        resolution = spread
+    return Evidence(drop, min(low, drop), max(high, drop), resolution, confidence, n, clusters)
 
 
 __all__ = ["CONFIDENCE", "Evidence", "doc_scores", "paired", "paired_values", "relative"]

@@ -130,7 +130,7 @@ def print_verdict(report: Report, console, *, title: str | None = None, where: s
     """The table, then one line: PASS, or FAIL with the breached tasks; `where` names the report files."""
     console.print(terminal_table(report, title))
     confidence = report.settings.get("confidence") or report.settings.get("report_confidence")
-    console.print(f"[dim]drop: positive = worse; [low, high]: one-sided bounds at {100 * (confidence or 0.95):g}% (paired bootstrap)[/dim]")
+    console.print(f"[dim]drop: positive = worse; \\[low, high]: one-sided bounds at {100 * (confidence or 0.95):g}% (paired bootstrap)[/dim]")
     for r in report.rows:
         if r.unresolved:
             console.print(f"[yellow]{r.task}: its gate of {r.threshold:g} {r.unit_short} is below the {r.resolution:.2g} {r.unit_short} "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .spec import BUILTIN_LANGUAGE_RATIO, CORPUS_FILES, DEFAULT_RULE, PAPER_RATIO, SKEW_MEAN_RATIO, WORLD_DOMAIN_RULE, RunSpec
+from .spec import BUILTIN_LANGUAGE_RATIO, CORPUS_FILES, DEFAULT_RULE, PAPER_RATIO, PAPER_THRESHOLD, SKEW_MEAN_RATIO, WORLD_DOMAIN_RULE, WORLD_SKEW_MEAN_RATIO, WORLD_TOXICITY_THRESHOLD, RunSpec
 
 
 def world_defaults(spec: RunSpec, data: Path) -> dict[str, Any]:
@@ -75,13 +75,21 @@ def published_defaults(spec: RunSpec) -> dict[str, Any]:
 
 def rule_and_ratio(spec: RunSpec, world: bool) -> tuple[str, float]:
     """The selection rule and its ratio: what the command line or recipe says, else the defaults
-    (the paper's on published checkpoints; on a generated world, skew-mean for domains and 3x for languages)."""
+    (the paper's on published checkpoints; on a generated world those chosen on its validation data)."""
     rule = spec.rule or (WORLD_DOMAIN_RULE if world and spec.kind == "domain" else DEFAULT_RULE[spec.kind])
     if spec.ratio is not None:
         return rule, spec.ratio
     if rule == "skew-mean":
-        return rule, SKEW_MEAN_RATIO
+        return rule, WORLD_SKEW_MEAN_RATIO if world else SKEW_MEAN_RATIO
     return rule, BUILTIN_LANGUAGE_RATIO if world and spec.kind == "language" else PAPER_RATIO
 
 
-__all__ = ["world_defaults", "published_defaults", "rule_and_ratio"]
+def toxicity_threshold(spec: RunSpec, world: bool) -> float:
+    """The correlation threshold: what the command line or recipe says, else the paper's (0.1), or
+    on a generated world the one chosen on its validation data."""
+    if spec.threshold is not None:
+        return spec.threshold
+    return WORLD_TOXICITY_THRESHOLD if world else PAPER_THRESHOLD
+
+
+__all__ = ["world_defaults", "published_defaults", "rule_and_ratio", "toxicity_threshold"]

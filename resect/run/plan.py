@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, UsageError, unknown
-from .defaults import published_defaults, rule_and_ratio, world_defaults
+from .defaults import published_defaults, rule_and_ratio, toxicity_threshold, world_defaults
 from .spec import DEFAULT_GATES, DEFAULT_TOXICITY_DROP, MIRRORED_COLLECTIONS, PROFILING_ONLY, TOXICITY_DEFAULTS, RunSpec, check_spec
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
         names = [split_spec(t)[0] for t in target_tasks + general + validation[0] + validation[1]]
         include = [str(mirror.localize(names, include).include_path)]
     rule, ratio = rule_and_ratio(spec, world is not None)
+    if spec.kind == "toxicity":
+        spec = dataclasses.replace(spec, threshold=toxicity_threshold(spec, world is not None))
     params = {"ratio": ratio} if rule in ("skew", "skew-mean") else {"threshold": spec.threshold} if rule == "correlation" else {}
     out = Path(spec.out) if spec.out else Path("resect-runs") / f"{spec.kind}-{(spec.target or f'r{spec.threshold}').replace(' ', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not spec.dry_run:

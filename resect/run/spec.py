@@ -21,15 +21,18 @@ DEFAULT_GATES = {"domain": (10.0, 2.0), "language": (100.0, 5.0), "toxicity": (0
 # The toxicity edit's bar on the toxicity probability: a third of the baseline's must go (a no-op edit fails it).
 DEFAULT_TOXICITY_DROP = 100 / 3
 PAPER_RATIO = 2.0
-# Domains of a generated world: most of a domain's routing goes through experts that one other
-# domain also uses, so the paper's rule (2x the runner-up domain) leaves much of the removed quiz
-# standing; against the mean of the other domains it cuts deeper while the others hold
-# (docs/results.md, benchmarks/bench_end_to_end.py).
-WORLD_DOMAIN_RULE, SKEW_MEAN_RATIO = "skew-mean", 1.25
-# The built-in world's three languages share most of their syntax: at the paper's ratio the experts
-# a language uses twice as much as the next one include shared syntax, which raises the others'
-# perplexity; 3x keeps to what is specific (docs/results.md).
-BUILTIN_LANGUAGE_RATIO = 3.0
+PAPER_THRESHOLD = 0.1  # the paper's middle correlation threshold for toxic experts
+# The rules' settings on a generated world, each chosen on the built-in world's validation data
+# alone (`python benchmarks/choose_defaults.py`, docs/results.md): among skew-mean ratios 1.1-2.5,
+# skew ratios 2-6 and correlation thresholds 0.05-0.2, the one meeting the bars for the most
+# targets there, ties broken by the fewest points missed. Domains: the mean of the other domains as
+# the comparison (most of a domain's routing goes through experts one other domain also uses, so
+# the paper's runner-up comparison leaves much of a quiz standing); languages: a ratio above the
+# paper's (the three share most of their syntax).
+WORLD_DOMAIN_RULE, WORLD_SKEW_MEAN_RATIO = "skew-mean", 2.0
+SKEW_MEAN_RATIO = 1.25  # the skew-mean rule's own default elsewhere (resect select)
+BUILTIN_LANGUAGE_RATIO = 4.0
+WORLD_TOXICITY_THRESHOLD = 0.05
 TOXICITY_DEFAULTS = {
     "samples": 25, "max_new_tokens": 20, "temperature": 1.0, "top_p": 0.9, "scorer": "profanity",
     "score_window": 32,
@@ -53,7 +56,7 @@ class RunSpec:
     model: str | None = None
     rule: str | None = None
     ratio: float | None = None  # skew rules; None: skew 2.0 (the paper's; 3.0 for languages of a generated world), skew-mean 1.25
-    threshold: float = 0.1
+    threshold: float | None = None  # toxicity: the correlation threshold (default: PAPER_THRESHOLD; WORLD_TOXICITY_THRESHOLD on a generated world)
     groups: list[int] | None = None  # routing groups to select in; None: every group (the paper's)
     refine: int | None = None  # experts per group added by attribution after the rule (resect.edit.attribute); None/0: none
     tune: int | None = None  # steps of mask tuning after the rule (and refine) (resect.edit.tune); None/0: none
@@ -100,7 +103,7 @@ _LISTS = ("target_tasks", "general_tasks", "validation_target_tasks", "validatio
 def _type_problem(name: str, value: Any) -> str | None:
     """What is wrong with a RunSpec field's type (a recipe or key=value override can hold anything)."""
     if value is None:
-        return None if name not in ("kind", "threshold", "batch_size", "seed", "force", "dry_run", "no_cache", "device", "dtype") else "a value"
+        return None if name not in ("kind", "batch_size", "seed", "force", "dry_run", "no_cache", "device", "dtype") else "a value"
     if name in _TEXT:
         return None if isinstance(value, str) else "text"
     if name in _NUMBERS:
