@@ -26,7 +26,7 @@ def mirror(
 
     from resect.outputs import adding_to
     from resect.ownership import check_addable
-    from resect.run.mirror import downloads, fetch
+    from resect.run.mirroring import downloads, fetch
     from resect.run.recipebook import find_recipe, parse_overrides, read_recipe, spec_from
     from resect.run.spec import check_spec
 
