@@ -186,7 +186,7 @@ def test_domain_biology_end_to_end(tmp_path, cache):
     assert verdict["verdict"] == "pass"
     rows = {r["task"]: r for r in verdict["rows"]}
     assert rows["world_biology"]["role"] == "target" and rows["world_biology"]["drop"] >= 10
-    assert rows["world_biology"]["edited"] <= 0.35  # within 10 points of chance (4 choices)
+    assert rows["world_biology"]["low"] >= 10 and rows["world_biology"]["gated_on"] == "estimate"  # its lower bound clears the bar too
     assert all(r["drop"] <= 2 for r in rows.values() if r["role"] == "general")
     # the edited checkpoint is self-describing and loads
     config = json.loads((first / "checkpoint" / "config.json").read_text())
