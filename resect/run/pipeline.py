@@ -24,7 +24,6 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from ..errors import UsageError
 from ..gate.report import Report
 from .plan import RUN_FILE, Plan, plan
 from .report import write_report
+from .result import RunResult
 from .spec import KINDS, PROFILE_SEED_OFFSET, RunSpec
 
 log = logging.getLogger(__name__)
@@ -124,25 +124,6 @@ def apply_mask(p: Plan, mask_file: Path, dest: Path) -> Path:
 
 
 # ---------------------------------------------------------------- the run
-
-
-@dataclass
-class RunResult:
-    out: Path | None
-    verdict: str  # "pass" | "fail" | "dry-run"
-    mask_counts: dict[int, int]
-    mask_total: int
-    experts_total: int
-    report: Report | None  # the verification (None for a dry run)
-    timings: dict[str, float]
-    stats_cached: bool
-    token_counts: dict[str, int] = field(default_factory=dict)  # profiling tokens per label
-    search: dict[str, Any] | None = None  # with --search: {"trials", "chosen", "validation"} (resect.run.search)
-    profiled_documents: dict[str, int] = field(default_factory=dict)  # profiling documents per label
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.verdict == "fail" else 0
 
 
 def run_edit(spec: RunSpec, *, reporter=None, inputs: tuple = ()) -> RunResult:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .pipeline import RunResult
     from .plan import Plan
+    from .result import RunResult
 
 FEW_QUESTIONS = 100  # a validation task this small moves by several points when two answers change
 
