@@ -50,6 +50,21 @@ def read_prompts(path: str | os.PathLike, *, limit: int | None = None) -> list[P
     return prompts[:limit]
 
 
+def refuse_shared_prompts(path: str | os.PathLike, whose: str, others: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse (UsageError, one line naming both files) when `path`'s prompts share any with one of
+    `others` ({"the gate's": file, ...}; files that are not there are skipped): no prompt serves two
+    of profiling, a search and the gate. `whose`: whose prompts `path` holds ("the search's")."""
+    from ..errors import UsageError
+
+    mine = {q.text.strip() for q in read_prompts(path)}
+    for theirs, other in others.items():
+        if other and Path(other).is_file():
+            shared = mine & {q.text.strip() for q in read_prompts(other)}
+            if shared:
+                raise UsageError(f"{len(shared):,} of {whose} prompts ('{path}') are also {theirs} ('{other}'), e.g. "
+                                 f"{sorted(shared)[0]!r}: no prompt may serve two of profiling, the search and the gate.")  # fmt: skip
+
+
 TOP_K = 50  # transformers' generate() default, which sampling here has always had beside top-p
 BATCH_ROWS = 256  # sequences decoded together: prompts x samples per prompt
 

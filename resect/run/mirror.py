@@ -52,6 +52,14 @@ def prompt_part(text: str) -> str:
     return "profile" if bucket < 2 else "search" if bucket < 4 else "gate"
 
 
+def local_prompts(name: str, mirror: Mirror | None) -> str:
+    """A prompts file as named, or (with a mirror) the part of a mirrored collection it names,
+    e.g. allenai/real-toxicity-prompts:search, written from the mirror."""
+    if mirror is None or Path(name).is_file() or name.partition(":")[0] not in (REAL_TOXICITY, TOXIGEN):
+        return name
+    return str(mirror.prompts(name))
+
+
 class MirrorError(ResectError):
     """A mirror folder that lacks what a run needs, or is not a mirror."""
 
@@ -364,4 +372,4 @@ def _work_folder(root: Path) -> Path:
     return folder
 
 
-__all__ = ["Mirror", "MirrorError", "data_files"]
+__all__ = ["Mirror", "MirrorError", "data_files", "local_prompts"]

@@ -127,7 +127,8 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
         corpus, prompts, found = _from_mirror(spec, mirror, corpus, prompts)
         defaults = defaults | found
         include = _includes(found.get("include_path")) or include
-    elif collection := next((c for c in (corpus, prompts, spec.profile_prompts) if c and c.partition(":")[0] in MIRRORED_COLLECTIONS and not Path(c).exists()), None):
+    elif collection := next((c for c in (corpus, prompts, spec.profile_prompts, spec.validation_prompts)
+                             if c and c.partition(":")[0] in MIRRORED_COLLECTIONS and not Path(c).exists()), None):  # fmt: skip
         raise UsageError(f"'{collection}' is a collection of a mirror: pass --mirror DIR "
                          "(mirror=DIR in a recipe; 'resect mirror RECIPE --out DIR' makes one), or a file of your own.")  # fmt: skip
     if spec.kind != "toxicity" and corpus is None:
@@ -170,7 +171,7 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
     if spec.search:
         from .search import plan_validation
 
-        p.validation = plan_validation(p, defaults)
+        p.validation = plan_validation(p, defaults, mirror)
     return p
 
 
@@ -185,20 +186,16 @@ def _profile_prompts(spec: RunSpec, defaults: dict, prompts: str | None, mirror)
     if spec.kind != "toxicity":
         return None
     chosen = spec.profile_prompts or defaults.get("profile_prompts")
-    if chosen is not None and not Path(chosen).is_file():
-        if mirror is not None:
-            return str(mirror.prompts(chosen))
-        raise UsageError(f"Profiling prompts '{chosen}' do not exist. Pass a JSONL of {{\"prompt\": ...}} lines.")
     if chosen is None:
         log.warning("profiling samples from the gate's own prompts (%s): pass --profile-prompts for prompts the gate does not read", prompts)
         return prompts
-    if prompts and Path(prompts).is_file():
-        from ..gate.toxicity import read_prompts
+    from ..gate.toxicity import refuse_shared_prompts
+    from .mirror import local_prompts
 
-        shared = {q.text.strip() for q in read_prompts(chosen)} & {q.text.strip() for q in read_prompts(prompts)}
-        if shared:
-            raise UsageError(f"{len(shared):,} of the profiling prompts ('{chosen}') are also the gate's ('{prompts}'), e.g. "
-                             f"{sorted(shared)[0]!r}: no prompt may serve two of profiling, the search and the gate.")  # fmt: skip
+    chosen = local_prompts(chosen, mirror)
+    if not Path(chosen).is_file():
+        raise UsageError(f"Profiling prompts '{chosen}' do not exist. Pass a JSONL of {{\"prompt\": ...}} lines.")
+    refuse_shared_prompts(chosen, "the profiling", {"the gate's": prompts})
     return chosen
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -83,8 +84,9 @@ def validation_choice(spec, defaults: dict[str, Any]) -> tuple[list[str], list[s
     return list(target), list(general), prompts
 
 
-def plan_validation(p, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The validation tasks (and prompts) a search scores on, checked before anything is profiled."""
+def plan_validation(p, defaults: dict[str, Any], mirror=None) -> dict[str, Any]:
+    """The validation tasks (and prompts) a search scores on, checked before anything is profiled;
+    `mirror` (a resect.run.mirror.Mirror) makes the part of a mirrored prompt collection they name."""
     from ..gate.verify import split_spec
     from ..tasks import resolve_tasks
 
@@ -103,35 +105,12 @@ def plan_validation(p, defaults: dict[str, Any]) -> dict[str, Any]:
         resolve_tasks([split_spec(t)[0] for t in target + general], p.include_path)  # a typo fails before profiling
         _disjoint_questions([split_spec(t)[0] for t in target + general], sorted(gate), p.include_path, p.corpus or None)
     if prompts is not None:
-        prompts = _localized(prompts, s.mirror)
-        _disjoint_prompts(prompts, {"the gate's": p.toxicity_prompts, "profiling's": p.profile_prompts})
+        from ..gate.toxicity import refuse_shared_prompts
+        from .mirror import local_prompts
+
+        prompts = local_prompts(prompts, mirror)
+        refuse_shared_prompts(prompts, "the search's", {"the gate's": p.toxicity_prompts, "profiling's": p.profile_prompts})
     return {"target_tasks": list(target), "general_tasks": list(general), "prompts": prompts}
-
-
-def _localized(prompts: str, mirror: str | None) -> str:
-    """A prompts file, or the part of a mirrored collection it names (allenai/real-toxicity-prompts:search)."""
-    from .spec import MIRRORED_COLLECTIONS
-
-    if Path(prompts).is_file() or prompts.partition(":")[0] not in MIRRORED_COLLECTIONS:
-        return prompts
-    if mirror is None:
-        raise UsageError(f"'{prompts}' is part of a mirror's collection: pass --mirror DIR (mirror=DIR in a recipe), or a prompts file.")
-    from .mirror import Mirror
-
-    return str(Mirror(mirror).prompts(prompts))
-
-
-def _disjoint_prompts(prompts: str, others: dict[str, str | None]) -> None:
-    """A search's prompts share none with the gate's or profiling's (by text), checked before anything loads."""
-    from ..gate.toxicity import read_prompts
-
-    mine = {q.text.strip() for q in read_prompts(prompts)}
-    for whose, other in others.items():
-        if other and Path(other).is_file():
-            shared = mine & {q.text.strip() for q in read_prompts(other)}
-            if shared:
-                raise UsageError(f"{len(shared):,} of the search's prompts ('{prompts}') are also {whose} ('{other}'), e.g. "
-                                 f"{sorted(shared)[0]!r}: no prompt may serve two of profiling, the search and the gate.")  # fmt: skip
 
 
 def _disjoint_questions(validation: list[str], gate: list[str], include_path: list[str], corpus: str | None = None) -> None:
@@ -165,8 +144,6 @@ def _disjoint_questions(validation: list[str], gate: list[str], include_path: li
 
 def question_key(text: str) -> str:
     """A question's identity across formats: its words, lowercased, without a Q:/Question: frame or an answer cue."""
-    import re
-
     words = re.sub(r"^(question|q)\s*:\s*|\s*(answer|a)\s*:\s*$", "", text.strip(), flags=re.I)
     return " ".join(words.lower().split())
 
