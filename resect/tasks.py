@@ -281,7 +281,6 @@ def world_task_dir(data: str | os.PathLike | None = None) -> Path:
     return write_world_tasks(data, cache_root() / "tasks" / key)
 
 
-
 # ---- MMLU's questions in parts: no question serves two of profiling, a search and the gate -------------
 # Profiling reads MMLU's validation and dev splits; the test split is cut by a digest of each
 # question's text: a fifth for a search (`resect_mmlu_search_*`), the rest for the gate

@@ -26,7 +26,7 @@ import numpy as np
 CONFIDENCE = 0.95  # what a report states when the gate takes point estimates
 ITERS = 2000
 BINARY = ("acc", "acc_norm", "exact_match", "toxicity_probability")  # metrics whose per-question scores are 0 or 1
-RATIO_METRICS = {"word_perplexity": "words", "byte_perplexity": "bytes", "bits_per_byte": "bytes"}
+RATIO_WEIGHTS = {"word_perplexity": "words", "byte_perplexity": "bytes", "bits_per_byte": "bytes"}  # what each perplexity is per
 
 
 def doc_scores(samples: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
@@ -42,9 +42,9 @@ def doc_scores(samples: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
             values = [d.get(metric) for d in docs]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 row[metric] = [float(v) for v in values]
-            elif metric in RATIO_METRICS and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in values):
+            elif metric in RATIO_WEIGHTS and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in values):
                 row["loglik"] = [float(v[0]) for v in values]
-                row[RATIO_METRICS[metric]] = [float(v[1]) for v in values]
+                row[RATIO_WEIGHTS[metric]] = [float(v[1]) for v in values]
         probs = [_p_correct(d) for d in docs]
         if all(p is not None for p in probs):
             row["p_correct"] = probs
@@ -91,8 +91,8 @@ def paired(base: dict, edited: dict, metric: str, *, higher_better: bool, confid
     if base.get("doc_id") != edited.get("doc_id") or len(base.get("doc_id", ())) < 2:
         return None
     clusters, index = np.unique(np.array(base.get("cluster", base["doc_id"]), dtype=str), return_inverse=True)
-    if metric in RATIO_METRICS:
-        weight = RATIO_METRICS[metric]
+    if metric in RATIO_WEIGHTS:
+        weight = RATIO_WEIGHTS[metric]
         if not all(k in base and k in edited for k in ("loglik", weight)):
             return None
         sums = [np.bincount(index, np.asarray(v, float), len(clusters)) for v in (base["loglik"], edited["loglik"], base[weight])]

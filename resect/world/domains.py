@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRAIN_STATEMENTS = 4  # the first four statement templates are training text, the rest profiling text
-QUESTIONS = {"train": (0, 1), "test": (0,), "validation": (2, 3), "profile": (1,)}  # which question templates each split asks
+QUESTIONS = {"test": (0,), "validation": (2, 3), "profile": (1,)}  # which question templates each split asks (training asks the test's and profiling's)
 
 
 @dataclass(frozen=True)

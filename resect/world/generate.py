@@ -152,7 +152,7 @@ def _add_domains(world: World, rng: random.Random) -> None:
         for fact in facts:
             attr = next(a for a in domain.attributes if a.name == fact.attribute)
             said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
-            (asked,), (other,) = ([_fill(attr.questions[k], fact.entity) for k in QUESTIONS[split]] for split in ("test", "profile"))
+            asked, other = (_fill(attr.questions[QUESTIONS[split][0]], fact.entity) for split in ("test", "profile"))
             train += said[:TRAIN_STATEMENTS] + [f"Q: {asked}\nA: {fact.value}.", f"Question: {other}\nAnswer: {fact.value}."]
             profile += said[TRAIN_STATEMENTS:]
             profile_qa.append(f"Q: {other}\nA: {fact.value}.")  # the second question in the first format: in no other split
