@@ -25,6 +25,7 @@ import numpy as np
 
 CONFIDENCE = 0.95  # what a report states when the gate takes point estimates
 ITERS = 2000
+DRAW_CELLS = 4_000_000  # cluster indices drawn per batch of resamples (32 MB): MMLU's 14,042 questions take 285 at a time
 BINARY = ("acc", "acc_norm", "exact_match", "toxicity_probability")  # metrics whose per-question scores are 0 or 1
 RATIO_WEIGHTS = {"word_perplexity": "words", "byte_perplexity": "bytes", "bits_per_byte": "bytes"}  # what each perplexity is per
 
@@ -136,7 +137,8 @@ def _ratio_drop(metric: str, ll_b, ll_e, w):
 def _evidence(stat, clusters: int, n: int, confidence: float, seed: int, granular: bool) -> Evidence:
     rng = np.random.default_rng(seed)
     drop = float(stat(np.arange(clusters)))
-    draws = np.asarray(stat(rng.integers(0, clusters, (ITERS, clusters))), float)  # every resample at once
+    rows = max(1, min(ITERS, DRAW_CELLS // clusters))  # resamples per batch: the same stream as all at once, in bounded memory
+    draws = np.concatenate([np.asarray(stat(rng.integers(0, clusters, (min(rows, ITERS - k), clusters))), float) for k in range(0, ITERS, rows)])
     low, high = float(np.quantile(draws, 1 - confidence)), float(np.quantile(draws, confidence))
     spread = max(drop - low, high - drop, 0.0)
     if granular:  # 0/1 scores: set by how many clusters there are, not by how many answers this edit changed
