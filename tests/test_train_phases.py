@@ -117,3 +117,30 @@ def test_a_trained_world_model_brings_its_world_to_the_edit_commands(tmp_path):
     with pytest.raises(UsageError, match="Pass --corpus"):
         plan(RunSpec("language", "lua", model=str(alone), out=str(tmp_path / "edit")))
     assert not (tmp_path / "edit").exists()
+
+
+def test_an_oracle_recipe_leaves_its_target_out_of_the_second_phase_only():
+    from resect.world import build_world
+    from resect.world.train import phase_two_texts
+
+    docs = build_world(0).train
+    kept = phase_two_texts(docs, ["biology", "python"])
+    labels = {d["label"] for d in docs}
+    assert {"biology", "python"} <= labels
+    assert len(kept) == sum(d["label"] not in ("biology", "python") for d in docs) < len(docs)
+    assert not set(kept) & {d["text"] for d in docs if d["label"] in ("biology", "python")}
+    assert phase_two_texts(docs, []) == [d["text"] for d in docs]
+
+
+@pytest.mark.parametrize("value", ["[bio]", "[neutral]", "[biology,biology]", "biology"])
+def test_a_leave_out_that_names_no_target_is_refused_before_anything_is_written(tmp_path, value):
+    from resect.world.train import check_run
+
+    recipe = load_recipe(RECIPE, [*TINY, f"train.leave_out={value}"]) if value.startswith("[") else None
+    if recipe is None:
+        with pytest.raises(UsageError, match=r"Recipe key 'train.leave_out' expects a list"):
+            load_recipe(RECIPE, [*TINY, f"train.leave_out={value}"])
+        return
+    with pytest.raises(UsageError, match=r"train.leave_out must list distinct targets among biology, .*toxic"):
+        check_run(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -34,6 +34,7 @@ def train(
     recipe: Annotated[Path | None, typer.Option("--recipe", help="Training recipe YAML (default: the built-in recipe).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Reuse a generated world instead of generating one.")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value recipe overrides, e.g. train.steps=20.")] = None,
+    leave_out: Annotated[list[str] | None, typer.Option("--leave-out", metavar="TARGET", help="A target the second phase never reads (repeatable): an oracle.")] = None,
 ) -> None:
     """Train the built-in model's recipe (about 40 minutes on one CPU core) and save the checkpoint."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -44,6 +45,8 @@ def train(
     if data is not None and not (data / "train.jsonl").is_file():
         raise UsageError(f"'{data}' has no train.jsonl. Pass a folder written by 'resect world generate'.")
     config = load_recipe(recipe, overrides or [])
+    if leave_out:
+        config["train"]["leave_out"] = sorted({*config["train"]["leave_out"], *leave_out})
     check_run(config, out)  # before the progress bar, so that an error is the only line printed
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
     with Progress(*columns, transient=False) as progress:

@@ -61,6 +61,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "threads": 1,
         "log_every": 10,
         "save_dtype": "bfloat16",
+        # targets whose documents phase 2 never reads (a domain, a language, "toxic"): an oracle, the
+        # model that never learnt them (the tokenizer and phase 1 stay those of the full recipe)
+        "leave_out": [],
     },
 }
 
@@ -305,6 +308,19 @@ def _pretrain_texts(folder: Path, seed: int, recipe: dict, located_at: Path | No
     return [d["text"] for d in read_train(_write_world(folder, seed, recipe, located_at)) if d["label"] in labels]
 
 
+def leavable() -> tuple[str, ...]:
+    """What `train.leave_out` may name: each domain, each language, the toxic register."""
+    from . import DOMAINS, LANGUAGES
+
+    return (*DOMAINS, *LANGUAGES, "toxic")
+
+
+def phase_two_texts(documents: list[dict], leave_out: Iterable[str]) -> list[str]:
+    """The training documents the second phase reads: every one whose label is not left out."""
+    left = set(leave_out)
+    return [d["text"] for d in documents if d["label"] not in left]
+
+
 def freeze_all_but_experts(model, frozen_groups: Iterable[int] = ()) -> None:
     """Only the expert layers and routers keep learning (attention, embeddings, norms, head frozen),
     and not even those of the routing groups in `frozen_groups` (whose routers' BatchNorm running
@@ -362,6 +378,9 @@ def check_run(recipe: dict, out: Path) -> None:
     text, known = recipe["pretrain"]["text"], pretrain_groups()
     if not isinstance(text, list) or not text or any(not isinstance(g, str) or g not in known for g in text):
         raise UsageError(f"pretrain.text must list one or more of {', '.join(known)}, found {text!r}.")
+    left, targets = recipe["train"]["leave_out"], leavable()
+    if not isinstance(left, list) or any(not isinstance(t, str) or t not in targets for t in left) or len(set(left)) != len(left):
+        raise UsageError(f"train.leave_out must list distinct targets among {', '.join(targets)}, found {left!r}.")
     groups = geometry(recipe["model"])[1]
     if any(not isinstance(g, int) or isinstance(g, bool) or not 0 <= g < groups for g in recipe["pretrain"]["frozen_groups"]):
         raise UsageError(f"pretrain.frozen_groups must list routing groups in 0..{groups - 1}, found {recipe['pretrain']['frozen_groups']}.")
@@ -391,7 +410,8 @@ def _train_into(recipe: dict, work: Path, final: Path, data: str | Path | None, 
     torch.manual_seed(recipe["seed"])
     if data is None:
         data = _write_world(work / "data", recipe["world"]["seed"], recipe, located_at=final / "data")
-    texts = [d["text"] for d in read_train(data)]
+    documents = read_train(data)
+    texts = [d["text"] for d in documents]  # the tokenizer reads all of them, so an oracle shares the full model's
     pre = recipe["pretrain"]
     pre_texts = _pretrain_texts(work / "pretrain", pre["world_seed"], recipe, final / "pretrain") if pre["steps"] > 0 else []
     model_dir = work / "model"
@@ -406,7 +426,8 @@ def _train_into(recipe: dict, work: Path, final: Path, data: str | Path | None, 
         rows = train_model(model, encode_documents(tokenizer, pre_texts), schedule, seed=recipe["seed"] + 1, on_step=on_step)
         rows = [r | {"phase": "pretrain"} for r in rows]
         freeze_all_but_experts(model, pre["frozen_groups"])
-    rows += train_model(model, encode_documents(tokenizer, texts), recipe["train"], seed=recipe["seed"], on_step=on_step)
+    kept = phase_two_texts(documents, recipe["train"]["leave_out"])
+    rows += train_model(model, encode_documents(tokenizer, kept), recipe["train"], seed=recipe["seed"], on_step=on_step)
     save_checkpoint(model, config, model_dir, recipe["train"]["save_dtype"])
     (work / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plot_loss(rows, work / "loss.png")
