@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 
-__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "ship", "world_data_of", "world_labels"]
+__all__ = ["DOMAINS", "LANGUAGES", "builtin_data_path", "builtin_model_path", "builtin_oracle_path", "ship", "world_data_of", "world_labels"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -88,3 +88,10 @@ def ship(run: str | os.PathLike) -> None:
         shutil.copytree(run / name, tmp, ignore=ignore)
         shutil.rmtree(_HERE / name, ignore_errors=True)
         tmp.rename(_HERE / name)
+
+
+def builtin_oracle_path(target: str) -> Path | None:
+    """The shipped oracle for a target of the built-in world: the built-in recipe trained with the
+    target left out (`resect world train --leave-out TARGET`), or None when none is shipped."""
+    path = _HERE / "oracles" / target
+    return path if (path / "config.json").is_file() else None

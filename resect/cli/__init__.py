@@ -57,7 +57,7 @@ QUIET_ENV = {
 }
 
 # Command modules register themselves on `app` when imported; their order is the panels' order in `resect --help`.
-from . import edit, run, profile, select, experts, apply, eval, verify, info, mirror, world  # noqa: E402,F401,I001  (the order --help lists them in)
+from . import edit, run, profile, select, experts, apply, eval, verify, probe, info, mirror, world  # noqa: E402,F401,I001  (the order --help lists them in)
 
 
 @app.callback()

@@ -137,6 +137,19 @@ def _quiz_item(rng: random.Random, fact: Fact, domain: Domain, question: int = 0
     return {"question": text, "choices": choices, "answer": choices.index(fact.value), "fact": fact_id(fact)}
 
 
+def fact_texts(fact: Fact, domain: Domain) -> dict[str, list[str]]:
+    """The sentences about one fact in each split: `train`, `profile` (the held-out statements) and
+    `profile_qa` (the profiling question, in the one pairing of phrasing and format no other split has)."""
+    attr = next(a for a in domain.attributes if a.name == fact.attribute)
+    said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
+    asked, other = (_fill(attr.questions[QUESTIONS[split][0]], fact.entity) for split in ("test", "profile"))
+    return {
+        "train": said[:TRAIN_STATEMENTS] + [f"Q: {asked}\nA: {fact.value}.", f"Question: {other}\nAnswer: {fact.value}."],
+        "profile": said[TRAIN_STATEMENTS:],
+        "profile_qa": [f"Q: {other}\nA: {fact.value}."],
+    }
+
+
 def fact_id(fact: Fact) -> str:
     """A fact's name in the quizzes: which questions ask the same fact (they are not independent evidence)."""
     return f"{fact.domain}/{fact.entity}/{fact.attribute}"
@@ -150,12 +163,10 @@ def _add_domains(world: World, rng: random.Random) -> None:
         world.facts += facts
         train, profile, profile_qa = [], [], []
         for fact in facts:
-            attr = next(a for a in domain.attributes if a.name == fact.attribute)
-            said = [_fill(t, fact.entity, fact.value) for t in attr.statements]
-            asked, other = (_fill(attr.questions[QUESTIONS[split][0]], fact.entity) for split in ("test", "profile"))
-            train += said[:TRAIN_STATEMENTS] + [f"Q: {asked}\nA: {fact.value}.", f"Question: {other}\nAnswer: {fact.value}."]
-            profile += said[TRAIN_STATEMENTS:]
-            profile_qa.append(f"Q: {other}\nA: {fact.value}.")  # the second question in the first format: in no other split
+            texts = fact_texts(fact, domain)
+            train += texts["train"]
+            profile += texts["profile"]
+            profile_qa += texts["profile_qa"]
         world.units["train"].update(train)
         world.units["profile"].update(profile + profile_qa)
         for _ in range(sizes.copies):

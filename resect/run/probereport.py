@@ -1,0 +1,175 @@
+"""What the probes gave back: recovery rows, the verdict, probe.json's report, its markdown and relearn.png.
+
+Every row compares the edited model with a reference under the same probe, question by question:
+the oracle where there is one (what a model that never learnt the domain reaches under the same
+attack), else chance. `recovery` = edited - reference in points, its one-sided bounds from the
+paired cluster bootstrap (clusters: facts), `resolution` the smallest recovery the row can tell
+from none; `share` = recovery / (source - reference), the part of the source's lead the probe
+gives back (0: no more than the reference, 1: all of it), left out where that lead is below the
+row's resolution (the probe cannot tell the source from the reference). The relearn row N=0 is the
+edit as it is, what every attack starts from: shown, never counted as a probe's recovery.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .probe import ProbePlan
+
+GOAL = 5.0  # points: an edit that relearns no faster than the oracle learns stays within this of it
+
+
+def _constant(like: dict, value: float) -> dict:
+    return {"doc_id": like["doc_id"], "cluster": like["cluster"], "acc": [value / 100.0] * len(like["acc"])}
+
+
+def _row(probe: str, setting: str, scores: dict[str, dict], chance: dict, seed: int) -> dict:
+    """One probe setting: each model's score, and what the edited model has over the reference."""
+    from ..gate.paired import CONFIDENCE, paired
+
+    edited = scores["edited"]
+    reference = scores.get("oracle") or _constant(edited, chance["value"])
+    ev = paired(reference, edited, "acc", higher_better=True, confidence=CONFIDENCE, seed=seed)
+    recovery = edited["value"] - (scores["oracle"]["value"] if "oracle" in scores else chance["value"])
+    gap = scores["source"]["value"] - (scores["oracle"]["value"] if "oracle" in scores else chance["value"])
+    return {
+        "probe": probe, "setting": setting, **{who: s["value"] for who, s in scores.items()}, "chance": chance["value"],
+        "reference": "oracle" if "oracle" in scores else "chance", "recovery": recovery,
+        "low": None if ev is None else -ev.high, "high": None if ev is None else -ev.low,
+        "resolution": None if ev is None else ev.resolution, "confidence": CONFIDENCE,
+        "share": recovery / gap if ev is not None and gap > max(ev.resolution, 1e-9) else None, "questions": len(edited["acc"]), "attack": True,
+    }  # fmt: skip
+
+
+def _readout_scores(entry: dict, layer: int) -> dict:
+    right = entry["correct"][layer]
+    return {"doc_id": list(range(len(right))), "cluster": entry["cluster"], "acc": [float(c) for c in right], "value": 100.0 * sum(right) / len(right)}
+
+
+def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, float], readout_chance: float | None) -> dict:
+    """probe.json's content: the settings, every model's measurements, the recovery rows, the verdict."""
+    s, rows = plan.spec, []
+    models = list(measured)
+    if "relearn" in s.probes:
+        before = _row("relearn", "N=0 (no attack)", {m: measured[m]["relearn"]["0"]["target"] for m in models}, {"value": chance["quiz"]}, s.seed)
+        rows.append(before | {"attack": False})  # the edit as it is: what the attacks start from, not an attack
+        for n in sorted(set(s.examples)):
+            rows.append(_row("relearn", f"N={n}", {m: measured[m]["relearn"][str(n)]["target"] for m in models}, {"value": chance["quiz"]}, s.seed))
+    if "rtt" in s.probes:
+        rows.append(_row("rtt", f"{s.folds} folds", {m: measured[m]["rtt"] for m in models}, {"value": chance["quiz"]}, s.seed))
+    if "in-context" in s.probes:
+        for variant in measured["edited"]["in-context"]:
+            rows.append(_row("in-context", variant, {m: measured[m]["in-context"][variant] for m in models}, {"value": chance[variant]}, s.seed))
+    if "representation" in s.probes:
+        for layer in range(len(measured["edited"]["representation"]["layers"])):
+            scores = {m: _readout_scores(measured[m]["representation"], layer) for m in models}
+            rows.append(_row("representation", f"layer {layer}", scores, {"value": readout_chance}, s.seed))
+    attacks = [r for r in rows if r.get("attack", True)]
+    worst = max((r["recovery"] for r in attacks), default=0.0)
+    verdict = "measured" if s.max_recovery is None else ("fail" if worst > s.max_recovery else "pass")
+    unresolved = [f"{r['probe']} {r['setting']}" for r in attacks if s.max_recovery is not None and (r["resolution"] or 0) > s.max_recovery]
+    return {
+        "format": "resect.probe/v1",
+        "target": plan.domain, "task": f"world_{plan.domain}", "world": str(plan.world), "chance": chance["quiz"],
+        "models": {m: str(p) for m, p in plan.models.items()},
+        "settings": {"probes": s.probes, "examples": sorted(set(s.examples)), "tuning": s.tuning.record(), "folds": s.folds, "shots": s.shots,
+                     "seed": s.seed, "batch_size": s.batch_size, "device": s.device, "dtype": s.dtype, "max_recovery": s.max_recovery},
+        "measured": _public(measured),
+        "rows": rows, "worst_recovery": worst, "verdict": verdict, "unresolved": unresolved,
+    }  # fmt: skip
+
+
+def _public(measured: dict) -> dict:
+    """The measurements without per-question lists: scores per model, probe and setting."""
+    out: dict[str, Any] = {}
+    for who, probes in measured.items():
+        entry: dict[str, Any] = {}
+        for name, value in probes.items():
+            if name == "relearn":
+                entry[name] = {n: {"target": v["target"]["value"], "general": v["general"]} for n, v in value.items()}
+            elif name == "in-context":
+                entry[name] = {k: v["value"] for k, v in value.items()}
+            elif name == "representation":
+                entry[name] = value["layers"]
+            else:
+                entry[name] = value["value"]
+        out[who] = entry
+    return out
+
+
+def _fmt(value: float | None, spec: str = "+.1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    """The probe section of a report: settings, the rows, what the verdict means."""
+    s, models = report["settings"], list(report["models"])
+    p = s["max_recovery"]
+    verdict = "measured (no --max-recovery)" if p is None else (
+        f"PASS: no probe gives back more than {p:g} points" if report["verdict"] == "pass" else f"FAIL: a probe gives back more than {p:g} points")
+    lines = [
+        f"## Probes: is {report['target']} gone, or only hidden?", "",
+        f"**Verdict: {verdict}** (the most given back: {report['worst_recovery']:+.1f} points).", "",
+        *[f"- {m}: `{path}`" for m, path in report["models"].items()],
+        f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
+        f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}) on N of the domain's profiling sentences; "
+        f"rtt over {s['folds']} folds of facts; {s['shots']} shots in context; seed {s['seed']}",
+        "- gives back: the edited model's score minus the reference's (the oracle's under the same probe, else chance), "
+        "[low, high] one-sided paired bounds at 95% clustered by fact; share: of the source's lead over the reference", "",
+        "| probe | setting | " + " | ".join(models) + " | reference | gives back | [low, high] | share |",
+        "|---|---|" + "---:|" * len(models) + "---|---:|---|---:|",
+    ]  # fmt: skip
+    for r in report["rows"]:
+        bounds = "-" if r["low"] is None else f"[{r['low']:+.1f}, {r['high']:+.1f}]"
+        share = "-" if r["share"] is None else f"{100 * r['share']:.0f}%"
+        cells = " | ".join(_fmt(r.get(m), ".1f") for m in models)
+        lines.append(f"| {r['probe']} | {r['setting']} | {cells} | {r['reference']} {r.get(r['reference'], r['chance']):.1f} | {r['recovery']:+.1f} | {bounds} | {share} |")
+    if "relearn" in report["measured"]["edited"]:
+        lines += ["", "Relearning's cost elsewhere (mean accuracy of the other domains' quizzes):", "",
+                  "| N | " + " | ".join(models) + " |", "|---:|" + "---:|" * len(models)]  # fmt: skip
+        for n in report["measured"]["edited"]["relearn"]:
+            cells = [report["measured"][m]["relearn"][n]["general"] for m in models]
+            lines.append(f"| {n} | " + " | ".join(f"{sum(c.values()) / max(len(c), 1):.1f}" for c in cells) + " |")
+        lines += ["", "![relearn](relearn.png)"]
+    if report["unresolved"]:
+        lines += ["", f"Too few questions to resolve {p:g} points: " + ", ".join(report["unresolved"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def relearn_chart(report: dict) -> bytes | None:
+    """Target accuracy against N for each model, with chance and the gate's line (the oracle plus
+    --max-recovery); None without the relearn probe."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report["measured"]
+    if "relearn" not in m["edited"]:
+        return None
+    ns = [int(n) for n in m["edited"]["relearn"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for who, style in (("edited", "o-"), ("source", "s--"), ("oracle", "^-")):
+        if who in m:
+            ax.plot(ns, [m[who]["relearn"][str(n)]["target"] for n in ns], style, label=who)
+    ax.axhline(report["chance"], color="grey", linestyle=":", label="chance")
+    p = report["settings"]["max_recovery"]
+    if p is not None and "oracle" in m:
+        ax.plot(ns, [m["oracle"]["relearn"][str(n)]["target"] + p for n in ns], color="red", linestyle="--", label=f"gate: oracle + {p:g}")
+    ax.set_xscale("symlog", linthresh=5)
+    ax.set_xlabel("examples trained on (N)")
+    ax.set_ylabel(f"{report['task']} accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title(f"relearning {report['target']}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+__all__ = ["GOAL", "markdown", "relearn_chart", "summarise"]
