@@ -87,6 +87,7 @@ def probe(
 
 def _print(report: dict, out: Path) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -95,11 +96,11 @@ def _print(report: dict, out: Path) -> None:
     models = list(report["models"])
     table = Table(title=f"probes of {report['target']} removed", show_edge=False)
     for col in ("probe", "setting", *models, "gives back", "[low, high]", "share"):
-        table.add_column(col, justify="left" if col in ("probe", "setting") else "right")
+        table.add_column(escape(col), justify="left" if col in ("probe", "setting") else "right")
     for r in report["rows"]:
         bounds = "-" if r["low"] is None else f"[{r['low']:+.1f}, {r['high']:+.1f}]"
         share = "-" if r["share"] is None else f"{100 * r['share']:.0f}%"
-        table.add_row(r["probe"], r["setting"], *(f"{r[m]:.1f}" for m in models), f"{r['recovery']:+.1f}", bounds, share)
+        table.add_row(r["probe"], r["setting"], *(f"{r[m]:.1f}" for m in models), f"{r['recovery']:+.1f}", escape(bounds), share)
     console.print(table)
     ref = "the oracle" if "oracle" in report["models"] else "chance"
     console.print(f"gives back: edited minus {ref} under the same probe, in points; bounds one-sided at 95%, paired by fact")
