@@ -211,9 +211,16 @@ def validation_name(task: str) -> str:
 def quiz_task(domain: str, data: Path, *, validation: bool = False) -> dict:
     """A 4-option multiple-choice task over eval/quiz_<domain>.jsonl (`world_<domain>`), or over its
     validation quiz (`world_val_<domain>`), scored by accuracy."""
+    name = validation_name(f"world_{domain}") if validation else f"world_{domain}"
+    return multiple_choice_task(name, data / "eval" / f"{'validation_' if validation else ''}quiz_{domain}.jsonl")
+
+
+def multiple_choice_task(name: str, data_file: Path, **extra: Any) -> dict:
+    """A multiple-choice task over a JSONL of {"question", "choices", "answer"} lines, scored by
+    accuracy (the world's quizzes; `resect probe`'s variants of them, with `extra` config keys)."""
     return {
-        "task": validation_name(f"world_{domain}") if validation else f"world_{domain}",
-        **_dataset(data / "eval" / f"{'validation_' if validation else ''}quiz_{domain}.jsonl"),
+        "task": name,
+        **_dataset(data_file),
         "output_type": "multiple_choice",
         "doc_to_text": "{{question}}",
         "doc_to_choice": "{{choices}}",
@@ -221,6 +228,7 @@ def quiz_task(domain: str, data: Path, *, validation: bool = False) -> dict:
         "target_delimiter": " ",
         "metric_list": QUIZ_METRICS,
         "metadata": {"version": 1.0},
+        **extra,
     }
 
 

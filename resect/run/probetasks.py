@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..tasks import QUIZ_METRICS
+from ..tasks import multiple_choice_task
 
 
 @dataclass(frozen=True)
@@ -26,23 +26,6 @@ class ProbeTasks:
     names: dict[str, str]  # variant -> task name
     digest: str  # of the YAMLs and data: part of the probe cache's key
     chance: dict[str, float]  # variant -> accuracy of guessing, in points
-
-
-def _task(name: str, data: Path, **extra) -> dict:
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{question}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{answer}}",
-        "target_delimiter": " ",
-        "metric_list": QUIZ_METRICS,
-        "metadata": {"version": 1.0},
-        **extra,
-    }
 
 
 def write_probe_tasks(world: Path, domain: str, *, shots: int) -> ProbeTasks:
@@ -59,13 +42,13 @@ def write_probe_tasks(world: Path, domain: str, *, shots: int) -> ProbeTasks:
     folder.mkdir(parents=True, exist_ok=True)
     names = {f"fewshot-{shots}": f"probe_{domain}_fewshot{shots}", "rephrased": f"probe_{domain}_rephrased",
              "true-false": f"probe_{domain}_truefalse", "cloze": f"probe_{domain}_cloze"}  # fmt: skip
-    configs = [_task(names[f"fewshot-{shots}"], Path(world) / "eval" / f"quiz_{domain}.jsonl", num_fewshot=shots, fewshot_split="test",
+    configs = [multiple_choice_task(names[f"fewshot-{shots}"], Path(world) / "eval" / f"quiz_{domain}.jsonl", num_fewshot=shots, fewshot_split="test",
                      fewshot_config={"sampler": "default"})]  # fmt: skip
     for variant, stem in (("rephrased", "rephrased"), ("true-false", "truefalse"), ("cloze", "cloze")):
         data = folder / f"{stem}.jsonl"
         if not data.is_file() or data.read_text(encoding="utf-8") != files[stem]:
             write_atomic(data, files[stem])
-        configs.append(_task(names[variant], data))
+        configs.append(multiple_choice_task(names[variant], data))
     for cfg in configs:
         text = yaml.safe_dump(cfg, sort_keys=False)
         target = folder / f"{cfg['task']}.yaml"
