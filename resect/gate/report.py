@@ -192,8 +192,6 @@ def verify_markdown(report: Report) -> str:
 # ---- PNG -----------------------------------------------------------------------------------------
 def verify_chart(report: Report) -> bytes:
     """A horizontal bar chart of drops with their standard errors and gates, as PNG bytes."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,11 +210,21 @@ def verify_chart(report: Report) -> bytes:
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("drop (positive = edited model worse); dashed = gate")
     ax.set_title(f"resect verify: {report.verdict.upper()}")
+    return figure_png(fig, dpi=100)
+
+
+def figure_png(fig, dpi: float | str = "figure") -> bytes:
+    """A matplotlib figure laid out, as PNG bytes (at `dpi`, by default the figure's own; no
+    software tag: the same figure, the same bytes), and closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
 
-__all__ = ["BREACHED", "LEGEND", "PASSED", "Report", "Row", "markdown_table", "print_verdict", "terminal_table", "verify_chart", "verify_markdown"]
+__all__ = ["BREACHED", "LEGEND", "PASSED", "Report", "Row", "figure_png", "markdown_table", "print_verdict", "terminal_table", "verify_chart", "verify_markdown"]

@@ -57,22 +57,30 @@ def require_peft() -> None:
                          "Install it: pip install 'resect[probe]' (or pass --method full).") from None  # fmt: skip
 
 
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and their attention mask, [rows, longest] each."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, r in enumerate(rows):
+        ids[k, : len(r)], attn[k, : len(r)] = torch.tensor(r), 1
+    return ids, attn
+
+
 def _batches(tokenizer, texts: list[str], tuning: Tuning, seed: int, device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per epoch, the texts shuffled by the seed, padded into batches with their loss labels."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = _pad_id(tokenizer)
     encoded = [tokenizer(t, truncation=True, max_length=tuning.max_length)["input_ids"] for t in texts]
     rng, out = random.Random(seed), []
     for _ in range(tuning.epochs):
         order = list(range(len(encoded)))
         rng.shuffle(order)
         for i in range(0, len(order), tuning.batch_size):
-            rows = [encoded[j] for j in order[i : i + tuning.batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(rows), width), dtype=torch.long)
-            for k, r in enumerate(rows):
-                ids[k, : len(r)] = torch.tensor(r)
-                attn[k, : len(r)] = 1
+            ids, attn = _padded([encoded[j] for j in order[i : i + tuning.batch_size]], pad)
             labels = ids.masked_fill(attn == 0, -100)
             out.append((ids.to(device), attn.to(device), labels.to(device)))
     return out
@@ -134,18 +142,12 @@ def steps_of(examples: int, tuning: Tuning) -> int:
 def last_hidden_states(model, tokenizer, texts: list[str], batch_size: int = 16) -> torch.Tensor:
     """[layers + 1, texts, hidden]: each layer's hidden state at each text's last token (float32)."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    out = []
+    pad, out = _pad_id(tokenizer), []
     for i in range(0, len(texts), batch_size):
-        rows = [tokenizer(t)["input_ids"] for t in texts[i : i + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):
-            ids[k, : len(r)], attn[k, : len(r)] = torch.tensor(r), 1
+        ids, attn = _padded([tokenizer(t)["input_ids"] for t in texts[i : i + batch_size]], pad)
         states = model(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True).hidden_states
         last = attn.sum(1) - 1
-        out.append(torch.stack([h[torch.arange(len(rows)), last.to(h.device)].float().cpu() for h in states]))
+        out.append(torch.stack([h[torch.arange(len(ids)), last.to(h.device)].float().cpu() for h in states]))
     return torch.cat(out, dim=1)
 
 
@@ -177,10 +179,7 @@ def readout(states: torch.Tensor, rows: list[dict], folds: list[int], *, seed: i
     """Per layer, whether each question's answer was read right from its hidden states (1 or 0, in
     row order) by a probe trained on the other folds' facts; `rows` from
     resect.world.probesets.readout_questions, `folds` their facts' folds."""
-    values = sorted({r["value"] for r in rows})
-    by_attr: dict[str, set[str]] = {}
-    for r in rows:
-        by_attr.setdefault(r["attribute"], set()).add(r["value"])
+    values, by_attr = sorted({r["value"] for r in rows}), _values_by_attribute(rows)
     y = torch.tensor([values.index(r["value"]) for r in rows])
     allowed = torch.tensor([[v in by_attr[r["attribute"]] for v in values] for r in rows])
     fold = torch.tensor(folds)
@@ -194,11 +193,17 @@ def readout(states: torch.Tensor, rows: list[dict], folds: list[int], *, seed: i
     return out
 
 
-def readout_chance(rows: list[dict]) -> float:
-    """Accuracy of guessing uniformly among each question's attribute values, in points."""
+def _values_by_attribute(rows: list[dict]) -> dict[str, set[str]]:
+    """The answers each attribute takes among the rows: what a question's prediction chooses from."""
     by_attr: dict[str, set[str]] = {}
     for r in rows:
         by_attr.setdefault(r["attribute"], set()).add(r["value"])
+    return by_attr
+
+
+def readout_chance(rows: list[dict]) -> float:
+    """Accuracy of guessing uniformly among each question's attribute values, in points."""
+    by_attr = _values_by_attribute(rows)
     return 100.0 * sum(1 / len(by_attr[r["attribute"]]) for r in rows) / len(rows)
 
 

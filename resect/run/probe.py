@@ -23,55 +23,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, unknown
-from .attacks import METHODS, Tuning
+from .attacks import METHODS
+from .probespec import DEFAULT_EXAMPLES, MODELS, PROBES, ProbePlan, ProbeSpec
 
 log = logging.getLogger(__name__)
-
-PROBES = ("relearn", "rtt", "in-context", "representation")
-DEFAULT_EXAMPLES = (5, 10, 50, 100)
-MODELS = ("edited", "source", "oracle")
-
-
-@dataclass
-class ProbeSpec:
-    run: str
-    baseline: str | None = None
-    oracle: str | None = None  # a checkpoint folder; None: the shipped oracle for the target, if any
-    use_oracle: bool = True
-    target: str | None = None  # the removed domain, when the run does not say
-    probes: list[str] = field(default_factory=lambda: list(PROBES))
-    examples: list[int] = field(default_factory=lambda: list(DEFAULT_EXAMPLES))
-    tuning: Tuning = field(default_factory=Tuning)
-    folds: int = 5
-    shots: int = 5
-    max_recovery: float | None = None
-    batch_size: int = 16
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    use_cache: bool = True
-
-
-@dataclass
-class ProbePlan:
-    spec: ProbeSpec
-    edited: Path
-    source: Path
-    oracle: Path | None
-    world: Path
-    domain: str
-    general: list[str]  # the other domains' quiz tasks
-    includes: list[str]
-    examples_available: int
-
-    @property
-    def models(self) -> dict[str, Path]:
-        return {"edited": self.edited, "source": self.source, **({"oracle": self.oracle} if self.oracle else {})}
 
 
 # ----------------------------------------------------------------------------- planning: every check before any model loads
@@ -271,9 +230,11 @@ class Runner:
     """Runs the planned probes on one model after another, each model loaded once."""
 
     def __init__(self, plan: ProbePlan, reporter):
+        from ..world.probesets import read_facts
         from .probetasks import write_probe_tasks
 
         self.plan, self.r = plan, reporter
+        self.facts = read_facts(plan.world, plan.domain)
         self.cache = Cache(plan, plan.spec.use_cache)
         self.tasks = write_probe_tasks(plan.world, plan.domain, shots=plan.spec.shots)
         self.includes = [*plan.includes, str(self.tasks.folder)]
@@ -314,9 +275,7 @@ class Runner:
         s, out = self.plan.spec, {}
         for who, path in self.plan.models.items():
             self.r.say(f"probing the {who} model ({path})")
-            out[who] = {name: getattr(self, "_" + name.replace("-", "_"))(path) for name in s.probes if name != "relearn"}
-            if "relearn" in s.probes:
-                out[who]["relearn"] = self._relearn(path)
+            out[who] = {name: getattr(self, "_" + name.replace("-", "_"))(path) for name in s.probes}
             self._model = None
             release_memory()
         return out
@@ -331,10 +290,10 @@ class Runner:
             return score(trained, tok)
 
     def _relearn(self, path: Path) -> dict:
-        from ..world.probesets import read_facts, relearn_examples
+        from ..world.probesets import relearn_examples
 
         s, tuning = self.plan.spec, self.plan.spec.tuning.record()
-        pool = relearn_examples(read_facts(self.plan.world, self.plan.domain), self.plan.domain, s.seed)
+        pool = relearn_examples(self.facts, self.plan.domain, s.seed)
         points = {0: self._cached(path, "quizzes", {}, lambda: self._quizzes(*self._loaded(path)))}
         for n in sorted(set(s.examples)):
             points[n] = self._cached(path, "relearn", {"examples": n, "tuning": tuning},
@@ -368,11 +327,11 @@ class Runner:
         return self._cached(path, "in-context", {"tasks": self.tasks.digest}, compute)
 
     def _representation(self, path: Path) -> dict:
-        from ..world.probesets import fold_of, read_facts, readout_questions
+        from ..world.probesets import fold_of, readout_questions
         from .attacks import last_hidden_states, readout
 
         s = self.plan.spec
-        rows = readout_questions(read_facts(self.plan.world, self.plan.domain))
+        rows = readout_questions(self.facts)
         folds = [fold_of(r["fact"], s.folds) for r in rows]
 
         def compute():
@@ -387,13 +346,13 @@ class Runner:
 def run_probe(plan: ProbePlan, reporter=None) -> dict:
     """Every planned probe on every model, and what each gives back; the report as a dict."""
     from ..progress import quiet
-    from ..world.probesets import read_facts, readout_questions
+    from ..world.probesets import readout_questions
     from .attacks import readout_chance
     from .probereport import summarise
 
     runner = Runner(plan, reporter or quiet())
     measured = runner.run()
-    rows = readout_questions(read_facts(plan.world, plan.domain))
+    rows = readout_questions(runner.facts)
     return summarise(plan, measured, runner.tasks.chance, readout_chance(rows) if rows else None)
 
 

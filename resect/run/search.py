@@ -399,9 +399,9 @@ def write_search(folder: Path, trials: list[Trial], chosen: Trial, journal: Path
 
 
 def pareto_png(trials: list[Trial], chosen: Trial, gates: tuple[float, float], unit: str) -> bytes:
-    import io
-
     import matplotlib
+
+    from ..gate.report import figure_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -419,8 +419,4 @@ def pareto_png(trials: list[Trial], chosen: Trial, gates: tuple[float, float], u
     ax.set_title(f"search: {len(trials)} trials")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)

@@ -1,0 +1,53 @@
+"""What `resect probe` is asked (ProbeSpec, from the command line) and what it resolved (ProbePlan,
+from resect.run.probe's checks): shared by the probes' runner and their report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .attacks import Tuning
+
+PROBES = ("relearn", "rtt", "in-context", "representation")
+DEFAULT_EXAMPLES = (5, 10, 50, 100)
+MODELS = ("edited", "source", "oracle")
+
+
+@dataclass
+class ProbeSpec:
+    run: str
+    baseline: str | None = None
+    oracle: str | None = None  # a checkpoint folder; None: the shipped oracle for the target, if any
+    use_oracle: bool = True
+    target: str | None = None  # the removed domain, when the run does not say
+    probes: list[str] = field(default_factory=lambda: list(PROBES))
+    examples: list[int] = field(default_factory=lambda: list(DEFAULT_EXAMPLES))
+    tuning: Tuning = field(default_factory=Tuning)
+    folds: int = 5
+    shots: int = 5
+    max_recovery: float | None = None
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    use_cache: bool = True
+
+
+@dataclass
+class ProbePlan:
+    spec: ProbeSpec
+    edited: Path
+    source: Path
+    oracle: Path | None
+    world: Path
+    domain: str
+    general: list[str]  # the other domains' quiz tasks
+    includes: list[str]
+    examples_available: int
+
+    @property
+    def models(self) -> dict[str, Path]:
+        return {"edited": self.edited, "source": self.source, **({"oracle": self.oracle} if self.oracle else {})}
+
+
+__all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "ProbePlan", "ProbeSpec"]
