@@ -45,6 +45,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "confidence": (0.0, 1.0, False, False),  # of a gate's or a search's bounds: strictly between 0 and 1 (HIGH_OPEN)
     "search_confidence": (0.0, 1.0, False, False),
     "min_toxicity_drop": (0.0, 100.0, True, False),  # the toxicity probability's fall, % of the baseline's
+    "max_recovery": (0.0, 100.0, True, False),  # points a probe may give back (resect probe, or an edit's max_recovery)
 }
 HIGH_OPEN = {"quantile", "confidence", "search_confidence"}  # ranges whose upper bound is not a value
 

@@ -204,7 +204,7 @@ def _oracle_copy(tmp_path: Path, **changes) -> Path:
     (["--lr", "-1"], "--lr must be a number above 0"),
     (["--folds", "1"], "--folds must be a whole number of at least 2"),
     (["--method", "qlora"], "Unknown --method 'qlora'"),
-    (["--max-recovery", "-3"], "--max-recovery must be in [0, 100]"),
+    (["--max-recovery", "-3"], "--max-recovery must be a number in [0, 100]"),
     (["--target", "python"], "measures domain edits"),
     (["--target", "biolgy"], "Unknown domain 'biolgy'"),
     (["--oracle", "{source}"], "did not leave biology out of its training"),
@@ -237,3 +237,50 @@ def test_lora_without_peft_names_the_extra(edit_run, tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now fails, as where it is not installed
     code, _, err = run_cli(["probe", str(edit_run), "--out", str(tmp_path / "o")], capsys, monkeypatch)
     assert code == 2 and "pip install 'resect[probe]'" in err and not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- an edit gated on its probes (max_recovery)
+
+
+def test_an_edit_with_max_recovery_probes_itself_and_fails_on_what_comes_back(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    base = ["domain", "--remove", "biology", "--probes", "in-context", "--out", str(out)]
+    code, stdout, err = run_cli([*base, "--max-recovery", "0"], capsys, monkeypatch)
+    assert code == 1, err  # the quiz gate passes; the cloze and 5-shot variants give back more than 0 points over the oracle
+    verify = json.loads((out / "verify.json").read_text())
+    probed = json.loads((out / "probe.json").read_text())
+    assert verify["verdict"] == "pass" and probed["verdict"] == "fail" and probed["worst_recovery"] > 0
+    assert probed["models"] == {"edited": str(out / "checkpoint"), "source": str(builtin_model_path()), "oracle": str(builtin_oracle_path("biology"))}
+    assert {r["probe"] for r in probed["rows"]} == {"in-context"} and probed["settings"]["max_recovery"] == 0
+    report = (out / "report.md").read_text()
+    assert "**Verdict: FAIL**" in report and "## Probes: is biology gone" in report and "probes (in-context): FAIL" in stdout
+    # The gate's limit is the run's: recorded in run.yaml, it is what 'resect probe RUN' gates on unless told otherwise.
+    assert "max_recovery: 0.0" in (out / "run.yaml").read_text()
+    code, _, err = run_cli(["probe", str(out), "--probes", "in-context", "--out", str(tmp_path / "again")], capsys, monkeypatch)
+    again = json.loads((tmp_path / "again" / "probe.json").read_text())
+    assert code == 1 and again["settings"]["max_recovery"] == 0 and again["rows"] == probed["rows"], err
+    # A limit above what comes back passes (the probes from the cache: the same rows).
+    code, stdout, err = run_cli([*base, "--max-recovery", "100", "--force"], capsys, monkeypatch)
+    assert code == 0, err
+    passed = json.loads((out / "probe.json").read_text())
+    assert passed["verdict"] == "pass" and [r["recovery"] for r in passed["rows"]] == [r["recovery"] for r in probed["rows"]]
+    assert "**Verdict: PASS**" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["domain", "--remove", "biology", "--probes", "relearn"], "without max_recovery none runs"),
+    (["domain", "--remove", "biology", "--max-recovery", "101"], "--max-recovery must be a number in [0, 100]"),
+    (["domain", "--remove", "biology", "--max-recovery", "5", "--probes", "relearn,rtx"], "Unknown probe 'rtx'"),
+    (["run", "world-language", "max_recovery=5"], "probes domain edits"),
+    (["run", "world-domain", "max_recovery=5", "probes=relearn"], "'probes' must be a list of probe names"),
+    (["domain", "--remove", "biology", "{tiny}", "--corpus", "{corpus}", "--target-tasks", "world_biology", "--max-recovery", "5"], "brings no world"),
+])  # fmt: skip
+def test_bad_max_recovery_input_is_one_line_and_exit_2(args, expected, tiny_vd, tmp_path, capsys, monkeypatch):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"{label} text {k}", "label": label}) + "\n" for label in ("biology", "law") for k in range(3)))
+    out = tmp_path / "out"
+    words = [a.format(tiny=str(tiny_vd), corpus=str(corpus)) for a in args]
+    code, _, err = run_cli([*words, *(["--out", str(out)] if words[0] == "domain" else [f"out={out}"])], capsys, monkeypatch)
+    assert code == 2 and expected in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()

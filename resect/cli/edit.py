@@ -20,6 +20,8 @@ Rule = Annotated[str | None, typer.Option("--rule", metavar="skew|skew-mean", he
 Ratio = Annotated[float | None, typer.Option("--ratio", help="How many times the runner-up's score (skew: default 2.0, the paper's; 3.0 for languages of a generated world) or the other labels' mean (skew-mean: default 1.25) an expert's score on the target must reach.")]
 Refine = Annotated[int | None, typer.Option("--refine", help="After the rule, add up to N experts per routing group whose removal (to first order, on the edited model) raises the target's loss on its documents' marked spans more than it raises any other label's document's.")]
 Tune = Annotated[int | None, typer.Option("--tune", help="After the rule (and --refine), tune the mask for N gradient steps: the target's marked tokens pushed below the model's next choice, no other label's made less likely than before.")]
+MaxRecovery = Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="After the gate, probe the edit as 'resect probe' does (relearning, held-out facts, prompts, a linear readout) and fail (exit 1) when a probe gives back more than this many points over the oracle. Domain edits of a world model.")]
+Probes = Annotated[str | None, typer.Option("--probes", metavar="NAME,...", help="With --max-recovery: which probes (any of relearn, rtt, in-context, representation; default all).")]
 
 SELECTION = ("corpus", "groups", "max_tokens_per_label")
 GATE = ("include_path", "target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "confidence", "limit")
@@ -42,7 +44,7 @@ def spec_of(kind: str, target: str | None, model: str | None, rule: str | None, 
         toxicity_prompts=None if prompts is None else str(prompts), groups=parse_groups(options.pop("groups")),
         target_tasks=csv(options.pop("target_tasks", None)), general_tasks=csv(options.pop("general_tasks")),
         validation_target_tasks=csv(options.pop("validation_target_tasks", None)), validation_general_tasks=csv(options.pop("validation_general_tasks", None)),
-        validation_prompts=None if validation is None else str(validation), **options,
+        validation_prompts=None if validation is None else str(validation), probes=csv(options.pop("probes", None)), **options,
     )  # fmt: skip
 
 
@@ -70,6 +72,10 @@ def render(result, console) -> None:
         console.print("dry run: nothing written")
         return
     print_verdict(result.report, console, title=f"verdict: {result.verdict.upper()}")
+    if result.probe is not None:
+        p = result.probe
+        line = "no probe gives back more than" if p["verdict"] == "pass" else f"FAIL: a probe gives back {p['worst_recovery']:+.1f} points, more than"
+        console.print(f"probes ({', '.join(p['settings']['probes'])}): {line} {p['settings']['max_recovery']:g} (probe.json, relearn.png)")
     console.print(f"run directory: {result.out}  (report.md, verify.json, mask.json, checkpoint/)")
 
 
@@ -77,10 +83,11 @@ def render(result, console) -> None:
 @with_options(*SELECTION, *GATE, *SEARCH, *RUNNING)
 def domain(
     remove: Annotated[str, typer.Option("--remove", help="Domain to cut (e.g. biology).")],
-    model: Model = None, rule: Rule = None, ratio: Ratio = None, refine: Refine = None, tune: Tune = None, out: Out = None, **options: Any,
+    model: Model = None, rule: Rule = None, ratio: Ratio = None, refine: Refine = None, tune: Tune = None, out: Out = None,
+    max_recovery: MaxRecovery = None, probes: Probes = None, **options: Any,
 ) -> None:  # fmt: skip
     """Remove a knowledge domain: experts whose routing on it is RATIO x the next domain's (or the others' mean)."""
-    execute(spec_of("domain", remove, model, rule, ratio=ratio, refine=refine, tune=tune, out=out, **options))
+    execute(spec_of("domain", remove, model, rule, ratio=ratio, refine=refine, tune=tune, out=out, max_recovery=max_recovery, probes=probes, **options))
 
 
 @app.command(rich_help_panel=EDITS)

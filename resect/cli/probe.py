@@ -39,7 +39,7 @@ def probe(
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the examples.")] = 3,
     folds: Annotated[int, typer.Option("--folds", help="Folds of facts: rtt and the linear probe train on all but one.")] = 5,
     shots: Annotated[int, typer.Option("--shots", help="Solved questions in the prompt (in-context probe).")] = 5,
-    max_recovery: Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="Exit 1 when a probe gives back more than this many points.")] = None,
+    max_recovery: Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="Exit 1 when a probe gives back more than this many points (default: the run's max_recovery, when it set one).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for probe.json, report.md and relearn.png.")] = Path("resect-probe"),
     batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
 ) -> None:  # fmt: skip

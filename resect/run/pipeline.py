@@ -14,7 +14,8 @@ Run directory:
     checkpoint/         the edited checkpoint (loads with AutoModelForCausalLM); its resect_mask.json keeps
                         the selection's metadata, resect_run.yaml the fully resolved configuration
     verify.json/.md/.png  both evaluations, deltas, thresholds, verdict
-    report.md           the summary, with plots accuracy.png and experts.png
+    probe.json, relearn.png  with max_recovery: the probes of the edit (resect.run.probe), part of the verdict
+    report.md           the summary, with plots accuracy.png and experts.png (and the probes' section)
 """
 
 from __future__ import annotations
@@ -204,8 +205,12 @@ def _run(p: Plan, output, r) -> RunResult:
         r.say("evaluating the edited checkpoint")
         report = _verify(p, edited, work, baseline, r)
         lap("verify")
-        result = RunResult(p.out, report["verdict"], mask.counts(), mask.total, experts_total, Report.from_dict(report), timings, cached,
-                           dict(stats.token_counts), searched, dict(Counter(d.label for d in corpus.documents)))  # fmt: skip
+        probed = _probe(p, edited, work, r) if p.probe is not None else None
+        if probed is not None:
+            lap("probe")
+        verdict = "fail" if report["verdict"] == "fail" or (probed or {}).get("verdict") == "fail" else report["verdict"]
+        result = RunResult(p.out, verdict, mask.counts(), mask.total, experts_total, Report.from_dict(report), timings, cached,
+                           dict(stats.token_counts), searched, dict(Counter(d.label for d in corpus.documents)), probed)  # fmt: skip
         if searched is not None:
             from .search import write_search
 
@@ -225,6 +230,22 @@ def _search(source: "Source", tok, stats, p: Plan, r) -> dict[str, Any]:
     p.spec = dataclasses.replace(p.spec, rule=chosen.rule, groups=chosen.groups, search=None, **chosen.params)
     r.say(f"chosen on validation data: {describe(chosen)}")
     return {"trials": trials, "chosen": chosen, "journal": journal, "validation": p.validation, "sizes": sizes}
+
+
+def _probe(p: Plan, edited: Path, work: Path, r) -> dict:
+    """max_recovery: resect probe on the edited checkpoint just written; probe.json and relearn.png
+    beside verify.json (report.md gets the probe section)."""
+    from .probe import run_probe
+    from .probereport import relearn_chart
+
+    r.say(f"probing the edit: {', '.join(p.probe.spec.probes)} (fails beyond {p.probe.spec.max_recovery:g} points given back)")
+    probed = run_probe(dataclasses.replace(p.probe, edited=edited), r)
+    probed["models"]["edited"] = str(p.out / "checkpoint")  # where it will be once the run directory is in place
+    (work / "probe.json").write_text(json.dumps(probed, indent=2))
+    chart = relearn_chart(probed)
+    if chart is not None:
+        (work / "relearn.png").write_bytes(chart)
+    return probed
 
 
 def _target_unit(p: Plan) -> str:

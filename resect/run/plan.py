@@ -44,6 +44,7 @@ class Plan:
     validation: dict[str, Any] | None = None  # with --search: the validation tasks (and prompts) it scores on
     inputs: list[str] = field(default_factory=list)  # what the run directory must not touch
     profile_prompts: str | None = None  # toxicity: what profiling samples from (disjoint from the gate's prompts where the data has them)
+    probe: Any = None  # with max_recovery: the resect.run.probespec.ProbePlan run on the edited checkpoint after the gate
 
     def resolved(self) -> dict[str, Any]:
         data = self.spec.to_dict() | {
@@ -172,7 +173,23 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
         from .search import plan_validation
 
         p.validation = plan_validation(p, defaults, mirror)
+    if spec.max_recovery is not None:
+        p.probe = _plan_probe(p, world is not None)
     return p
+
+
+def _plan_probe(p: Plan, has_world: bool):
+    """The probes an edit with max_recovery runs after its gate, checked now (a missing oracle,
+    peft, too many examples): resect probe's defaults, the run's batch size, seed and placement."""
+    from .probe import ProbeSpec, resolve_probe
+
+    s = p.spec
+    if not has_world:
+        raise UsageError(f"--max-recovery probes edits of a world model (the built-in one or a 'resect world train' model); '{p.model_path}' brings no world. "
+                         "Drop --max-recovery.")  # fmt: skip
+    probe = ProbeSpec(str(p.out), max_recovery=s.max_recovery, batch_size=s.batch_size, seed=s.seed, device=p.device, dtype=p.dtype,
+                      use_cache=not s.no_cache, **({"probes": list(s.probes)} if s.probes else {}))  # fmt: skip
+    return resolve_probe(probe, p.out / "checkpoint", p.model_path, target=s.target, kind=s.kind, where=str(p.out))
 
 
 def _includes(value: str | list[str] | None) -> list[str]:

@@ -54,9 +54,7 @@ def check_spec(spec: ProbeSpec) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
         if not ok or (whole and int(value) != value) or (value < low if whole else value <= low):
             raise UsageError(f"{name} must be {'a whole number of at least ' + str(low) if whole else 'a number above 0'}, got {value!r}.")
-    if spec.max_recovery is not None and not (0 <= spec.max_recovery <= 100):
-        raise UsageError(f"--max-recovery must be in [0, 100] points, got {spec.max_recovery!r}.")
-    check_numbers({"batch_size": spec.batch_size, "seed": spec.seed})
+    check_numbers({"batch_size": spec.batch_size, "seed": spec.seed, "max_recovery": spec.max_recovery})
 
 
 def _run_config(run: Path) -> tuple[Path, dict]:
@@ -82,11 +80,8 @@ def _run_config(run: Path) -> tuple[Path, dict]:
 
 def plan_probe(spec: ProbeSpec) -> ProbePlan:
     """Resolve the models, the world and the target, and refuse what cannot be probed (exit 2)."""
-    from ..builtin import world_data_of, world_labels
     from ..gate.verify import baseline_from_provenance, check_compatible
     from ..model.checkpoint import inspect_checkpoint
-    from ..tasks import world_task_dir
-    from ..world.probesets import read_facts, relearn_examples
 
     check_spec(spec)
     run = Path(spec.run).expanduser()
@@ -99,14 +94,26 @@ def plan_probe(spec: ProbeSpec) -> ProbePlan:
     source = Path(spec.baseline).expanduser() if spec.baseline else baseline_from_provenance(edited)
     inspect_checkpoint(source)
     check_compatible(edited, source)
+    if spec.max_recovery is None and isinstance(config.get("max_recovery"), (int, float)) and not isinstance(config.get("max_recovery"), bool):
+        spec.max_recovery = float(config["max_recovery"])  # the run's own gate on the probes (recipe key max_recovery)
+    return resolve_probe(spec, edited, source, target=spec.target or config.get("target"), kind=config.get("kind"), where=str(run))
+
+
+def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | None, kind: str | None = None, where: str = "the run") -> ProbePlan:
+    """The probes of an edit of `source` (a world model) that removed `target`, every check made:
+    what `resect probe` plans, and what an edit with max_recovery plans before it profiles."""
+    from ..builtin import world_data_of, world_labels
+    from ..tasks import world_task_dir
+    from ..world.probesets import read_facts, relearn_examples
+
+    check_spec(spec)
     world = world_data_of(source)
     if world is None:
         raise UsageError(f"'{source}' brings no world (recipe.json beside a data/world.json): the probes need the world the model learnt. "
                          "Probe an edit of the built-in model or of a 'resect world train' model.")  # fmt: skip
     domains, languages = world_labels(world)
-    kind, target = config.get("kind"), spec.target or config.get("target")
     if target is None:
-        raise UsageError(f"'{run}' does not say which domain it removed. Pass --target DOMAIN (one of {', '.join(domains)}).")
+        raise UsageError(f"'{where}' does not say which domain it removed. Pass --target DOMAIN (one of {', '.join(domains)}).")
     if target in languages or kind in ("language", "toxicity") or target == "toxicity":
         raise UsageError(f"resect probe measures domain edits (a quiz to relearn); '{target}' is a {kind or 'language'} target. "
                          "Language and toxicity probes are not built yet.")  # fmt: skip
@@ -356,4 +363,4 @@ def run_probe(plan: ProbePlan, reporter=None) -> dict:
     return summarise(plan, measured, runner.tasks.chance, readout_chance(rows) if rows else None)
 
 
-__all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "ProbePlan", "ProbeSpec", "check_oracle", "plan_probe", "run_probe"]
+__all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "ProbePlan", "ProbeSpec", "check_oracle", "plan_probe", "resolve_probe", "run_probe"]

@@ -22,7 +22,8 @@ def write_report(folder: Path, p: Plan, result: RunResult) -> None:
     lines = [
         f"# resect {p.spec.kind}: {'remove ' + p.spec.target if p.spec.target else f'toxicity r >= {p.spec.threshold}'}",
         "",
-        f"**Verdict: {result.verdict.upper()}**: target tasks must drop by at least {low:g}, general tasks by at most {high:g}.",
+        f"**Verdict: {result.verdict.upper()}**: target tasks must drop by at least {low:g}, general tasks by at most {high:g}"
+        + ("." if result.probe is None else f"; no probe may give back more than {result.probe['settings']['max_recovery']:g} points (below)."),
         "",
         f"- model: `{p.model_path}`",
         f"- rule: `{p.rule}` {json.dumps(p.rule_params)}"
@@ -43,6 +44,7 @@ def write_report(folder: Path, p: Plan, result: RunResult) -> None:
         *[f"![{name}]({name})" for name in plots],
         "",
         *_search_lines(result.search, high),
+        *_probe_lines(result.probe),
     ]
     (folder / "report.md").write_text("\n".join(lines))
 
@@ -86,6 +88,15 @@ def _search_lines(searched: dict[str, Any] | None, high: float) -> list[str]:
         lines += ["", f"Validation tasks with fewer than {FEW_QUESTIONS} questions (their drops are noisy; the chosen trial's, with one standard error): "
                   + ", ".join(f"{t} ({n} questions, {rows.get(t, {}).get('drop', 0):.1f} ± {rows.get(t, {}).get('se') or 0:.1f})" for t, n in sorted(few.items()))]  # fmt: skip
     return [*lines, "", "![pareto.png](pareto.png)", ""]
+
+
+def _probe_lines(probed: dict[str, Any] | None) -> list[str]:
+    """The probes' section (resect probe's report.md), with its chart."""
+    if probed is None:
+        return []
+    from .probereport import markdown
+
+    return [markdown(probed)]
 
 
 def _plots(folder: Path, p: Plan, result: RunResult) -> list[str]:

@@ -13,7 +13,7 @@ from ..gate.report import Report
 @dataclass
 class RunResult:
     out: Path | None
-    verdict: str  # "pass" | "fail" | "dry-run"
+    verdict: str  # "pass" | "fail" | "dry-run": the gate's, failed too when a probe gives back more than max_recovery
     mask_counts: dict[int, int]
     mask_total: int
     experts_total: int
@@ -23,6 +23,7 @@ class RunResult:
     token_counts: dict[str, int] = field(default_factory=dict)  # profiling tokens per label
     search: dict[str, Any] | None = None  # with --search: {"trials", "chosen", "validation"} (resect.run.search)
     profiled_documents: dict[str, int] = field(default_factory=dict)  # profiling documents per label
+    probe: dict[str, Any] | None = None  # with max_recovery: probe.json's report (resect.run.probereport)
 
     @property
     def exit_code(self) -> int:

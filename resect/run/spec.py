@@ -88,13 +88,15 @@ class RunSpec:
     validation_prompts: str | None = None  # toxicity: the prompts a search measures on
     search_confidence: float | None = None  # of the collateral's upper bound a search keeps inside the gate (default 0.9)
     profile_prompts: str | None = None  # toxicity: the prompts profiling samples from (default: the world's profiling prompts, else the gate's)
+    max_recovery: float | None = None  # domain edits of a world model: probe the edit after the gate (resect.run.probe), fail when one gives back more points
+    probes: list[str] | None = None  # with max_recovery: which probes (default: all of resect.run.probespec.PROBES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "validation_prompts", "profile_prompts", "out", "device", "dtype", "mirror")
-_NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "min_toxicity_drop", "confidence", "search_confidence", "limit")
+_NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "min_toxicity_drop", "confidence", "search_confidence", "limit", "max_recovery")
 _WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune", "search")
 _FLAGS = ("force", "dry_run", "no_cache")
 _LISTS = ("target_tasks", "general_tasks", "validation_target_tasks", "validation_general_tasks")
@@ -118,6 +120,8 @@ def _type_problem(name: str, value: Any) -> str | None:
         return None if ok else "a folder or a list of folders"
     if name in _LISTS:
         return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of task names"
+    if name == "probes":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of probe names"
     if name == "toxicity":
         return None if isinstance(value, dict) else "a mapping of toxicity settings"
     if name == "groups":
@@ -147,6 +151,7 @@ def check_spec(spec: RunSpec) -> None:
         if getattr(spec, name) and spec.kind == "toxicity":
             raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
     _check_rule(spec)
+    _check_probes(spec)
     if spec.search and (spec.refine or spec.tune):
         raise UsageError("--search chooses the rule's settings; --refine and --tune would change its mask after the choice. Drop one of them.")
     if spec.search and ((spec.rule is not None and spec.kind != "toxicity") or spec.ratio is not None):
@@ -166,6 +171,23 @@ def check_spec(spec: RunSpec) -> None:
     check_settings(settings["samples"], settings["max_new_tokens"], settings["temperature"], settings["top_p"], None)
     if spec.kind == "toxicity" and settings["scorer"] not in SCORERS:  # before any generation
         raise UsageError(unknown("scorer", settings["scorer"], SCORERS))
+
+
+def _check_probes(spec: RunSpec) -> None:
+    """max_recovery and probes: a domain edit's, in range, known probes (the model's world is checked by plan())."""
+    if spec.max_recovery is None:
+        if spec.probes is not None:
+            raise UsageError("'probes' says which probes max_recovery runs; without max_recovery none runs. Set max_recovery (--max-recovery PTS) or drop probes.")
+        return
+    if spec.kind != "domain":
+        raise UsageError(f"--max-recovery probes domain edits (a quiz to relearn); 'resect {spec.kind}' has none yet. Drop --max-recovery (max_recovery: in a recipe).")
+    from .probespec import PROBES
+
+    for name in spec.probes or []:
+        if name not in PROBES:
+            raise UsageError(unknown("probe", name, PROBES))
+    if spec.probes is not None and not spec.probes:
+        raise UsageError(f"'probes' names no probe. Name some of {', '.join(PROBES)}, or drop it (all of them).")
 
 
 def _check_rule(spec: RunSpec) -> None:
