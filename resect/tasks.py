@@ -91,11 +91,54 @@ def resolve_tasks(tasks: Sequence[str], include_path: str | os.PathLike | Sequen
         # 'resect world train') are the ones evaluated.
         includes.insert(0, builtin)
     includes = list(dict.fromkeys(includes))
-    if includes:  # a typo of a local task is answered from the local index, without indexing lm-eval's tasks
-        local = set(task_manager(tuple(includes), defaults=False).all_tasks)
-        _check_known(names, local, only_if_close=True)
-    _check_known(names, set(task_manager_for(names, includes).all_tasks))
+    manager = task_manager_for(names, includes)
+    known = set(manager.all_tasks)
+    missing = [n for n in names if n not in known]
+    if missing and includes:  # a typo of a local task is answered with the local names near it
+        _check_known(missing, set(task_manager(tuple(includes), defaults=False).all_tasks), only_if_close=True)
+    _check_known(names, known)
+    _check_not_inside(list(dict.fromkeys(names)), manager)
     return list(dict.fromkeys(names)), includes
+
+
+def _check_not_inside(names: list[str], manager) -> None:
+    """lm-eval refuses to run a task named alone and also inside a group (or tag) it runs: one line first."""
+    from lm_eval.tasks._index import Kind
+
+    index = manager._index
+    wide = [n for n in names if index.get(n) is not None and index[n].kind in (Kind.GROUP, Kind.TAG)]
+    inside = {group: _members(manager, group, set()) for group in wide}
+    for group in wide:
+        for name in names:
+            if name != group and name in inside[group]:
+                raise EvalError(f"Task '{name}' is also inside '{group}', and lm-eval runs a task once. "
+                                f"Gate on one of them, or on a copy of '{name}' under another name.")  # fmt: skip
+    for k, a in enumerate(wide):
+        for b in wide[k + 1 :]:
+            if shared := sorted(inside[a] & inside[b]):
+                raise EvalError(f"'{a}' and '{b}' both run '{shared[0]}', and lm-eval runs a task once. Gate on groups that share no task.")
+
+
+def _members(manager, name: str, seen: set[str]) -> set[str]:
+    """Every task and group a group or tag runs, nested ones included."""
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = manager._index.get(name)
+    if entry is None or name in seen:
+        return set()
+    seen.add(name)
+    if entry.kind == Kind.TAG:
+        direct = [member for member, other in manager._index.items() if name in other.tags]
+    elif entry.kind == Kind.GROUP and entry.yaml_path is not None:
+        config = load_yaml(entry.yaml_path, resolve_func=False, recursive=True)
+        direct = [m if isinstance(m, str) else m.get("task") for m in config.get("task") or [] if isinstance(m, (str, dict))]
+    else:
+        return set()
+    found = {m for m in direct if isinstance(m, str)}
+    for member in list(found):
+        found |= _members(manager, member, seen)
+    return found
 
 
 def _check_known(names: Sequence[str], known: set[str], *, only_if_close: bool = False) -> None:

@@ -71,6 +71,10 @@ CASES = {
                                    "ppl_bio", "--include-path", "{tmp}/tasks", "--out", "{mask}", "--force"], "exists and is a file"),
     "a folder given as statistics": (["select", "--stats", "{tmp}/data", "--rule", "skew", "--out", "{tmp}/m.json"], "is a folder"),
     "unknown scorer before generating": (["run", "world-toxicity", "toxicity.scorer=foo", "dry_run=true"], "Unknown scorer 'foo'"),
+    "a task inside a group also gated": (["domain", "--remove", "biology", "--general-tasks", "mmlu,mmlu_virology", "--out", "{tmp}/r"],
+                                         "Task 'mmlu_virology' is also inside 'mmlu'"),
+    "groups sharing a task": (["verify", "{model}", "--baseline", "{model}", "--target-tasks", "mmlu_stem", "--min-target-drop", "1", "--general-tasks", "mmlu", "--max-general-drop", "1",
+                               "--out", "{tmp}/v"], "Task 'mmlu_stem' is also inside 'mmlu'"),
 }  # fmt: skip
 
 

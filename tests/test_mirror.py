@@ -93,6 +93,25 @@ def stack_smol(root: Path, languages: list[str], files: int = 24) -> None:
         file.write_text("\n".join(lines) + "\n")
 
 
+def wmdp(root: Path, rows: int = 6) -> None:
+    """cais/wmdp (wmdp-{bio,chem,cyber}/test-00000-of-00001.parquet) and cais/wmdp-corpora (its three
+    public corpora as parquet shards of one `text` column), configs declared in README.md as the Hub's are."""
+    folder = root / "datasets" / "cais" / "wmdp"
+    for name in ("wmdp-bio", "wmdp-chem", "wmdp-cyber"):
+        parquet(folder / name / "test-00000-of-00001.parquet", {
+            "answer": [k % 4 for k in range(rows)], "question": [f"Which {WORDS[k % 8]} step of {name} case {k} comes first?" for k in range(rows)],
+            "choices": [[WORDS[(k + j) % 8] for j in range(4)] for k in range(rows)],
+        })  # fmt: skip
+    (folder / "README.md").write_text("---\nconfigs:\n" + "".join(f"- config_name: {n}\n  data_files:\n  - split: test\n    path: {n}/test-*\n" for n in ("wmdp-bio", "wmdp-chem", "wmdp-cyber")) + "---\n")
+    corpora = root / "datasets" / "cais" / "wmdp-corpora"
+    shards = {"bio-retain-corpus": 4, "cyber-forget-corpus": 1, "cyber-retain-corpus": 1}
+    for name, count in shards.items():
+        for k in range(count):
+            texts = [f"{name} passage {k}.{j}: the {WORDS[j % 8]} exploit uses a buffer of {j} bytes." for j in range(5)]
+            parquet(corpora / name / f"train-{k:05d}-of-{count:05d}.parquet", {"text": texts})
+    (corpora / "README.md").write_text("---\nconfigs:\n" + "".join(f"- config_name: {n}\n  data_files:\n  - split: train\n    path: {n}/train-*\n" for n in shards) + "---\n")
+
+
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
@@ -103,6 +122,7 @@ def mirror(tmp_path_factory):
     real_toxicity(root)
     toxigen(root)
     stack_smol(root, ["python", "c++", "java", "javascript", "lua", "php"])
+    wmdp(root)
     return root
 
 
@@ -118,11 +138,12 @@ RUNS = {
                            "toxicity.profile_samples=2", "toxicity.max_new_tokens=4", "max_general_drop=100"],
     "paper-toxigen": ["general_tasks=[mmlu_astronomy]", "toxicity.scorer=profanity", "toxicity.max_new_tokens=4", "max_general_drop=100"],
     "paper-codemonet-language": ["target=python", "ratio=1.05", "min_target_drop=0", "max_general_drop=1000"],
+    "wmdp": ["target=cyber", "ratio=1.05", "min_target_drop=0", "max_general_drop=100"],
 }  # fmt: skip
 
 
 def test_every_paper_recipe_is_exercised():
-    assert set(RUNS) == {name for name in recipe_files() if name.startswith("paper-")}
+    assert set(RUNS) == {name for name in recipe_files() if name.startswith("paper-") or name == "wmdp"}
 
 
 @pytest.mark.slow
@@ -141,6 +162,11 @@ def test_paper_recipe_runs_to_its_verdict_offline(recipe, mirror, tmp_path):
         assert "profiling tokens" in (out / "report.md").read_text()
     if recipe == "paper-codemonet-language":
         assert {r["task"] for r in report["rows"]} == {f"heldout_{x}" for x in ("python", "cpp", "java", "javascript", "lua", "php")}
+    if recipe == "wmdp":  # WMDP's target and the collateral its paper reports; profiled on the corpora alone
+        rows = {r["task"]: r for r in report["rows"]}
+        assert set(rows) == {"wmdp_cyber", "mmlu", *(f"resect_wmdp_mmlu_{s}" for s in ("college_biology", "virology", "college_computer_science", "computer_security"))}
+        assert rows["wmdp_cyber"]["role"] == "target" and rows["mmlu"]["baseline"] is not None
+        assert "profiling documents cyber 5, cyber-retain 5" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -314,3 +340,51 @@ def test_mirror_dry_run_lists_what_a_recipe_reads(tmp_path):
     assert not (tmp_path / "m").exists()
     offline = resect("mirror", "paper-codemonet-language", "--out", str(tmp_path / "m"), cache=tmp_path / "rc")
     assert offline.returncode == 2 and "Hub is reachable" in offline.stderr and not (tmp_path / "m").exists()
+
+
+def test_the_wmdp_corpus_is_the_target_s_forget_corpus_against_its_retain_corpus(mirror, tmp_path, monkeypatch):
+    """Read from the mirror's parquet shards in order, at most DOCUMENTS_PER_LABEL each; the gated bio
+    forget corpus from the user's file (its published JSONL: title, abstract, text, doi)."""
+    from resect.edit.corpus import load_corpus
+    from resect.run import wmdp as w
+    from resect.run.mirror import Mirror
+
+    monkeypatch.setenv("RESECT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(w, "DOCUMENTS_PER_LABEL", 7)
+    cyber = load_corpus(w.write_corpus(Mirror(mirror), "cyber", None))
+    counts = {label: sum(d.label == label for d in cyber.documents) for label in cyber.labels}
+    assert counts == {"cyber": 5, "cyber-retain": 5}
+    forget = tmp_path / "bio_forget.jsonl"
+    forget.write_text("".join(json.dumps({"title": f"t{k}", "abstract": "a", "text": f"hazard paper {k}", "doi": f"10.1/{k}"}) + "\n" for k in range(9)))
+    bio = load_corpus(w.write_corpus(Mirror(mirror), "bio", str(forget)))
+    texts = {label: [d.text for d in bio.documents if d.label == label] for label in bio.labels}
+    assert texts["bio"] == [f"hazard paper {k}" for k in range(7)]
+    assert texts["bio-retain"] == [f"bio-retain-corpus passage 0.{j}: the {WORDS[j]} exploit uses a buffer of {j} bytes." for j in range(5)] + [
+        f"bio-retain-corpus passage 1.{j}: the {WORDS[j]} exploit uses a buffer of {j} bytes." for j in range(2)]  # across shards, in order
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["target=bio"], "bio forget corpus is gated"),
+    (["target=chem"], "Unknown WMDP target 'chem'"),
+    (["target=bio", "forget_corpus={missing}"], "is not a file"),
+    (["target=bio", "forget_corpus={no_text}"], "a string field 'text'"),
+    (["corpus={corpus}", "forget_corpus={no_text}", "target_tasks=[wmdp_cyber]"], "forget_corpus names the forget corpus of the WMDP corpora"),
+])  # fmt: skip
+def test_bad_wmdp_input_is_one_line_before_any_model_loads(extra, phrase, mirror, tmp_path):
+    no_text = tmp_path / "forget.jsonl"
+    no_text.write_text(json.dumps({"title": "t", "abstract": "only an abstract"}) + "\n")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": "a", "label": "cyber"}) + "\n")
+    words = [e.format(missing=tmp_path / "missing.jsonl", no_text=no_text, corpus=corpus) for e in extra]
+    res = resect("run", "wmdp", f"mirror={mirror}", f"out={tmp_path / 'run'}", *words, cache=tmp_path / "cache")
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and phrase in lines[0] and "loading" not in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_mirror_dry_run_lists_what_the_wmdp_recipe_reads(tmp_path):
+    res = resect("mirror", "wmdp", "target=bio", "--out", str(tmp_path / "m"), "--dry-run", cache=tmp_path / "rc")
+    assert res.returncode == 0, res.stderr
+    for repo in ("MonetLLM/monet-vd-1.4B-100BT-hf", "cais/wmdp-corpora", "cais/wmdp", "cais/mmlu", "wmdp-bio-forget"):
+        assert repo in res.stdout, res.stdout
+    assert "bio-retain-corpus" in res.stdout and "57 configs" in res.stdout and not (tmp_path / "m").exists()

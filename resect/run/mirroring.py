@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .mirror import PAPER_LANGUAGES, REAL_TOXICITY, STACK_SMOL, TOXIGEN, _readme_configs
+from .wmdp import TARGET_TASKS, WMDP_CORPORA, configs_of, wmdp_defaults
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Download:
     kind: str  # "model" | "dataset"
     configs: set[str | None]  # dataset configurations needed (None: the whole default one)
     patterns: list[str] | None = None  # files to fetch, when known without the repository's README
+    note: str | None = None  # kind "manual": what the user must copy by hand
 
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
@@ -37,6 +39,14 @@ def downloads(spec) -> list[Download]:
     tasks = list(spec.target_tasks or defaults.get("target_tasks", [])) + list(spec.general_tasks or defaults.get("general_tasks", []))
     includes = [p for value in (spec.include_path, defaults.get("include_path")) for p in ([value] if isinstance(value, str) else value or [])]
     corpus = spec.corpus or defaults.get("corpus")
+    if corpus == WMDP_CORPORA and spec.target in TARGET_TASKS:
+        found = wmdp_defaults(spec.target)
+        tasks = list(spec.target_tasks or found["target_tasks"]) + list(spec.general_tasks or found["general_tasks"])
+        includes.append(found["include_path"])
+        out[("dataset", WMDP_CORPORA)] = Download(WMDP_CORPORA, "dataset", configs_of(spec.target))
+        if spec.forget_corpus is None and spec.target == "bio":
+            out[("manual", "wmdp-bio-forget")] = Download("wmdp-bio-forget", "manual", {None}, note=(
+                "request WMDP's bio forget corpus from its authors (it is gated) and pass its file: forget_corpus=PATH"))
     if corpus and Path(corpus).suffix in (".yaml", ".yml") and Path(corpus).is_file():
         from ..edit.corpus import parse_recipe
 
@@ -51,8 +61,9 @@ def downloads(spec) -> list[Download]:
             out[("dataset", REAL_TOXICITY)] = Download(REAL_TOXICITY, "dataset", {None}, ["prompts.jsonl", "README.md"])
         elif collection == STACK_SMOL:
             out[("dataset", STACK_SMOL)] = Download(STACK_SMOL, "dataset", {None}, [f"data/{lang}/*" for lang in PAPER_LANGUAGES])
-        else:
-            out[("manual", TOXIGEN)] = Download(TOXIGEN, "manual", {None})
+        elif collection == TOXIGEN:
+            note = f"copy the prompts/ folder of github.com/microsoft/TOXIGEN to MIRROR/datasets/{TOXIGEN}/prompts"
+            out[("manual", TOXIGEN)] = Download(TOXIGEN, "manual", {None}, note=note)
     return list(out.values())
 
 
@@ -91,7 +102,7 @@ def fetch(items: list[Download], out: Path) -> list[str]:
     manual = []
     for item in items:
         if item.kind == "manual":
-            manual.append(f"copy the prompts/ folder of github.com/microsoft/TOXIGEN to {out / 'datasets' / TOXIGEN / 'prompts'}")
+            manual.append(str(item.note).replace("MIRROR", str(out)))
             continue
         target = out / ("models" if item.kind == "model" else "datasets") / item.repo
         patterns = item.patterns

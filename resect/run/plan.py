@@ -65,7 +65,7 @@ class Plan:
         paths as the user gave them (absolute when local; None where a default chose them, which
         resolves again the same way): never a cache folder, which may be gone when it is rerun."""
         data = self.resolved()
-        for name in ("model", "corpus", "include_path", "toxicity_prompts", "profile_prompts"):
+        for name in ("model", "corpus", "include_path", "toxicity_prompts", "profile_prompts", "forget_corpus"):
             data[name] = _lasting(getattr(self.spec, name))
         return data
 
@@ -160,14 +160,14 @@ def plan(spec: RunSpec, *, inputs: tuple = ()) -> Plan:
 
         if out.exists() and not out.is_dir():
             raise OutputError(f"Output directory '{out}' exists and is a file. Choose another --out.")
-        check_output(out, [model_path, corpus, *include, prompts, spec.mirror, *inputs], kind="run", force=spec.force, make_parents=True)
+        check_output(out, [model_path, corpus, *include, prompts, spec.mirror, spec.forget_corpus, *inputs], kind="run", force=spec.force, make_parents=True)
     toxicity = TOXICITY_DEFAULTS | dict(spec.toxicity)
     from ..model.loading import resolve_placement
 
     device, dtype = resolve_placement(spec.device, spec.dtype)
     p = Plan(spec, model_path, corpus or "", labels, include, list(target_tasks), list(general), rule, params, out, prompts, toxicity, device, dtype)
     p.profile_prompts = _profile_prompts(spec, defaults, prompts, mirror)
-    p.inputs = [str(x) for x in (model_path, corpus, *include, prompts, spec.mirror, *inputs) if x]
+    p.inputs = [str(x) for x in (model_path, corpus, *include, prompts, spec.mirror, spec.forget_corpus, *inputs) if x]
     p.verification = _plan_verification(p)
     if spec.search:
         from .search import plan_validation
@@ -220,6 +220,7 @@ def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None)
     """A run's corpus and prompts made from a mirror's collections (and, for the code collection,
     its held-out perplexity tasks as the default gate)."""
     from .mirror import PAPER_LANGUAGES, STACK_SMOL
+    from .wmdp import WMDP_CORPORA
 
     found: dict[str, Any] = {}
     if prompts is not None and not Path(prompts).is_file():
@@ -230,6 +231,11 @@ def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None)
         if spec.target in names:
             found = {"labels": list(PAPER_LANGUAGES), "include_path": str(tasks.include_path), "target_tasks": [names[spec.target]],
                      "general_tasks": [n for lang, n in names.items() if lang != spec.target]}  # fmt: skip
+    elif corpus == WMDP_CORPORA:
+        from .wmdp import check_request, wmdp_defaults, write_corpus
+
+        check_request(spec.target, spec.forget_corpus)
+        corpus, found = str(write_corpus(mirror, str(spec.target), spec.forget_corpus)), wmdp_defaults(str(spec.target))
     elif corpus is not None:
         corpus = str(mirror.corpus(corpus))
     return corpus, prompts, found

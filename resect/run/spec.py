@@ -44,7 +44,7 @@ PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the
 # the experts were selected on.
 PROFILE_SEED_OFFSET = 1_000_003
 CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
-MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol")  # resect.run.mirror's
+MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol", "cais/wmdp-corpora")  # resect.run.mirror's and .wmdp's
 
 
 @dataclass
@@ -88,6 +88,7 @@ class RunSpec:
     validation_prompts: str | None = None  # toxicity: the prompts a search measures on
     search_confidence: float | None = None  # of the collateral's upper bound a search keeps inside the gate (default 0.9)
     profile_prompts: str | None = None  # toxicity: the prompts profiling samples from (default: the world's profiling prompts, else the gate's)
+    forget_corpus: str | None = None  # corpus cais/wmdp-corpora: the target's forget corpus file (WMDP's bio one is gated; resect.run.wmdp)
     max_recovery: float | None = None  # domain edits of a world model: probe the edit after the gate (resect.run.probe), fail when one gives back more points
     probes: list[str] | None = None  # with max_recovery: which probes (default: all of resect.run.probespec.PROBES)
 
@@ -95,7 +96,7 @@ class RunSpec:
         return dataclasses.asdict(self)
 
 
-_TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "validation_prompts", "profile_prompts", "out", "device", "dtype", "mirror")
+_TEXT = ("kind", "target", "model", "rule", "corpus", "toxicity_prompts", "validation_prompts", "profile_prompts", "out", "device", "dtype", "mirror", "forget_corpus")
 _NUMBERS = ("ratio", "threshold", "min_target_drop", "max_general_drop", "min_toxicity_drop", "confidence", "search_confidence", "limit", "max_recovery")
 _WHOLE = ("max_tokens_per_label", "min_tokens", "batch_size", "seed", "refine", "tune", "search")
 _FLAGS = ("force", "dry_run", "no_cache")
@@ -152,6 +153,13 @@ def check_spec(spec: RunSpec) -> None:
             raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
     _check_rule(spec)
     _check_probes(spec)
+    if spec.corpus == "cais/wmdp-corpora":
+        from .wmdp import check_request
+
+        check_request(spec.target, spec.forget_corpus, running=False)
+    elif spec.forget_corpus is not None:
+        raise UsageError("forget_corpus names the forget corpus of the WMDP corpora (corpus: cais/wmdp-corpora, 'resect run wmdp'); "
+                         "pass your own labelled text as corpus instead.")  # fmt: skip
     if spec.search and (spec.refine or spec.tune):
         raise UsageError("--search chooses the rule's settings; --refine and --tune would change its mask after the choice. Drop one of them.")
     if spec.search and ((spec.rule is not None and spec.kind != "toxicity") or spec.ratio is not None):
