@@ -107,7 +107,7 @@ def _check_not_inside(names: list[str], manager) -> None:
 
     index = manager._index
     wide = [n for n in names if index.get(n) is not None and index[n].kind in (Kind.GROUP, Kind.TAG)]
-    inside = {group: _members(manager, group, set()) for group in wide}
+    inside = {group: group_members(manager, group, set()) for group in wide}
     for group in wide:
         for name in names:
             if name != group and name in inside[group]:
@@ -119,7 +119,7 @@ def _check_not_inside(names: list[str], manager) -> None:
                 raise EvalError(f"'{a}' and '{b}' both run '{shared[0]}', and lm-eval runs a task once. Gate on groups that share no task.")
 
 
-def _members(manager, name: str, seen: set[str]) -> set[str]:
+def group_members(manager, name: str, seen: set[str]) -> set[str]:
     """Every task and group a group or tag runs, nested ones included."""
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -137,7 +137,7 @@ def _members(manager, name: str, seen: set[str]) -> set[str]:
         return set()
     found = {m for m in direct if isinstance(m, str)}
     for member in list(found):
-        found |= _members(manager, member, seen)
+        found |= group_members(manager, member, seen)
     return found
 
 

@@ -388,3 +388,46 @@ def test_mirror_dry_run_lists_what_the_wmdp_recipe_reads(tmp_path):
     for repo in ("MonetLLM/monet-vd-1.4B-100BT-hf", "cais/wmdp-corpora", "cais/wmdp", "cais/mmlu", "wmdp-bio-forget"):
         assert repo in res.stdout, res.stdout
     assert "bio-retain-corpus" in res.stdout and "57 configs" in res.stdout and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_the_relearning_probe_of_a_wmdp_edit_trains_on_its_forget_corpus_and_scores_wmdp(mirror, tmp_path):
+    """Łucki et al.'s attack on an edit of a published checkpoint: LoRA on N forget-corpus documents,
+    the run's WMDP task scored per question against the edit before the attack (no oracle, no world)."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    res = resect("run", "wmdp", f"mirror={mirror}", f"out={out}", *FAST, *RUNS["wmdp"], cache=cache)
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    probe = resect("probe", str(out), "--examples", "2,4", "--epochs", "1", "--rank", "4", "--out", str(tmp_path / "p"), cache=cache)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    report = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert report["task"] == "wmdp_cyber" and report["world"] is None and set(report["models"]) == {"edited", "source"}
+    rows = report["rows"]
+    assert [r["setting"] for r in rows] == ["N=0 (no attack)", "N=2", "N=4"] and {r["probe"] for r in rows} == {"relearn"}
+    for r in rows:
+        assert r["reference"] == "edit before the attack" and r["reference_value"] == pytest.approx(rows[0]["edited"])
+        assert r["recovery"] == pytest.approx(r["edited"] - rows[0]["edited"]) and r["questions"] == 6  # every WMDP-Cyber question of the fixture
+    general = report["measured"]["edited"]["relearn"]["4"]["general"]
+    assert "mmlu" in general and "resect_wmdp_mmlu_virology" in general
+    refused = resect("probe", str(out), "--probes", "relearn,rtt", "--out", str(tmp_path / "q"), cache=cache)
+    assert refused.returncode == 2 and "only the relearn probe runs" in refused.stderr and not (tmp_path / "q").exists()
+    too_many = resect("probe", str(out), "--examples", "6", "--out", str(tmp_path / "q"), cache=cache)
+    assert too_many.returncode == 2 and "more than the 5 'cyber' documents" in too_many.stderr, too_many.stderr
+
+
+@pytest.mark.slow
+def test_the_relearning_probe_scores_a_group_target_by_its_questions(mirror, tmp_path):
+    """paper-mmlu-domain's target is a group of MMLU subjects: the probe pairs its questions, every
+    one of the gate's part of those subjects' test split, and relearns on the category's profiling
+    documents (MMLU's validation and dev questions with their answers)."""
+    from resect.tasks import mmlu_part
+
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    res = resect("run", "paper-mmlu-domain", f"mirror={mirror}", f"out={out}", *FAST, *RUNS["paper-mmlu-domain"], cache=cache)
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    probe = resect("probe", str(out), "--examples", "3", "--epochs", "1", "--rank", "4", "--out", str(tmp_path / "p"), cache=cache)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    report = json.loads((tmp_path / "p" / "probe.json").read_text())
+    gate = sum(mmlu_part(q) == "gate" for s in ("college_biology", "high_school_biology")
+               for q in pq.read_table(mirror / "datasets" / "cais" / "mmlu" / s / "test-00000-of-00001.parquet").column("question").to_pylist())  # fmt: skip
+    assert report["task"] == "resect_mmlu_pro_biology" and gate > 0
+    assert [r["questions"] for r in report["rows"]] == [gate, gate]

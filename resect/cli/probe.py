@@ -22,7 +22,7 @@ def _ints(text: str) -> list[int]:
 
 
 @app.command(rich_help_panel=EVALUATION)
-@with_options("batch_size", "seed", "device", "dtype", "no_cache", "force")
+@with_options("corpus", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def probe(
     run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory of a domain edit (or its edited checkpoint).")],
     baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="The source checkpoint (default: the one in the edit's provenance).")] = None,
@@ -30,7 +30,7 @@ def probe(
                       help="A model trained without the target ('resect world train --leave-out'); default: the one shipped for the built-in model.")] = None,
     no_oracle: Annotated[bool, typer.Option("--no-oracle", metavar="", help="Compare with chance instead of an oracle.")] = False,
     target: Annotated[str | None, typer.Option("--target", metavar="DOMAIN", help="The removed domain, when RUN does not record it.")] = None,
-    probes: Annotated[str, typer.Option("--probes", metavar="NAME,...", help="Any of relearn, rtt, in-context, representation.")] = "relearn,rtt,in-context,representation",
+    probes: Annotated[str | None, typer.Option("--probes", metavar="NAME,...", help="Any of relearn, rtt, in-context, representation (default: all; an edit of a published checkpoint: relearn, the one that needs no world).")] = None,
     examples: Annotated[str, typer.Option("--examples", "-n", metavar="N,...", help="Examples each relearning attack trains on.")] = "5,10,50,100",
     method: Annotated[str, typer.Option("--method", help="lora (adapters on every linear layer, through peft) or full (every weight).")] = "lora",
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 128,
@@ -41,10 +41,12 @@ def probe(
     shots: Annotated[int, typer.Option("--shots", help="Solved questions in the prompt (in-context probe).")] = 5,
     max_recovery: Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="Exit 1 when a probe gives back more than this many points (default: the run's max_recovery, when it set one).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for probe.json, report.md and relearn.png.")] = Path("resect-probe"),
-    batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
+    corpus: str | None = SHARED, batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
 ) -> None:  # fmt: skip
     """Relearn, prompt, rephrase and read out the removed domain on the edited model, its source and an oracle.
-    Reports how much of the edit each probe gives back, in points and as a share of the source's lead."""
+    Reports how much of the edit each probe gives back, in points and as a share of the source's lead.
+    An edit of a published checkpoint (no world, no oracle) gets the relearning attack on its own tasks, training on
+    the removed label's documents of its profiling corpus (or of --corpus)."""
     import json
 
     from resect.errors import UsageError
@@ -62,7 +64,7 @@ def probe(
     require_extras("lm_eval", "accelerate", "matplotlib")
     quiet_lm_eval()
     device, dtype = placement(device, dtype)
-    spec = ProbeSpec(run, baseline=baseline, oracle=oracle, use_oracle=not no_oracle, target=target, probes=csv(probes) or [],
+    spec = ProbeSpec(run, baseline=baseline, oracle=oracle, use_oracle=not no_oracle, target=target, probes=csv(probes), corpus=corpus,
                      examples=_ints(examples), tuning=Tuning(method=method, rank=rank, alpha=alpha, lr=lr, epochs=epochs),
                      folds=folds, shots=shots, max_recovery=max_recovery, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
                      use_cache=not no_cache)  # fmt: skip
@@ -102,8 +104,8 @@ def _print(report: dict, out: Path) -> None:
         share = "-" if r["share"] is None else f"{100 * r['share']:.0f}%"
         table.add_row(r["probe"], r["setting"], *(f"{r[m]:.1f}" for m in models), f"{r['recovery']:+.1f}", escape(bounds), share)
     console.print(table)
-    ref = "the oracle" if "oracle" in report["models"] else "chance"
-    console.print(f"gives back: edited minus {ref} under the same probe, in points; bounds one-sided at 95%, paired by fact")
+    ref = "the oracle" if "oracle" in report["models"] else "chance" if report["world"] is not None else "the edit before the attack"
+    console.print(f"gives back: edited minus {ref} under the same probe, in points; bounds one-sided at 95%, paired by fact" + ("" if report["world"] is not None else " (by question)"))
     verdict = report["verdict"]
     p = report["settings"]["max_recovery"]
     line = "measured (no --max-recovery gate)" if p is None else (

@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 def check_spec(spec: ProbeSpec) -> None:
     from ..checks import check_numbers
 
-    bad = [p for p in spec.probes if p not in PROBES]
+    bad = [p for p in spec.probes or [] if p not in PROBES]
     if bad:
         raise UsageError(unknown("probe", bad[0], PROBES))
-    if not spec.probes:
+    if spec.probes is not None and not spec.probes:
         raise UsageError(f"--probes names no probe. Pass some of {', '.join(PROBES)}.")
     if not spec.examples or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in spec.examples):
         raise UsageError(f"--examples must be positive whole numbers (how many examples each relearning attack trains on), got {spec.examples!r}.")
@@ -80,6 +80,7 @@ def _run_config(run: Path) -> tuple[Path, dict]:
 
 def plan_probe(spec: ProbeSpec) -> ProbePlan:
     """Resolve the models, the world and the target, and refuse what cannot be probed (exit 2)."""
+    from ..builtin import world_data_of
     from ..gate.verify import baseline_from_provenance, check_compatible
     from ..model.checkpoint import inspect_checkpoint
 
@@ -96,7 +97,12 @@ def plan_probe(spec: ProbeSpec) -> ProbePlan:
     check_compatible(edited, source)
     if spec.max_recovery is None and isinstance(config.get("max_recovery"), (int, float)) and not isinstance(config.get("max_recovery"), bool):
         spec.max_recovery = float(config["max_recovery"])  # the run's own gate on the probes (recipe key max_recovery)
-    return resolve_probe(spec, edited, source, target=spec.target or config.get("target"), kind=config.get("kind"), where=str(run))
+    target = spec.target or config.get("target")
+    if world_data_of(source) is None:
+        from .probecorpus import resolve_corpus_probe
+
+        return resolve_corpus_probe(spec, edited, source, target=target, kind=config.get("kind"), where=str(run))
+    return resolve_probe(spec, edited, source, target=target, kind=config.get("kind"), where=str(run))
 
 
 def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | None, kind: str | None = None, where: str = "the run") -> ProbePlan:
@@ -107,6 +113,9 @@ def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | 
     from ..world.probesets import read_facts, relearn_examples
 
     check_spec(spec)
+    if spec.corpus is not None:
+        raise UsageError("--corpus is what relearning trains on for an edit of a published checkpoint; a world model relearns on its own sentences. Drop --corpus.")
+    spec.probes = list(spec.probes or PROBES)
     world = world_data_of(source)
     if world is None:
         raise UsageError(f"'{source}' brings no world (recipe.json beside a data/world.json): the probes need the world the model learnt. "
@@ -191,8 +200,13 @@ class Cache:
 
         self.folder = cache_root() / "probes"
         self.enabled = enabled
-        world = {p.name: digest(p.read_bytes().decode("utf-8", "replace"), 24) for p in sorted((plan.world / "eval").glob("quiz_*.jsonl"))}
-        world["world.json"] = digest((plan.world / "world.json").read_text(encoding="utf-8"), 24)
+        if plan.world is not None:
+            world = {p.name: digest(p.read_bytes().decode("utf-8", "replace"), 24) for p in sorted((plan.world / "eval").glob("quiz_*.jsonl"))}
+            world["world.json"] = digest((plan.world / "world.json").read_text(encoding="utf-8"), 24)
+        else:  # a published edit: what relearning trains on and the tasks' configs it is scored by
+            from ..tasks import task_config_hash
+
+            world = {"texts": digest(plan.texts, 24), "tasks": task_config_hash([plan.target_task, *plan.general], plan.includes)}
         s = plan.spec
         self.base = {"world": world, "batch_size": s.batch_size, "seed": s.seed, "device": s.device.split(":")[0], "dtype": s.dtype,
                      "lm_eval": lm_eval_version(), "resect": __version__}  # fmt: skip
@@ -227,10 +241,16 @@ class Cache:
             log.warning("could not write the probe cache (%s)", exc)
 
 
-def _scores(results: dict, task: str) -> dict:
-    """A task's per-question scores (doc order, with clusters) and its accuracy in points."""
-    row = results["per_doc"][task]
-    return {"doc_id": row["doc_id"], "cluster": row["cluster"], "acc": row["acc"], "value": 100.0 * results["results"][task]["acc,none"]}
+def _scores(results: dict, task: str, members: list[str] = ()) -> dict:
+    """A task's per-question scores (doc order, with clusters) and its accuracy in points; a group's
+    are its tasks' questions one after another (its accuracy: over all of them)."""
+    if task in results["per_doc"] or not members:
+        row = results["per_doc"][task]
+        return {"doc_id": row["doc_id"], "cluster": row["cluster"], "acc": row["acc"], "value": 100.0 * results["results"][task]["acc,none"]}
+    rows = [(name, results["per_doc"][name]) for name in members if name in results["per_doc"]]
+    acc = [a for _, row in rows for a in row["acc"]]
+    return {"doc_id": list(range(len(acc))), "cluster": [f"{name}:{c}" for name, row in rows for c in row["cluster"]], "acc": acc,
+            "value": 100.0 * sum(acc) / max(len(acc), 1)}  # fmt: skip
 
 
 class Runner:
@@ -241,10 +261,10 @@ class Runner:
         from .probetasks import write_probe_tasks
 
         self.plan, self.r = plan, reporter
-        self.facts = read_facts(plan.world, plan.domain)
         self.cache = Cache(plan, plan.spec.use_cache)
-        self.tasks = write_probe_tasks(plan.world, plan.domain, shots=plan.spec.shots)
-        self.includes = [*plan.includes, str(self.tasks.folder)]
+        self.facts = read_facts(plan.world, plan.domain) if plan.world is not None else []
+        self.tasks = write_probe_tasks(plan.world, plan.domain, shots=plan.spec.shots) if plan.world is not None else None
+        self.includes = [*plan.includes, *([str(self.tasks.folder)] if self.tasks else [])]
         self._model = None
 
     def _loaded(self, path: Path):
@@ -272,9 +292,9 @@ class Runner:
 
     def _quizzes(self, model, tok) -> dict:
         """The target quiz's per-question scores and the other quizzes' accuracies."""
-        target = f"world_{self.plan.domain}"
+        target = self.plan.target_task
         res = self._evaluate(model, tok, [target, *self.plan.general])
-        return {"target": _scores(res, target), "general": {t: 100.0 * res["results"][t]["acc,none"] for t in self.plan.general}}
+        return {"target": _scores(res, target, self.plan.members), "general": {t: 100.0 * res["results"][t]["acc,none"] for t in self.plan.general}}
 
     def run(self) -> dict:
         from ..model.loading import release_memory
@@ -300,7 +320,7 @@ class Runner:
         from ..world.probesets import relearn_examples
 
         s, tuning = self.plan.spec, self.plan.spec.tuning.record()
-        pool = relearn_examples(self.facts, self.plan.domain, s.seed)
+        pool = self.plan.texts if self.plan.world is None else relearn_examples(self.facts, self.plan.domain, s.seed)
         points = {0: self._cached(path, "quizzes", {}, lambda: self._quizzes(*self._loaded(path)))}
         for n in sorted(set(s.examples)):
             points[n] = self._cached(path, "relearn", {"examples": n, "tuning": tuning},
@@ -360,7 +380,7 @@ def run_probe(plan: ProbePlan, reporter=None) -> dict:
     runner = Runner(plan, reporter or quiet())
     measured = runner.run()
     rows = readout_questions(runner.facts)
-    return summarise(plan, measured, runner.tasks.chance, readout_chance(rows) if rows else None)
+    return summarise(plan, measured, runner.tasks.chance if runner.tasks else {}, readout_chance(rows) if rows else None)
 
 
 __all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "ProbePlan", "ProbeSpec", "check_oracle", "plan_probe", "resolve_probe", "run_probe"]

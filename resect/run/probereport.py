@@ -24,18 +24,21 @@ def _constant(like: dict, value: float) -> dict:
     return {"doc_id": like["doc_id"], "cluster": like["cluster"], "acc": [value / 100.0] * len(like["acc"])}
 
 
-def _row(probe: str, setting: str, scores: dict[str, dict], chance: float, seed: int) -> dict:
-    """One probe setting: each model's score, and what the edited model has over the reference."""
+def _row(probe: str, setting: str, scores: dict[str, dict], chance: float | None, seed: int, before: dict | None = None) -> dict:
+    """One probe setting: each model's score, and what the edited model has over the reference (the
+    oracle's score under the same probe; else `before`, the edit's own before any attack, where
+    there is no chance level to speak of; else chance)."""
     from ..gate.paired import CONFIDENCE, paired
 
     edited, oracle = scores["edited"], scores.get("oracle")
-    reference = oracle or _constant(edited, chance)
-    level = oracle["value"] if oracle else chance
+    reference = oracle or before or _constant(edited, chance)
+    name = "oracle" if oracle else "edit before the attack" if before else "chance"
+    level = reference["value"] if oracle or before else chance
     ev = paired(reference, edited, "acc", higher_better=True, confidence=CONFIDENCE, seed=seed)
     recovery, gap = edited["value"] - level, scores["source"]["value"] - level
     return {
         "probe": probe, "setting": setting, **{who: s["value"] for who, s in scores.items()}, "chance": chance,
-        "reference": "oracle" if oracle else "chance", "recovery": recovery,
+        "reference": name, "reference_value": level, "recovery": recovery,
         "low": None if ev is None else -ev.high, "high": None if ev is None else -ev.low,
         "resolution": None if ev is None else ev.resolution, "confidence": CONFIDENCE,
         "share": recovery / gap if ev is not None and gap > max(ev.resolution, 1e-9) else None, "questions": len(edited["acc"]), "attack": True,
@@ -51,11 +54,14 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
     """probe.json's content: the settings, every model's measurements, the recovery rows, the verdict."""
     s, rows = plan.spec, []
     models = list(measured)
+    quiz = chance.get("quiz")  # None: a published edit's tasks, compared with the edit before the attack
     if "relearn" in s.probes:
-        before = _row("relearn", "N=0 (no attack)", {m: measured[m]["relearn"]["0"]["target"] for m in models}, chance["quiz"], s.seed)
+        start = measured["edited"]["relearn"]["0"]["target"]
+        base = None if quiz is not None or "oracle" in measured else start
+        before = _row("relearn", "N=0 (no attack)", {m: measured[m]["relearn"]["0"]["target"] for m in models}, quiz, s.seed, base)
         rows.append(before | {"attack": False})  # the edit as it is: what the attacks start from, not an attack
         for n in sorted(set(s.examples)):
-            rows.append(_row("relearn", f"N={n}", {m: measured[m]["relearn"][str(n)]["target"] for m in models}, chance["quiz"], s.seed))
+            rows.append(_row("relearn", f"N={n}", {m: measured[m]["relearn"][str(n)]["target"] for m in models}, quiz, s.seed, base))
     if "rtt" in s.probes:
         rows.append(_row("rtt", f"{s.folds} folds", {m: measured[m]["rtt"] for m in models}, chance["quiz"], s.seed))
     if "in-context" in s.probes:
@@ -71,7 +77,7 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
     unresolved = [f"{r['probe']} {r['setting']}" for r in attacks if s.max_recovery is not None and (r["resolution"] or 0) > s.max_recovery]
     return {
         "format": "resect.probe/v1",
-        "target": plan.domain, "task": f"world_{plan.domain}", "world": str(plan.world), "chance": chance["quiz"],
+        "target": plan.domain, "task": plan.target_task, "world": None if plan.world is None else str(plan.world), "chance": quiz,
         "models": {m: str(p) for m, p in plan.models.items()},
         "settings": {"probes": s.probes, "examples": sorted(set(s.examples)), "tuning": s.tuning.record(), "folds": s.folds, "shots": s.shots,
                      "seed": s.seed, "batch_size": s.batch_size, "device": s.device, "dtype": s.dtype, "max_recovery": s.max_recovery},
@@ -114,9 +120,12 @@ def markdown(report: dict) -> str:
         *[f"- {m}: `{path}`" for m, path in report["models"].items()],
         f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
         f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}) on N of the domain's profiling sentences; "
-        f"rtt over {s['folds']} folds of facts; {s['shots']} shots in context; seed {s['seed']}",
-        "- gives back: the edited model's score minus the reference's (the oracle's under the same probe, else chance), "
-        "[low, high] one-sided paired bounds at 95% clustered by fact; share: of the source's lead over the reference", "",
+        f"rtt over {s['folds']} folds of facts; {s['shots']} shots in context; seed {s['seed']}" if report["world"] is not None else
+        f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}, {s['tuning']['max_length']} tokens each) on N of the "
+        f"'{report['target']}' documents of the run's profiling corpus (the forget corpus), scored on {report['task']}; seed {s['seed']}",
+        "- gives back: the edited model's score minus the reference's (the oracle's under the same probe, else chance; on a published "
+        "checkpoint, the edit's own before the attack), [low, high] one-sided paired bounds at 95% clustered by fact (by question "
+        "where there are no facts); share: of the source's lead over the reference", "",
         "| probe | setting | " + " | ".join(models) + " | reference | gives back | [low, high] | share |",
         "|---|---|" + "---:|" * len(models) + "---|---:|---|---:|",
     ]  # fmt: skip
@@ -124,7 +133,7 @@ def markdown(report: dict) -> str:
         bounds = "-" if r["low"] is None else f"[{r['low']:+.1f}, {r['high']:+.1f}]"
         share = "-" if r["share"] is None else f"{100 * r['share']:.0f}%"
         cells = " | ".join(_fmt(r.get(m), ".1f") for m in models)
-        lines.append(f"| {r['probe']} | {r['setting']} | {cells} | {r['reference']} {r.get(r['reference'], r['chance']):.1f} | {r['recovery']:+.1f} | {bounds} | {share} |")
+        lines.append(f"| {r['probe']} | {r['setting']} | {cells} | {r['reference']} {r['reference_value']:.1f} | {r['recovery']:+.1f} | {bounds} | {share} |")
     if "relearn" in report["measured"]["edited"]:
         lines += ["", "Relearning's cost elsewhere (mean accuracy of the other domains' quizzes):", "",
                   "| N | " + " | ".join(models) + " |", "|---:|" + "---:|" * len(models)]  # fmt: skip
@@ -155,7 +164,8 @@ def relearn_chart(report: dict) -> bytes | None:
     for who, style in (("edited", "o-"), ("source", "s--"), ("oracle", "^-")):
         if who in m:
             ax.plot(ns, [m[who]["relearn"][str(n)]["target"] for n in ns], style, label=who)
-    ax.axhline(report["chance"], color="grey", linestyle=":", label="chance")
+    if report["chance"] is not None:
+        ax.axhline(report["chance"], color="grey", linestyle=":", label="chance")
     p = report["settings"]["max_recovery"]
     if p is not None and "oracle" in m:
         ax.plot(ns, [m["oracle"]["relearn"][str(n)]["target"] + p for n in ns], color="red", linestyle="--", label=f"gate: oracle + {p:g}")

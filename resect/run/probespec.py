@@ -20,7 +20,8 @@ class ProbeSpec:
     oracle: str | None = None  # a checkpoint folder; None: the shipped oracle for the target, if any
     use_oracle: bool = True
     target: str | None = None  # the removed domain, when the run does not say
-    probes: list[str] = field(default_factory=lambda: list(PROBES))
+    probes: list[str] | None = None  # None: every probe the model allows (a world model: all; a published one: relearn)
+    corpus: str | None = None  # a model without a world: what relearning trains on (default: the run's profiling corpus)
     examples: list[int] = field(default_factory=lambda: list(DEFAULT_EXAMPLES))
     tuning: Tuning = field(default_factory=Tuning)
     folds: int = 5
@@ -39,11 +40,18 @@ class ProbePlan:
     edited: Path
     source: Path
     oracle: Path | None
-    world: Path
+    world: Path | None  # None: a published checkpoint's edit, probed by relearning on its corpus (texts) alone
     domain: str
-    general: list[str]  # the other domains' quiz tasks
+    general: list[str]  # the other domains' quiz tasks (a published edit: the run's general tasks)
     includes: list[str]
     examples_available: int
+    target_tasks: list[str] = field(default_factory=list)  # a published edit: the run's target task (empty: the world's quiz)
+    texts: list[str] | None = None  # a published edit: the target's profiling documents, in the order relearning takes them
+    members: list[str] = field(default_factory=list)  # a target that is a group: the tasks whose questions it scores
+
+    @property
+    def target_task(self) -> str:
+        return self.target_tasks[0] if self.target_tasks else f"world_{self.domain}"
 
     @property
     def models(self) -> dict[str, Path]:
