@@ -69,7 +69,7 @@ def test_a_shared_option_reads_the_same_in_every_command(name):
 
 def test_the_edit_commands_share_their_options():
     domain, language, toxicity = (set(_options(COMMANDS[k])) for k in ("domain", "language", "toxicity"))
-    assert domain - {"max_recovery", "probes"} == language  # a domain edit can gate on its probes (resect probe); a language edit has none yet
+    assert domain == language
     common = {"include_path", "general_tasks", "min_target_drop", "max_general_drop", "limit", "groups", "batch_size", "seed",
               "device", "dtype", "mirror", "no_cache", "force", "dry_run", "out"}  # fmt: skip
     assert common <= domain & toxicity

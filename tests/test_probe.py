@@ -205,8 +205,8 @@ def _oracle_copy(tmp_path: Path, **changes) -> Path:
     (["--folds", "1"], "--folds must be a whole number of at least 2"),
     (["--method", "qlora"], "Unknown --method 'qlora'"),
     (["--max-recovery", "-3"], "--max-recovery must be a number in [0, 100]"),
-    (["--target", "python"], "measures domain edits"),
-    (["--target", "biolgy"], "Unknown domain 'biolgy'"),
+    (["--target", "toxicity"], "a toxicity probe is not built yet"),
+    (["--target", "biolgy"], "Unknown domain or language 'biolgy'"),
     (["--oracle", "{source}"], "did not leave biology out of its training"),
     (["--oracle", "{other_world}"], "was trained on another world"),
     (["--oracle", "{left_out_chemistry}"], "did not leave biology out"),
@@ -271,7 +271,8 @@ def test_an_edit_with_max_recovery_probes_itself_and_fails_on_what_comes_back(tm
     (["domain", "--remove", "biology", "--probes", "relearn"], "without max_recovery none runs"),
     (["domain", "--remove", "biology", "--max-recovery", "101"], "--max-recovery must be a number in [0, 100]"),
     (["domain", "--remove", "biology", "--max-recovery", "5", "--probes", "relearn,rtx"], "Unknown probe 'rtx'"),
-    (["run", "world-language", "max_recovery=5"], "probes domain edits"),
+    (["run", "world-toxicity", "max_recovery=5"], "'resect toxicity' has no probe yet"),
+    (["language", "--remove", "python", "--max-recovery", "5", "--probes", "rtt"], "a language edit is probed by relearning alone"),
     (["run", "world-domain", "max_recovery=5", "probes=relearn"], "'probes' must be a list of probe names"),
     (["domain", "--remove", "biology", "{tiny}", "--corpus", "{corpus}", "--target-tasks", "world_biology", "--max-recovery", "5"], "brings no world"),
 ])  # fmt: skip
@@ -280,7 +281,49 @@ def test_bad_max_recovery_input_is_one_line_and_exit_2(args, expected, tiny_vd, 
     corpus.write_text("".join(json.dumps({"text": f"{label} text {k}", "label": label}) + "\n" for label in ("biology", "law") for k in range(3)))
     out = tmp_path / "out"
     words = [a.format(tiny=str(tiny_vd), corpus=str(corpus)) for a in args]
-    code, _, err = run_cli([*words, *(["--out", str(out)] if words[0] == "domain" else [f"out={out}"])], capsys, monkeypatch)
+    code, _, err = run_cli([*words, *(["--out", str(out)] if words[0] in ("domain", "language") else [f"out={out}"])], capsys, monkeypatch)
     assert code == 2 and expected in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- a language edit: relearning on its code, judged by held-out perplexity
+
+
+def test_the_code_relearning_trains_on_is_profiling_code_and_never_held_out_code():
+    from resect.world.probesets import relearn_code
+
+    held_out = {json.loads(line)["text"] for part in ("code_python", "validation_code_python") for line in (DATA / "eval" / f"{part}.jsonl").read_text().splitlines()}
+    texts = relearn_code(DATA, "python", 0)
+    assert len(texts) >= 100 and not set(texts) & held_out
+    assert relearn_code(DATA, "python", 0) == texts and relearn_code(DATA, "python", 1) != texts and sorted(relearn_code(DATA, "python", 1)) == sorted(texts)
+
+
+@pytest.fixture(scope="module")
+def language_run(tmp_path_factory):
+    import subprocess
+
+    out = tmp_path_factory.mktemp("probe-language") / "run"
+    proc = subprocess.run([sys.executable, "-m", "resect", "language", "--remove", "python", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_a_language_edit_is_probed_by_relearning_its_code(language_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "probe"
+    code, stdout, err = run_cli(["probe", str(language_run), "--examples", "4,16", "--epochs", "1", "--rank", "8", "--out", str(out)], capsys, monkeypatch)
+    assert code == 0, err
+    report = json.loads((out / "probe.json").read_text())
+    assert report["task"] == "world_ppl_python" and report["metric"] == "word_perplexity" and report["unit"] == "%"
+    assert report["settings"]["probes"] == ["relearn"] and [r["setting"] for r in report["rows"]] == ["N=0 (no attack)", "N=4", "N=16"]
+    reference = "oracle" if builtin_oracle_path("python") else "edit before the attack"
+    before, *attacks = report["rows"]
+    assert before["edited"] > 2 * before["source"]  # the edit more than doubled python's held-out perplexity (its gate)
+    for r in report["rows"]:
+        assert r["reference"] == reference and r["low"] <= r["recovery"] <= r["high"] and r["unit"] == "%"
+        # gives back: how much lower the edited model's perplexity is than the reference's
+        assert r["recovery"] == pytest.approx(100 * (1 - r["edited"] / r["reference_value"]), abs=0.05)
+    general = report["measured"]["edited"]["relearn"]["16"]["general"]
+    assert set(general) == {"world_ppl_javascript", "world_ppl_lua"}
+    assert "% lower held-out perplexity" in stdout and (out / "relearn.png").is_file()
+    assert "held-out code" in (out / "report.md").read_text()

@@ -39,7 +39,7 @@ def probe(
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the examples.")] = 3,
     folds: Annotated[int, typer.Option("--folds", help="Folds of facts: rtt and the linear probe train on all but one.")] = 5,
     shots: Annotated[int, typer.Option("--shots", help="Solved questions in the prompt (in-context probe).")] = 5,
-    max_recovery: Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="Exit 1 when a probe gives back more than this many points (default: the run's max_recovery, when it set one).")] = None,
+    max_recovery: Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="Exit 1 when a probe gives back more than this many points (a language: % of held-out perplexity; default: the run's max_recovery, when it set one).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for probe.json, report.md and relearn.png.")] = Path("resect-probe"),
     corpus: str | None = SHARED, batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
 ) -> None:  # fmt: skip
@@ -104,11 +104,12 @@ def _print(report: dict, out: Path) -> None:
         share = "-" if r["share"] is None else f"{100 * r['share']:.0f}%"
         table.add_row(r["probe"], r["setting"], *(f"{r[m]:.1f}" for m in models), f"{r['recovery']:+.1f}", escape(bounds), share)
     console.print(table)
-    ref = "the oracle" if "oracle" in report["models"] else "chance" if report["world"] is not None else "the edit before the attack"
-    console.print(f"gives back: edited minus {ref} under the same probe, in points; bounds one-sided at 95%, paired by fact" + ("" if report["world"] is not None else " (by question)"))
+    ref = {"oracle": "the oracle", "chance": "chance"}.get(report["rows"][0]["reference"], "the edit before the attack") if report["rows"] else "chance"
+    unit = "points" if report.get("unit", "points") == "points" else "% lower held-out perplexity"
+    console.print(f"gives back: edited minus {ref} under the same probe, in {unit}; bounds one-sided at 95%, paired by fact" + ("" if report["world"] is not None else " (by question)"))
     verdict = report["verdict"]
     p = report["settings"]["max_recovery"]
     line = "measured (no --max-recovery gate)" if p is None else (
-        f"PASS: no probe gives back more than {p:g} points" if verdict == "pass" else f"FAIL: a probe gives back {report['worst_recovery']:+.1f} points, more than {p:g}")
+        f"PASS: no probe gives back more than {p:g} {report['unit']}" if verdict == "pass" else f"FAIL: a probe gives back {report['worst_recovery']:+.1f} {report['unit']}, more than {p:g}")
     console.print(line)
     console.print(f"report in {out}/probe.json, report.md" + (", relearn.png" if (out / "relearn.png").is_file() else ""))

@@ -110,26 +110,29 @@ def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | 
     what `resect probe` plans, and what an edit with max_recovery plans before it profiles."""
     from ..builtin import world_data_of, world_labels
     from ..tasks import world_task_dir
-    from ..world.probesets import read_facts, relearn_examples
+    from ..world.probesets import read_facts, relearn_code, relearn_examples
 
     check_spec(spec)
     if spec.corpus is not None:
         raise UsageError("--corpus is what relearning trains on for an edit of a published checkpoint; a world model relearns on its own sentences. Drop --corpus.")
-    spec.probes = list(spec.probes or PROBES)
     world = world_data_of(source)
     if world is None:
         raise UsageError(f"'{source}' brings no world (recipe.json beside a data/world.json): the probes need the world the model learnt. "
                          "Probe an edit of the built-in model or of a 'resect world train' model.")  # fmt: skip
     domains, languages = world_labels(world)
     if target is None:
-        raise UsageError(f"'{where}' does not say which domain it removed. Pass --target DOMAIN (one of {', '.join(domains)}).")
-    if target in languages or kind in ("language", "toxicity") or target == "toxicity":
-        raise UsageError(f"resect probe measures domain edits (a quiz to relearn); '{target}' is a {kind or 'language'} target. "
-                         "Language and toxicity probes are not built yet.")  # fmt: skip
-    if target not in domains:
-        raise UsageError(unknown("domain", str(target), domains))
+        raise UsageError(f"'{where}' does not say which domain or language it removed. Pass --target NAME (one of {', '.join(domains + languages)}).")
+    if kind == "toxicity" or target == "toxicity":
+        raise UsageError("resect probe measures domain and language edits (something to relearn); a toxicity probe is not built yet.")
+    if target not in domains + languages:
+        raise UsageError(unknown("domain or language", str(target), domains + languages))
+    language = target in languages
+    if language and (others := [p for p in spec.probes or [] if p != "relearn"]):
+        raise UsageError(f"'{others[0]}' asks a domain's facts; a language edit is probed by relearning alone. Pass --probes relearn.")
+    spec.probes = list(spec.probes or (["relearn"] if language else PROBES))
     oracle = _oracle(spec, source, target)
-    available = len(relearn_examples(read_facts(world, target), target, spec.seed))
+    texts = relearn_code(world, target, spec.seed) if language else None
+    available = len(texts) if language else len(relearn_examples(read_facts(world, target), target, spec.seed))
     if "relearn" in spec.probes and max(spec.examples) > available:
         raise UsageError(f"--examples {max(spec.examples)} is more than the {available} {target} examples the world holds. Pass at most {available}.")
     if "relearn" in spec.probes or "rtt" in spec.probes:
@@ -137,6 +140,10 @@ def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | 
             from .attacks import require_peft
 
             require_peft()
+    if language:  # held-out code's perplexity, the language gate's
+        general = [f"world_ppl_{x}" for x in languages if x != target]
+        return ProbePlan(spec, edited, source, oracle, world, target, general, [str(world_task_dir(world))], available,
+                         target_tasks=[f"world_ppl_{target}"], texts=texts, metric="word_perplexity")  # fmt: skip
     general = [f"world_{d}" for d in domains if d != target]
     return ProbePlan(spec, edited, source, oracle, world, target, general, [str(world_task_dir(world))], available)
 
@@ -203,6 +210,9 @@ class Cache:
         if plan.world is not None:
             world = {p.name: digest(p.read_bytes().decode("utf-8", "replace"), 24) for p in sorted((plan.world / "eval").glob("quiz_*.jsonl"))}
             world["world.json"] = digest((plan.world / "world.json").read_text(encoding="utf-8"), 24)
+            if plan.metric != "acc":  # a language: its held-out code and the files relearning trains on
+                world |= {p.name: digest(p.read_bytes().decode("utf-8", "replace"), 24) for p in sorted((plan.world / "eval").glob("code_*.jsonl"))}
+                world["texts"] = digest(plan.texts, 24)
         else:  # a published edit: what relearning trains on and the tasks' configs it is scored by
             from ..tasks import task_config_hash
 
@@ -241,9 +251,13 @@ class Cache:
             log.warning("could not write the probe cache (%s)", exc)
 
 
-def _scores(results: dict, task: str, members: list[str] = ()) -> dict:
+def _scores(results: dict, task: str, members: list[str] = (), metric: str = "acc") -> dict:
     """A task's per-question scores (doc order, with clusters) and its accuracy in points; a group's
-    are its tasks' questions one after another (its accuracy: over all of them)."""
+    are its tasks' questions one after another (its accuracy: over all of them). A perplexity task:
+    each document's log-likelihood and words, and the task's word perplexity."""
+    if metric != "acc":
+        row = results["per_doc"][task]
+        return {"doc_id": row["doc_id"], "cluster": row["cluster"], "loglik": row["loglik"], "words": row["words"], "value": results["results"][task][f"{metric},none"]}
     if task in results["per_doc"] or not members:
         row = results["per_doc"][task]
         return {"doc_id": row["doc_id"], "cluster": row["cluster"], "acc": row["acc"], "value": 100.0 * results["results"][task]["acc,none"]}
@@ -262,8 +276,9 @@ class Runner:
 
         self.plan, self.r = plan, reporter
         self.cache = Cache(plan, plan.spec.use_cache)
-        self.facts = read_facts(plan.world, plan.domain) if plan.world is not None else []
-        self.tasks = write_probe_tasks(plan.world, plan.domain, shots=plan.spec.shots) if plan.world is not None else None
+        quizzed = plan.world is not None and plan.metric == "acc"  # a world's domain: facts, and the quiz's other wordings
+        self.facts = read_facts(plan.world, plan.domain) if quizzed else []
+        self.tasks = write_probe_tasks(plan.world, plan.domain, shots=plan.spec.shots) if quizzed else None
         self.includes = [*plan.includes, *([str(self.tasks.folder)] if self.tasks else [])]
         self._model = None
 
@@ -294,7 +309,9 @@ class Runner:
         """The target quiz's per-question scores and the other quizzes' accuracies."""
         target = self.plan.target_task
         res = self._evaluate(model, tok, [target, *self.plan.general])
-        return {"target": _scores(res, target, self.plan.members), "general": {t: 100.0 * res["results"][t]["acc,none"] for t in self.plan.general}}
+        scale, metric = (100.0, "acc") if self.plan.metric == "acc" else (1.0, self.plan.metric)
+        return {"target": _scores(res, target, self.plan.members, metric),
+                "general": {t: scale * res["results"][t][f"{metric},none"] for t in self.plan.general}}  # fmt: skip
 
     def run(self) -> dict:
         from ..model.loading import release_memory
@@ -320,7 +337,7 @@ class Runner:
         from ..world.probesets import relearn_examples
 
         s, tuning = self.plan.spec, self.plan.spec.tuning.record()
-        pool = self.plan.texts if self.plan.world is None else relearn_examples(self.facts, self.plan.domain, s.seed)
+        pool = self.plan.texts if self.plan.texts is not None else relearn_examples(self.facts, self.plan.domain, s.seed)
         points = {0: self._cached(path, "quizzes", {}, lambda: self._quizzes(*self._loaded(path)))}
         for n in sorted(set(s.examples)):
             points[n] = self._cached(path, "relearn", {"examples": n, "tuning": tuning},

@@ -12,6 +12,7 @@ edit as it is, what every attack starts from: shown, never counted as a probe's 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,6 +46,27 @@ def _row(probe: str, setting: str, scores: dict[str, dict], chance: float | None
     }  # fmt: skip
 
 
+def _ppl_row(setting: str, scores: dict[str, dict], seed: int, before: dict | None) -> dict:
+    """A language's relearn row: how much lower the edited model's held-out perplexity is than the
+    reference's (the oracle's, else the edit's own before the attack), in %, paired by document."""
+    from ..gate.paired import CONFIDENCE, _ratio_drop, paired
+
+    metric = "word_perplexity"
+    edited, reference = scores["edited"], scores.get("oracle") or before
+    ev = paired(reference, edited, metric, higher_better=False, confidence=CONFIDENCE, seed=seed)
+    rate = lambda s: -sum(s["loglik"]) / sum(s["words"])  # noqa: E731  (nats per word of the held-out code)
+    recovery = -float(_ratio_drop(metric, sum(reference["loglik"]), sum(edited["loglik"]), sum(reference["words"])))
+    gap = rate(reference) - rate(scores["source"])  # the share is of the log-perplexity gap the source leads by
+    return {
+        "probe": "relearn", "setting": setting, **{who: v["value"] for who, v in scores.items()}, "chance": None,
+        "reference": "oracle" if "oracle" in scores else "edit before the attack", "reference_value": reference["value"],
+        "recovery": recovery, "low": None if ev is None else -ev.high, "high": None if ev is None else -ev.low,
+        "resolution": None if ev is None else ev.resolution, "confidence": CONFIDENCE, "unit": "%",
+        "share": (rate(reference) - rate(edited)) / gap if ev is not None and 100 * math.expm1(gap) > max(ev.resolution, 1e-9) else None,
+        "questions": len(edited["doc_id"]), "attack": True,
+    }  # fmt: skip
+
+
 def _readout_scores(entry: dict, layer: int) -> dict:
     right = entry["correct"][layer]
     return {"doc_id": list(range(len(right))), "cluster": entry["cluster"], "acc": [float(c) for c in right], "value": 100.0 * sum(right) / len(right)}
@@ -55,7 +77,13 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
     s, rows = plan.spec, []
     models = list(measured)
     quiz = chance.get("quiz")  # None: a published edit's tasks, compared with the edit before the attack
-    if "relearn" in s.probes:
+    if plan.metric != "acc":  # a language: held-out perplexity
+        start = measured["edited"]["relearn"]["0"]["target"]
+        base = None if "oracle" in measured else start
+        rows.append(_ppl_row("N=0 (no attack)", {m: measured[m]["relearn"]["0"]["target"] for m in models}, s.seed, base) | {"attack": False})
+        for n in sorted(set(s.examples)):
+            rows.append(_ppl_row(f"N={n}", {m: measured[m]["relearn"][str(n)]["target"] for m in models}, s.seed, base))
+    elif "relearn" in s.probes:
         start = measured["edited"]["relearn"]["0"]["target"]
         base = None if quiz is not None or "oracle" in measured else start
         before = _row("relearn", "N=0 (no attack)", {m: measured[m]["relearn"]["0"]["target"] for m in models}, quiz, s.seed, base)
@@ -77,7 +105,7 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
     unresolved = [f"{r['probe']} {r['setting']}" for r in attacks if s.max_recovery is not None and (r["resolution"] or 0) > s.max_recovery]
     return {
         "format": "resect.probe/v1",
-        "target": plan.domain, "task": plan.target_task, "world": None if plan.world is None else str(plan.world), "chance": quiz,
+        "target": plan.domain, "task": plan.target_task, "metric": plan.metric, "unit": "points" if plan.metric == "acc" else "%", "world": None if plan.world is None else str(plan.world), "chance": quiz,
         "models": {m: str(p) for m, p in plan.models.items()},
         "settings": {"probes": s.probes, "examples": sorted(set(s.examples)), "tuning": s.tuning.record(), "folds": s.folds, "shots": s.shots,
                      "seed": s.seed, "batch_size": s.batch_size, "device": s.device, "dtype": s.dtype, "max_recovery": s.max_recovery},
@@ -111,12 +139,12 @@ def _fmt(value: float | None, spec: str = "+.1f") -> str:
 def markdown(report: dict) -> str:
     """The probe section of a report: settings, the rows, what the verdict means."""
     s, models = report["settings"], list(report["models"])
-    p = s["max_recovery"]
+    p, unit = s["max_recovery"], report.get("unit", "points")
     verdict = "measured (no --max-recovery)" if p is None else (
-        f"PASS: no probe gives back more than {p:g} points" if report["verdict"] == "pass" else f"FAIL: a probe gives back more than {p:g} points")
+        f"PASS: no probe gives back more than {p:g} {unit}" if report["verdict"] == "pass" else f"FAIL: a probe gives back more than {p:g} {unit}")
     lines = [
         f"## Probes: is {report['target']} gone, or only hidden?", "",
-        f"**Verdict: {verdict}** (the most given back: {report['worst_recovery']:+.1f} points).", "",
+        f"**Verdict: {verdict}** (the most given back: {report['worst_recovery']:+.1f} {unit}).", "",
         *[f"- {m}: `{path}`" for m, path in report["models"].items()],
         f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
         f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}) on N of the domain's profiling sentences; "
@@ -135,14 +163,15 @@ def markdown(report: dict) -> str:
         cells = " | ".join(_fmt(r.get(m), ".1f") for m in models)
         lines.append(f"| {r['probe']} | {r['setting']} | {cells} | {r['reference']} {r['reference_value']:.1f} | {r['recovery']:+.1f} | {bounds} | {share} |")
     if "relearn" in report["measured"]["edited"]:
-        lines += ["", "Relearning's cost elsewhere (mean accuracy of the other domains' quizzes):", "",
+        elsewhere = "mean accuracy of the other domains' quizzes" if report.get("metric", "acc") == "acc" else "mean word perplexity of the other languages' held-out code"
+        lines += ["", f"Relearning's cost elsewhere ({elsewhere}):", "",
                   "| N | " + " | ".join(models) + " |", "|---:|" + "---:|" * len(models)]  # fmt: skip
         for n in report["measured"]["edited"]["relearn"]:
             cells = [report["measured"][m]["relearn"][n]["general"] for m in models]
             lines.append(f"| {n} | " + " | ".join(f"{sum(c.values()) / max(len(c), 1):.1f}" for c in cells) + " |")
         lines += ["", "![relearn](relearn.png)"]
     if report["unresolved"]:
-        lines += ["", f"Too few questions to resolve {p:g} points: " + ", ".join(report["unresolved"]) + "."]
+        lines += ["", f"Too few questions to resolve {p:g} {unit}: " + ", ".join(report["unresolved"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -167,12 +196,16 @@ def relearn_chart(report: dict) -> bytes | None:
     if report["chance"] is not None:
         ax.axhline(report["chance"], color="grey", linestyle=":", label="chance")
     p = report["settings"]["max_recovery"]
-    if p is not None and "oracle" in m:
+    if p is not None and "oracle" in m and report.get("metric", "acc") == "acc":
         ax.plot(ns, [m["oracle"]["relearn"][str(n)]["target"] + p for n in ns], color="red", linestyle="--", label=f"gate: oracle + {p:g}")
     ax.set_xscale("symlog", linthresh=5)
     ax.set_xlabel("examples trained on (N)")
-    ax.set_ylabel(f"{report['task']} accuracy (%)")
-    ax.set_ylim(0, 100)
+    if report.get("metric", "acc") == "acc":
+        ax.set_ylabel(f"{report['task']} accuracy (%)")
+        ax.set_ylim(0, 100)
+    else:
+        ax.set_ylabel(f"{report['task']} word perplexity")
+        ax.set_yscale("log")
     ax.legend()
     ax.set_title(f"relearning {report['target']}")
     return figure_png(fig, dpi=100)

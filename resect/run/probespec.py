@@ -48,6 +48,7 @@ class ProbePlan:
     target_tasks: list[str] = field(default_factory=list)  # a published edit: the run's target task (empty: the world's quiz)
     texts: list[str] | None = None  # a published edit: the target's profiling documents, in the order relearning takes them
     members: list[str] = field(default_factory=list)  # a target that is a group: the tasks whose questions it scores
+    metric: str = "acc"  # what the relearn rows compare: accuracy (points), or a language's held-out word_perplexity (%)
 
     @property
     def target_task(self) -> str:

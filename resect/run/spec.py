@@ -89,7 +89,7 @@ class RunSpec:
     search_confidence: float | None = None  # of the collateral's upper bound a search keeps inside the gate (default 0.9)
     profile_prompts: str | None = None  # toxicity: the prompts profiling samples from (default: the world's profiling prompts, else the gate's)
     forget_corpus: str | None = None  # corpus cais/wmdp-corpora: the target's forget corpus file (WMDP's bio one is gated; resect.run.wmdp)
-    max_recovery: float | None = None  # domain edits of a world model: probe the edit after the gate (resect.run.probe), fail when one gives back more points
+    max_recovery: float | None = None  # edits of a world model: probe the edit after the gate (resect.run.probe), fail when one gives back more (points; a language: %)
     probes: list[str] | None = None  # with max_recovery: which probes (default: all of resect.run.probespec.PROBES)
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,13 +182,13 @@ def check_spec(spec: RunSpec) -> None:
 
 
 def _check_probes(spec: RunSpec) -> None:
-    """max_recovery and probes: a domain edit's, in range, known probes (the model's world is checked by plan())."""
+    """max_recovery and probes: a domain or language edit's, known probes (the model's world is checked by plan())."""
     if spec.max_recovery is None:
         if spec.probes is not None:
             raise UsageError("'probes' says which probes max_recovery runs; without max_recovery none runs. Set max_recovery (--max-recovery PTS) or drop probes.")
         return
-    if spec.kind != "domain":
-        raise UsageError(f"--max-recovery probes domain edits (a quiz to relearn); 'resect {spec.kind}' has none yet. Drop --max-recovery (max_recovery: in a recipe).")
+    if spec.kind == "toxicity":
+        raise UsageError("max_recovery probes domain and language edits (something to relearn); 'resect toxicity' has no probe yet. Drop max_recovery.")
     from .probespec import PROBES
 
     for name in spec.probes or []:

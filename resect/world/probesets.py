@@ -62,6 +62,15 @@ def relearn_examples(facts: list[Fact], domain: str, seed: int) -> list[str]:
     return sentences
 
 
+def relearn_code(data: Path, language: str, seed: int) -> list[str]:
+    """The language's profiling files (corpus/languages.jsonl; the held-out code the gate reads is
+    generated apart), shuffled by the seed: the first N are the N-example attack."""
+    rows = [json.loads(line) for line in (Path(data) / "corpus" / "languages.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [r["text"] for r in rows if r.get("label") == language and isinstance(r.get("text"), str)]
+    random.Random(f"{seed}/relearn/{language}").shuffle(texts)
+    return texts
+
+
 def fold_of(fact: str, folds: int) -> int:
     """Which fold a fact falls in: fixed by its name, not by the order of any file."""
     return int.from_bytes(hashlib.sha256(fact.encode()).digest()[:8], "big") % folds
@@ -128,4 +137,4 @@ def readout_questions(facts: list[Fact]) -> list[dict]:
     return rows
 
 
-__all__ = ["UNASKED", "cloze", "fold_of", "read_facts", "read_quiz", "readout_questions", "relearn_examples", "rephrased", "rtt_folds", "true_false"]
+__all__ = ["UNASKED", "cloze", "fold_of", "read_facts", "read_quiz", "readout_questions", "relearn_code", "relearn_examples", "rephrased", "rtt_folds", "true_false"]
