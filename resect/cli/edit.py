@@ -74,8 +74,8 @@ def render(result, console) -> None:
     print_verdict(result.report, console, title=f"verdict: {result.verdict.upper()}")
     if result.probe is not None:
         p = result.probe
-        line = "no probe gives back more than" if p["verdict"] == "pass" else f"FAIL: a probe gives back {p['worst_recovery']:+.1f} points, more than"
-        console.print(f"probes ({', '.join(p['settings']['probes'])}): {line} {p['settings']['max_recovery']:g} (probe.json, relearn.png)")
+        line = "no probe gives back more than" if p["verdict"] == "pass" else f"FAIL: a probe gives back {p['worst_recovery']:+.1f} {p['unit']}, more than"
+        console.print(f"probes ({', '.join(p['settings']['probes'])}): {line} {p['settings']['max_recovery']:g} {p['unit']} (probe.json, relearn.png)")
     console.print(f"run directory: {result.out}  (report.md, verify.json, mask.json, checkpoint/)")
 
 

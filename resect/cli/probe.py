@@ -1,4 +1,4 @@
-"""`resect probe RUN`: try to bring the removed domain back, and compare with a model that never had it.
+"""`resect probe RUN`: try to bring the removed domain or language back, and compare with a model that never had it.
 Exit 0 measured (or within --max-recovery), 1 a probe gave back more than --max-recovery, 2 usage or input error."""
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ def _ints(text: str) -> list[int]:
 @app.command(rich_help_panel=EVALUATION)
 @with_options("corpus", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def probe(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory of a domain edit (or its edited checkpoint).")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory of a domain or language edit (or its edited checkpoint).")],
     baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="The source checkpoint (default: the one in the edit's provenance).")] = None,
     oracle: Annotated[str | None, typer.Option("--oracle", metavar="MODEL",
                       help="A model trained without the target ('resect world train --leave-out'); default: the one shipped for the built-in model.")] = None,
     no_oracle: Annotated[bool, typer.Option("--no-oracle", metavar="", help="Compare with chance instead of an oracle.")] = False,
-    target: Annotated[str | None, typer.Option("--target", metavar="DOMAIN", help="The removed domain, when RUN does not record it.")] = None,
+    target: Annotated[str | None, typer.Option("--target", metavar="NAME", help="The removed domain or language (a published edit: its corpus label), when RUN does not record it.")] = None,
     probes: Annotated[str | None, typer.Option("--probes", metavar="NAME,...", help="Any of relearn, rtt, in-context, representation (default: all; an edit of a published checkpoint: relearn, the one that needs no world).")] = None,
     examples: Annotated[str, typer.Option("--examples", "-n", metavar="N,...", help="Examples each relearning attack trains on.")] = "5,10,50,100",
     method: Annotated[str, typer.Option("--method", help="lora (adapters on every linear layer, through peft) or full (every weight).")] = "lora",

@@ -23,7 +23,7 @@ def write_report(folder: Path, p: Plan, result: RunResult) -> None:
         f"# resect {p.spec.kind}: {'remove ' + p.spec.target if p.spec.target else f'toxicity r >= {p.spec.threshold}'}",
         "",
         f"**Verdict: {result.verdict.upper()}**: target tasks must drop by at least {low:g}, general tasks by at most {high:g}"
-        + ("." if result.probe is None else f"; no probe may give back more than {result.probe['settings']['max_recovery']:g} points (below)."),
+        + ("." if result.probe is None else f"; no probe may give back more than {result.probe['settings']['max_recovery']:g} {result.probe['unit']} (below)."),
         "",
         f"- model: `{p.model_path}`",
         f"- rule: `{p.rule}` {json.dumps(p.rule_params)}"
