@@ -390,16 +390,22 @@ def test_mirror_dry_run_lists_what_the_wmdp_recipe_reads(tmp_path):
     assert "bio-retain-corpus" in res.stdout and "57 configs" in res.stdout and not (tmp_path / "m").exists()
 
 
+def edit_and_probe(recipe: str, examples: str, tmp_path: Path, mirror: Path) -> tuple[Path, Path, dict]:
+    """The recipe's run from the mirror (FAST), then `resect probe` on it (a small LoRA); the run
+    directory, the cache and probe.json."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    res = resect("run", recipe, f"mirror={mirror}", f"out={out}", *FAST, *RUNS[recipe], cache=cache)
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    probe = resect("probe", str(out), "--examples", examples, "--epochs", "1", "--rank", "4", "--out", str(tmp_path / "p"), cache=cache)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return out, cache, json.loads((tmp_path / "p" / "probe.json").read_text())
+
+
 @pytest.mark.slow
 def test_the_relearning_probe_of_a_wmdp_edit_trains_on_its_forget_corpus_and_scores_wmdp(mirror, tmp_path):
     """Łucki et al.'s attack on an edit of a published checkpoint: LoRA on N forget-corpus documents,
     the run's WMDP task scored per question against the edit before the attack (no oracle, no world)."""
-    out, cache = tmp_path / "run", tmp_path / "cache"
-    res = resect("run", "wmdp", f"mirror={mirror}", f"out={out}", *FAST, *RUNS["wmdp"], cache=cache)
-    assert res.returncode in (0, 1), res.stderr[-3000:]
-    probe = resect("probe", str(out), "--examples", "2,4", "--epochs", "1", "--rank", "4", "--out", str(tmp_path / "p"), cache=cache)
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    report = json.loads((tmp_path / "p" / "probe.json").read_text())
+    out, cache, report = edit_and_probe("wmdp", "2,4", tmp_path, mirror)
     assert report["task"] == "wmdp_cyber" and report["world"] is None and set(report["models"]) == {"edited", "source"}
     rows = report["rows"]
     assert [r["setting"] for r in rows] == ["N=0 (no attack)", "N=2", "N=4"] and {r["probe"] for r in rows} == {"relearn"}
@@ -421,12 +427,7 @@ def test_the_relearning_probe_scores_a_group_target_by_its_questions(mirror, tmp
     documents (MMLU's validation and dev questions with their answers)."""
     from resect.tasks import mmlu_part
 
-    out, cache = tmp_path / "run", tmp_path / "cache"
-    res = resect("run", "paper-mmlu-domain", f"mirror={mirror}", f"out={out}", *FAST, *RUNS["paper-mmlu-domain"], cache=cache)
-    assert res.returncode in (0, 1), res.stderr[-3000:]
-    probe = resect("probe", str(out), "--examples", "3", "--epochs", "1", "--rank", "4", "--out", str(tmp_path / "p"), cache=cache)
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    report = json.loads((tmp_path / "p" / "probe.json").read_text())
+    _, _, report = edit_and_probe("paper-mmlu-domain", "3", tmp_path, mirror)
     gate = sum(mmlu_part(q) == "gate" for s in ("college_biology", "high_school_biology")
                for q in pq.read_table(mirror / "datasets" / "cais" / "mmlu" / s / "test-00000-of-00001.parquet").column("question").to_pylist())  # fmt: skip
     assert report["task"] == "resect_mmlu_pro_biology" and gate > 0

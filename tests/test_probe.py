@@ -129,15 +129,20 @@ def test_an_attack_is_reproducible():
 # ----------------------------------------------------------------------------- the command
 
 
+def _edit(folder: Path, kind: str, target: str) -> Path:
+    """`resect KIND --remove TARGET` on the built-in model, in a subprocess; its run directory."""
+    import subprocess
+
+    out = folder / "run"
+    proc = subprocess.run([sys.executable, "-m", "resect", kind, "--remove", target, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
 @pytest.fixture(scope="module")
 def edit_run(tmp_path_factory):
     """`resect domain --remove biology` on the built-in model: the README's run directory."""
-    import subprocess
-
-    out = tmp_path_factory.mktemp("probe") / "run"
-    proc = subprocess.run([sys.executable, "-m", "resect", "domain", "--remove", "biology", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    return _edit(tmp_path_factory.mktemp("probe"), "domain", "biology")
 
 
 SMALL = ["--examples", "3,6", "--epochs", "1", "--rank", "8", "--folds", "2", "--shots", "2", "--batch-size", "32"]
@@ -301,12 +306,7 @@ def test_the_code_relearning_trains_on_is_profiling_code_and_never_held_out_code
 
 @pytest.fixture(scope="module")
 def language_run(tmp_path_factory):
-    import subprocess
-
-    out = tmp_path_factory.mktemp("probe-language") / "run"
-    proc = subprocess.run([sys.executable, "-m", "resect", "language", "--remove", "python", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    return _edit(tmp_path_factory.mktemp("probe-language"), "language", "python")
 
 
 def test_a_language_edit_is_probed_by_relearning_its_code(language_run, tmp_path, capsys, monkeypatch):
