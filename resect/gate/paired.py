@@ -97,7 +97,7 @@ def paired(base: dict, edited: dict, metric: str, *, higher_better: bool, confid
         if not all(k in base and k in edited for k in ("loglik", weight)):
             return None
         sums = [np.bincount(index, np.asarray(v, float), len(clusters)) for v in (base["loglik"], edited["loglik"], base[weight])]
-        stat = lambda pick: _ratio_drop(metric, *(s[pick].sum(-1) for s in sums))  # noqa: E731
+        stat = lambda pick: ratio_drop(metric, *(s[pick].sum(-1) for s in sums))  # noqa: E731
         granular = False
     else:
         if metric not in base or metric not in edited:
@@ -126,7 +126,7 @@ def relative(evidence: Evidence, baseline: float) -> Evidence:
                     evidence.n, evidence.clusters)  # fmt: skip
 
 
-def _ratio_drop(metric: str, ll_b, ll_e, w):
+def ratio_drop(metric: str, ll_b, ll_e, w):
     """Relative rise, in %, of a perplexity-like metric from summed log-likelihoods and weights."""
     rate_b, rate_e = -ll_b / w, -ll_e / w  # nats per word or byte
     if metric == "bits_per_byte":

@@ -30,10 +30,10 @@ from typing import Any
 
 from ..errors import UsageError
 from ..gate.report import Report
-from .plan import RUN_FILE, Plan, plan
+from .plan import Plan, plan
 from .report import write_report
 from .result import RunResult
-from .spec import KINDS, PROFILE_SEED_OFFSET, RunSpec
+from .spec import KINDS, PROFILE_SEED_OFFSET, RUN_FILE, RunSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import OutputError, UsageError, unknown
 from .defaults import published_defaults, rule_and_ratio, toxicity_threshold, world_defaults
-from .spec import DEFAULT_GATES, DEFAULT_TOXICITY_DROP, MIRRORED_COLLECTIONS, PROFILING_ONLY, TOXICITY_DEFAULTS, RunSpec, check_spec
+from .spec import DEFAULT_GATES, DEFAULT_TOXICITY_DROP, MIRRORED_COLLECTIONS, PROFILING_ONLY, RUN_FILE, TOXICITY_DEFAULTS, WMDP_CORPORA, RunSpec, check_spec
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,6 @@ class Plan:
         return DEFAULT_TOXICITY_DROP if self.spec.min_toxicity_drop is None else self.spec.min_toxicity_drop
 
 
-RUN_FILE = "resect_run.yaml"  # in an edited checkpoint written by a run: the run's resolved configuration
 
 
 def _lasting(value: str | list[str] | None) -> str | list[str] | None:
@@ -220,7 +219,6 @@ def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None)
     """A run's corpus and prompts made from a mirror's collections (and, for the code collection,
     its held-out perplexity tasks as the default gate)."""
     from .mirror import PAPER_LANGUAGES, STACK_SMOL
-    from .wmdp import WMDP_CORPORA
 
     found: dict[str, Any] = {}
     if prompts is not None and not Path(prompts).is_file():
@@ -232,9 +230,9 @@ def _from_mirror(spec: RunSpec, mirror, corpus: str | None, prompts: str | None)
             found = {"labels": list(PAPER_LANGUAGES), "include_path": str(tasks.include_path), "target_tasks": [names[spec.target]],
                      "general_tasks": [n for lang, n in names.items() if lang != spec.target]}  # fmt: skip
     elif corpus == WMDP_CORPORA:
-        from .wmdp import check_request, wmdp_defaults, write_corpus
+        from .wmdp import check_forget_corpus, wmdp_defaults, write_corpus
 
-        check_request(spec.target, spec.forget_corpus)
+        check_forget_corpus(str(spec.target), spec.forget_corpus)
         corpus, found = str(write_corpus(mirror, str(spec.target), spec.forget_corpus)), wmdp_defaults(str(spec.target))
     elif corpus is not None:
         corpus = str(mirror.corpus(corpus))

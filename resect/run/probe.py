@@ -2,7 +2,9 @@
 
 On a run directory (or an edited checkpoint) of a domain edit of a world model, each probe tries
 to bring the domain back, on three models: the edited one (mask in force), its source, and the
-oracle (the same recipe with the domain left out of training: a model that never knew it):
+oracle (the same recipe with the domain left out of training: a model that never knew it). A
+language edit is probed by relearning alone, judged by held-out perplexity; an edit of a published
+checkpoint by relearning on its own corpus and tasks (resect.run.probecorpus).
 
 - relearn: fine-tune on N of the domain's profiling sentences (N = 5, 10, 50, 100 by default),
   then score the domain's test quiz and the other domains' quizzes;
@@ -27,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, unknown
-from .attacks import METHODS
-from .probespec import DEFAULT_EXAMPLES, MODELS, PROBES, ProbePlan, ProbeSpec
+from .probespec import DEFAULT_EXAMPLES, MODELS, PROBES, ProbePlan, ProbeSpec, check_spec
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +37,11 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- planning: every check before any model loads
 
 
-def check_spec(spec: ProbeSpec) -> None:
-    from ..checks import check_numbers
-
-    bad = [p for p in spec.probes or [] if p not in PROBES]
-    if bad:
-        raise UsageError(unknown("probe", bad[0], PROBES))
-    if spec.probes is not None and not spec.probes:
-        raise UsageError(f"--probes names no probe. Pass some of {', '.join(PROBES)}.")
-    if not spec.examples or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in spec.examples):
-        raise UsageError(f"--examples must be positive whole numbers (how many examples each relearning attack trains on), got {spec.examples!r}.")
-    if spec.tuning.method not in METHODS:
-        raise UsageError(unknown("--method", spec.tuning.method, METHODS))
-    t = spec.tuning
-    for name, value, whole, low in (("--rank", t.rank, True, 1), ("--epochs", t.epochs, True, 1), ("--folds", spec.folds, True, 2),
-                                    ("--shots", spec.shots, True, 1), ("--alpha", t.alpha, False, 0), ("--lr", t.lr, False, 0)):  # fmt: skip
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
-        if not ok or (whole and int(value) != value) or (value < low if whole else value <= low):
-            raise UsageError(f"{name} must be {'a whole number of at least ' + str(low) if whole else 'a number above 0'}, got {value!r}.")
-    check_numbers({"batch_size": spec.batch_size, "seed": spec.seed, "max_recovery": spec.max_recovery})
-
-
 def _run_config(run: Path) -> tuple[Path, dict]:
     """The edited checkpoint and the run's configuration, from a run directory or an edited checkpoint."""
     import yaml
 
-    from .plan import RUN_FILE
+    from .spec import RUN_FILE
 
     if (run / "run.yaml").is_file() and (run / "checkpoint").is_dir():
         edited, config_file = run / "checkpoint", run / "run.yaml"

@@ -15,13 +15,11 @@ import random
 from pathlib import Path
 
 from ..errors import UsageError
-from .probespec import ProbePlan, ProbeSpec
+from .probespec import ProbePlan, ProbeSpec, check_spec
 
 
 def resolve_corpus_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | None, kind: str | None, where: str) -> ProbePlan:
     """The relearning probe of an edit of a published checkpoint, every check made before any model loads."""
-    from .probe import check_spec
-
     check_spec(spec)
     others = [p for p in spec.probes or [] if p != "relearn"]
     if others:
@@ -51,7 +49,7 @@ def _resolved(edited: Path) -> dict:
     """The run's resolved configuration, written into the edited checkpoint (resect_run.yaml)."""
     import yaml
 
-    from .plan import RUN_FILE
+    from .spec import RUN_FILE
 
     file = edited / RUN_FILE
     try:

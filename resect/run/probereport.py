@@ -37,34 +37,38 @@ def _row(probe: str, setting: str, scores: dict[str, dict], chance: float | None
     level = reference["value"] if oracle or before else chance
     ev = paired(reference, edited, "acc", higher_better=True, confidence=CONFIDENCE, seed=seed)
     recovery, gap = edited["value"] - level, scores["source"]["value"] - level
+    share = recovery / gap if ev is not None and gap > max(ev.resolution, 1e-9) else None
+    return _entry(probe, setting, scores, name, level, recovery, ev, share, chance=chance)
+
+
+def _entry(probe: str, setting: str, scores: dict[str, dict], reference: str, level: float, recovery: float, ev, share: float | None, **extra: Any) -> dict:
+    """A row of probe.json: each model's score, the reference, what the edited model has over it and
+    the bounds of that (`ev`: the paired evidence of the reference's drop to the edited model)."""
+    from ..gate.paired import CONFIDENCE
+
     return {
-        "probe": probe, "setting": setting, **{who: s["value"] for who, s in scores.items()}, "chance": chance,
-        "reference": name, "reference_value": level, "recovery": recovery,
+        "probe": probe, "setting": setting, **{who: s["value"] for who, s in scores.items()}, "chance": None, **extra,
+        "reference": reference, "reference_value": level, "recovery": recovery,
         "low": None if ev is None else -ev.high, "high": None if ev is None else -ev.low,
         "resolution": None if ev is None else ev.resolution, "confidence": CONFIDENCE,
-        "share": recovery / gap if ev is not None and gap > max(ev.resolution, 1e-9) else None, "questions": len(edited["acc"]), "attack": True,
+        "share": share, "questions": len(scores["edited"]["doc_id"]), "attack": True,
     }  # fmt: skip
 
 
 def _ppl_row(setting: str, scores: dict[str, dict], seed: int, before: dict | None) -> dict:
     """A language's relearn row: how much lower the edited model's held-out perplexity is than the
     reference's (the oracle's, else the edit's own before the attack), in %, paired by document."""
-    from ..gate.paired import CONFIDENCE, _ratio_drop, paired
+    from ..gate.paired import CONFIDENCE, paired, ratio_drop
 
     metric = "word_perplexity"
     edited, reference = scores["edited"], scores.get("oracle") or before
     ev = paired(reference, edited, metric, higher_better=False, confidence=CONFIDENCE, seed=seed)
     rate = lambda s: -sum(s["loglik"]) / sum(s["words"])  # noqa: E731  (nats per word of the held-out code)
-    recovery = -float(_ratio_drop(metric, sum(reference["loglik"]), sum(edited["loglik"]), sum(reference["words"])))
+    recovery = -float(ratio_drop(metric, sum(reference["loglik"]), sum(edited["loglik"]), sum(reference["words"])))
     gap = rate(reference) - rate(scores["source"])  # the share is of the log-perplexity gap the source leads by
-    return {
-        "probe": "relearn", "setting": setting, **{who: v["value"] for who, v in scores.items()}, "chance": None,
-        "reference": "oracle" if "oracle" in scores else "edit before the attack", "reference_value": reference["value"],
-        "recovery": recovery, "low": None if ev is None else -ev.high, "high": None if ev is None else -ev.low,
-        "resolution": None if ev is None else ev.resolution, "confidence": CONFIDENCE, "unit": "%",
-        "share": (rate(reference) - rate(edited)) / gap if ev is not None and 100 * math.expm1(gap) > max(ev.resolution, 1e-9) else None,
-        "questions": len(edited["doc_id"]), "attack": True,
-    }  # fmt: skip
+    share = (rate(reference) - rate(edited)) / gap if ev is not None and 100 * math.expm1(gap) > max(ev.resolution, 1e-9) else None
+    name = "oracle" if "oracle" in scores else "edit before the attack"
+    return _entry("relearn", setting, scores, name, reference["value"], recovery, ev, share, unit="%")
 
 
 def _readout_scores(entry: dict, layer: int) -> dict:
@@ -77,19 +81,14 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
     s, rows = plan.spec, []
     models = list(measured)
     quiz = chance.get("quiz")  # None: a published edit's tasks, compared with the edit before the attack
-    if plan.metric != "acc":  # a language: held-out perplexity
-        start = measured["edited"]["relearn"]["0"]["target"]
-        base = None if "oracle" in measured else start
-        rows.append(_ppl_row("N=0 (no attack)", {m: measured[m]["relearn"]["0"]["target"] for m in models}, s.seed, base) | {"attack": False})
-        for n in sorted(set(s.examples)):
-            rows.append(_ppl_row(f"N={n}", {m: measured[m]["relearn"][str(n)]["target"] for m in models}, s.seed, base))
-    elif "relearn" in s.probes:
-        start = measured["edited"]["relearn"]["0"]["target"]
-        base = None if quiz is not None or "oracle" in measured else start
-        before = _row("relearn", "N=0 (no attack)", {m: measured[m]["relearn"]["0"]["target"] for m in models}, quiz, s.seed, base)
-        rows.append(before | {"attack": False})  # the edit as it is: what the attacks start from, not an attack
-        for n in sorted(set(s.examples)):
-            rows.append(_row("relearn", f"N={n}", {m: measured[m]["relearn"][str(n)]["target"] for m in models}, quiz, s.seed, base))
+    if "relearn" in s.probes:
+        language = plan.metric != "acc"  # a language: held-out perplexity
+        # Without an oracle, the edit before the attack is the reference wherever there is no chance level (a language, a published edit's tasks).
+        base = None if "oracle" in measured or (quiz is not None and not language) else measured["edited"]["relearn"]["0"]["target"]
+        for n in [0, *sorted(set(s.examples))]:
+            scores, setting = {m: measured[m]["relearn"][str(n)]["target"] for m in models}, "N=0 (no attack)" if n == 0 else f"N={n}"
+            row = _ppl_row(setting, scores, s.seed, base) if language else _row("relearn", setting, scores, quiz, s.seed, base)
+            rows.append(row | {"attack": n != 0})  # N=0: the edit as it is, what the attacks start from, not an attack
     if "rtt" in s.probes:
         rows.append(_row("rtt", f"{s.folds} folds", {m: measured[m]["rtt"] for m in models}, chance["quiz"], s.seed))
     if "in-context" in s.probes:

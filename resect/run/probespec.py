@@ -1,12 +1,13 @@
 """What `resect probe` is asked (ProbeSpec, from the command line) and what it resolved (ProbePlan,
-from resect.run.probe's checks): shared by the probes' runner and their report."""
+from resect.run.probe's checks), and the checks of the options alone: shared by the probes' planning, runner and report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .attacks import Tuning
+from ..errors import UsageError, unknown
+from .attacks import METHODS, Tuning
 
 PROBES = ("relearn", "rtt", "in-context", "representation")
 DEFAULT_EXAMPLES = (5, 10, 50, 100)
@@ -59,4 +60,26 @@ class ProbePlan:
         return {"edited": self.edited, "source": self.source, **({"oracle": self.oracle} if self.oracle else {})}
 
 
-__all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "ProbePlan", "ProbeSpec"]
+def check_spec(spec: ProbeSpec) -> None:
+    """Every option of a probe in range, before anything is read."""
+    from ..checks import check_numbers
+
+    bad = [p for p in spec.probes or [] if p not in PROBES]
+    if bad:
+        raise UsageError(unknown("probe", bad[0], PROBES))
+    if spec.probes is not None and not spec.probes:
+        raise UsageError(f"--probes names no probe. Pass some of {', '.join(PROBES)}.")
+    if not spec.examples or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in spec.examples):
+        raise UsageError(f"--examples must be positive whole numbers (how many examples each relearning attack trains on), got {spec.examples!r}.")
+    if spec.tuning.method not in METHODS:
+        raise UsageError(unknown("--method", spec.tuning.method, METHODS))
+    t = spec.tuning
+    for name, value, whole, low in (("--rank", t.rank, True, 1), ("--epochs", t.epochs, True, 1), ("--folds", spec.folds, True, 2),
+                                    ("--shots", spec.shots, True, 1), ("--alpha", t.alpha, False, 0), ("--lr", t.lr, False, 0)):  # fmt: skip
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+        if not ok or (whole and int(value) != value) or (value < low if whole else value <= low):
+            raise UsageError(f"{name} must be {'a whole number of at least ' + str(low) if whole else 'a number above 0'}, got {value!r}.")
+    check_numbers({"batch_size": spec.batch_size, "seed": spec.seed, "max_recovery": spec.max_recovery})
+
+
+__all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "ProbePlan", "ProbeSpec", "check_spec"]

@@ -44,7 +44,10 @@ PROFILING_ONLY = ("score_window", "profile_samples")  # toxicity settings of the
 # the experts were selected on.
 PROFILE_SEED_OFFSET = 1_000_003
 CORPUS_FILES = {"domain": "domains.jsonl", "language": "languages.jsonl", "toxicity": "toxicity.jsonl"}
-MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol", "cais/wmdp-corpora")  # resect.run.mirror's and .wmdp's
+WMDP_CORPORA = "cais/wmdp-corpora"  # the WMDP recipe's corpus collection (resect.run.wmdp reads it from a mirror)
+WMDP_TARGETS = ("bio", "cyber")  # the WMDP subsets with corpora to profile (wmdp_chem has none)
+MIRRORED_COLLECTIONS = ("allenai/real-toxicity-prompts", "toxigen", "bigcode/the-stack-smol", WMDP_CORPORA)  # resect.run.mirror's and .wmdp's
+RUN_FILE = "resect_run.yaml"  # in an edited checkpoint written by a run: the run's resolved configuration
 
 
 @dataclass
@@ -153,11 +156,9 @@ def check_spec(spec: RunSpec) -> None:
             raise UsageError(f"--{name} protects the other labels of a domain or language edit; 'resect toxicity' has none. Drop --{name}.")
     _check_rule(spec)
     _check_probes(spec)
-    if spec.corpus == "cais/wmdp-corpora":
-        from .wmdp import check_request
-
-        check_request(spec.target, spec.forget_corpus, running=False)
-    elif spec.forget_corpus is not None:
+    if spec.corpus == WMDP_CORPORA and spec.target not in WMDP_TARGETS:
+        raise UsageError(unknown("WMDP target", str(spec.target), WMDP_TARGETS))
+    if spec.corpus != WMDP_CORPORA and spec.forget_corpus is not None:
         raise UsageError("forget_corpus names the forget corpus of the WMDP corpora (corpus: cais/wmdp-corpora, 'resect run wmdp'); "
                          "pass your own labelled text as corpus instead.")  # fmt: skip
     if spec.search and (spec.refine or spec.tune):

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, unknown
+from ..errors import UsageError
+from .spec import WMDP_CORPORA, WMDP_TARGETS
 
-WMDP_CORPORA = "cais/wmdp-corpora"
-TARGET_TASKS = {"bio": "wmdp_bio", "cyber": "wmdp_cyber"}  # wmdp_chem has no corpora to profile
+TARGET_TASKS = {target: f"wmdp_{target}" for target in WMDP_TARGETS}  # lm-eval's own tasks
 SUBJECTS = ("college_biology", "virology", "college_computer_science", "computer_security")  # the WMDP paper's MMLU subjects nearest the hazards
 # lm-eval's mmlu group, and the four subjects as resect's own tasks (recipes/tasks/wmdp: the same prompt
 # and data as lm-eval's mmlu_<subject>, named apart so that lm-eval runs them beside the group)
@@ -28,13 +28,9 @@ CONFIGS = {"bio": (None, "bio-retain-corpus"), "cyber": ("cyber-forget-corpus", 
 DOCUMENTS_PER_LABEL = 1000  # the cyber forget corpus's size; the bio retain corpus (60,887 papers) is read this far, in file order
 
 
-def check_request(target: str | None, forget_corpus: str | None, *, running: bool = True) -> None:
-    """A WMDP target, and (`running`: for a run, not for a mirror's download) the forget corpus's
-    file, which bio needs (before anything is read)."""
-    if target not in TARGET_TASKS:
-        raise UsageError(unknown("WMDP target", str(target), TARGET_TASKS))
-    if not running:
-        return
+def check_forget_corpus(target: str, forget_corpus: str | None) -> None:
+    """The forget corpus's file of a run (bio needs one: its corpus is gated), before anything is
+    read; the target itself is resect.run.spec.check_spec's to check."""
     if forget_corpus is None and CONFIGS[target][0] is None:
         raise UsageError("WMDP's bio forget corpus is gated (its authors send it on request): pass forget_corpus=PATH, "
                          "its JSONL or parquet file of {\"text\": ...} documents. target=cyber needs none.")  # fmt: skip
@@ -112,4 +108,4 @@ def _texts(files: list[Path], limit: int) -> list[str]:
     return texts
 
 
-__all__ = ["COLLATERAL", "TARGET_TASKS", "WMDP_CORPORA", "check_request", "configs_of", "wmdp_defaults", "write_corpus"]
+__all__ = ["COLLATERAL", "TARGET_TASKS", "WMDP_CORPORA", "check_forget_corpus", "configs_of", "wmdp_defaults", "write_corpus"]
