@@ -327,3 +327,24 @@ def test_a_language_edit_is_probed_by_relearning_its_code(language_run, tmp_path
     assert set(general) == {"world_ppl_javascript", "world_ppl_lua"}
     assert "% lower held-out perplexity" in stdout and (out / "relearn.png").is_file()
     assert "held-out code" in (out / "report.md").read_text()
+
+
+def test_a_published_edit_s_probe_refuses_what_needs_a_world_and_a_missing_corpus(tiny_vd, tmp_path, capsys, monkeypatch):
+    """An edit of a checkpoint without a world (the tiny hub-shaped one): relearning only, on the
+    run's corpus or an existing --corpus; one line, exit 2, nothing written, the run untouched."""
+    from _eval_tasks import quiz_task
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"{w} story number {k} about a {w}.", "label": "ab"[k % 2]}) + "\n" for k, w in enumerate(["cell", "gene", "court", "tax"] * 4)))
+    run = tmp_path / "run"
+    code, _, err = run_cli(["domain", str(tiny_vd), "--remove", "a", "--corpus", str(corpus), "--target-tasks", "resect_quiz", "--include-path",
+                            str(quiz_task(tmp_path / "tasks")), "--min-target-drop", "0", "--out", str(run)], capsys, monkeypatch)  # fmt: skip
+    assert code in (0, 1), err
+    listing = sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    for args, phrase in ((["--corpus", str(tmp_path / "none.jsonl")], "--corpus '" + str(tmp_path / "none.jsonl") + "' does not exist"),
+                         (["--probes", "relearn,in-context"], "only the relearn probe runs"),
+                         (["--oracle", str(tiny_vd)], "Drop --oracle"),
+                         (["--examples", "9"], "more than the 8 'a' documents")):  # fmt: skip
+        code, _, err = run_cli(["probe", str(run), *args, "--out", str(tmp_path / "p")], capsys, monkeypatch)
+        assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "p").exists() and sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*")) == listing

@@ -32,7 +32,9 @@ def resolve_corpus_probe(spec: ProbeSpec, edited: Path, source: Path, *, target:
     if target is None:
         raise UsageError(f"'{where}' does not say which label it removed. Pass --target LABEL (the corpus label of the removed domain).")
     resolved = _resolved(edited)
-    texts = _texts(spec.corpus or resolved.get("corpus"), target, spec.seed)
+    if spec.corpus is not None and not Path(spec.corpus).expanduser().exists():
+        raise UsageError(f"--corpus '{spec.corpus}' does not exist. Pass labelled text: JSONL of {{\"text\", \"label\"}}, a folder of text files per label, or a corpus YAML.")
+    texts = _texts(str(Path(spec.corpus).expanduser()) if spec.corpus else resolved.get("corpus"), target, spec.seed)
     target_tasks, general, includes = _tasks(resolved, where)
     if max(spec.examples) > len(texts):
         raise UsageError(f"--examples {max(spec.examples)} is more than the {len(texts)} '{target}' documents of the corpus. Pass at most {len(texts)}.")
