@@ -210,8 +210,9 @@ def _oracle_copy(tmp_path: Path, **changes) -> Path:
     (["--folds", "1"], "--folds must be a whole number of at least 2"),
     (["--method", "qlora"], "Unknown --method 'qlora'"),
     (["--max-recovery", "-3"], "--max-recovery must be a number in [0, 100]"),
-    (["--target", "toxicity"], "a toxicity probe is not built yet"),
-    (["--target", "biolgy"], "Unknown domain or language 'biolgy'"),
+    (["--target", "toxicity", "--probes", "rtt"], "a toxicity edit is probed by relearning and in context"),
+    (["--target", "toxicity", "--shots", "101"], "--shots 101 is more than the 100 toxic utterances"),
+    (["--target", "biolgy"], "Unknown domain, language or toxicity 'biolgy'"),
     (["--oracle", "{source}"], "did not leave biology out of its training"),
     (["--oracle", "{other_world}"], "was trained on another world"),
     (["--oracle", "{left_out_chemistry}"], "did not leave biology out"),
@@ -276,7 +277,7 @@ def test_an_edit_with_max_recovery_probes_itself_and_fails_on_what_comes_back(tm
     (["domain", "--remove", "biology", "--probes", "relearn"], "without max_recovery none runs"),
     (["domain", "--remove", "biology", "--max-recovery", "101"], "--max-recovery must be a number in [0, 100]"),
     (["domain", "--remove", "biology", "--max-recovery", "5", "--probes", "relearn,rtx"], "Unknown probe 'rtx'"),
-    (["run", "world-toxicity", "max_recovery=5"], "'resect toxicity' has no probe yet"),
+    (["toxicity", "--max-recovery", "5", "--probes", "representation"], "a toxicity edit is probed by relearning and in context"),
     (["language", "--remove", "python", "--max-recovery", "5", "--probes", "rtt"], "a language edit is probed by relearning alone"),
     (["run", "world-domain", "max_recovery=5", "probes=relearn"], "'probes' must be a list of probe names"),
     (["domain", "--remove", "biology", "{tiny}", "--corpus", "{corpus}", "--target-tasks", "world_biology", "--max-recovery", "5"], "brings no world"),
@@ -286,7 +287,7 @@ def test_bad_max_recovery_input_is_one_line_and_exit_2(args, expected, tiny_vd, 
     corpus.write_text("".join(json.dumps({"text": f"{label} text {k}", "label": label}) + "\n" for label in ("biology", "law") for k in range(3)))
     out = tmp_path / "out"
     words = [a.format(tiny=str(tiny_vd), corpus=str(corpus)) for a in args]
-    code, _, err = run_cli([*words, *(["--out", str(out)] if words[0] in ("domain", "language") else [f"out={out}"])], capsys, monkeypatch)
+    code, _, err = run_cli([*words, *(["--out", str(out)] if words[0] in ("domain", "language", "toxicity") else [f"out={out}"])], capsys, monkeypatch)
     assert code == 2 and expected in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()

@@ -20,8 +20,8 @@ Rule = Annotated[str | None, typer.Option("--rule", metavar="skew|skew-mean", he
 Ratio = Annotated[float | None, typer.Option("--ratio", help="How many times the runner-up's score (skew: default 2.0, the paper's; 3.0 for languages of a generated world) or the other labels' mean (skew-mean: default 1.25) an expert's score on the target must reach.")]
 Refine = Annotated[int | None, typer.Option("--refine", help="After the rule, add up to N experts per routing group whose removal (to first order, on the edited model) raises the target's loss on its documents' marked spans more than it raises any other label's document's.")]
 Tune = Annotated[int | None, typer.Option("--tune", help="After the rule (and --refine), tune the mask for N gradient steps: the target's marked tokens pushed below the model's next choice, no other label's made less likely than before.")]
-MaxRecovery = Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="After the gate, probe the edit as 'resect probe' does (relearning, held-out facts, prompts, a linear readout) and fail (exit 1) when a probe gives back more than this many points over the oracle (a language: % of held-out perplexity). Edits of a world model.")]
-Probes = Annotated[str | None, typer.Option("--probes", metavar="NAME,...", help="With --max-recovery: which probes (any of relearn, rtt, in-context, representation; default all a domain allows; a language: relearn).")]
+MaxRecovery = Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="After the gate, probe the edit as 'resect probe' does (relearning, held-out facts, prompts, a linear readout) and fail (exit 1) when a probe gives back more than this many points over the oracle (a language: % of held-out perplexity; toxicity: points of toxicity probability). Edits of a world model.")]
+Probes = Annotated[str | None, typer.Option("--probes", metavar="NAME,...", help="With --max-recovery: which probes (any of relearn, rtt, in-context, representation; default all a domain allows; a language: relearn; toxicity: relearn, in-context).")]
 
 SELECTION = ("corpus", "groups", "max_tokens_per_label")
 GATE = ("include_path", "target_tasks", "general_tasks", "min_target_drop", "max_general_drop", "confidence", "limit")
@@ -108,8 +108,8 @@ def toxicity(
     model: Model = None,
     profile_samples: Annotated[int, typer.Option("--profile-samples", help="Generations per prompt profiled (drawn from their own seeds).")] = TOXICITY_DEFAULTS["profile_samples"],
     profile_prompts: Annotated[Path | None, typer.Option("--profile-prompts", metavar="FILE", help="Prompts JSONL profiling samples from, none of them the gate's or the search's (default: the world's profiling prompts where it has them, else the gate's, with a warning).")] = None,
-    out: Out = None, **options: Any,
+    out: Out = None, max_recovery: MaxRecovery = None, probes: Probes = None, **options: Any,
 ) -> None:  # fmt: skip
     """Purge toxic experts: profile scored generations, remove experts correlated with toxicity, measure."""
     execute(spec_of("toxicity", None, model, "correlation", threshold=threshold, profile_samples=profile_samples,
-                    profile_prompts=str(profile_prompts) if profile_prompts else None, out=out, **options))  # fmt: skip
+                    profile_prompts=str(profile_prompts) if profile_prompts else None, out=out, max_recovery=max_recovery, probes=probes, **options))  # fmt: skip

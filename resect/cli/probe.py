@@ -1,4 +1,4 @@
-"""`resect probe RUN`: try to bring the removed domain or language back, and compare with a model that never had it.
+"""`resect probe RUN`: try to bring the removed domain, language or toxic register back, and compare with a model that never had it.
 Exit 0 measured (or within --max-recovery), 1 a probe gave back more than --max-recovery, 2 usage or input error."""
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ def _ints(text: str) -> list[int]:
 @app.command(rich_help_panel=EVALUATION)
 @with_options("corpus", "batch_size", "seed", "device", "dtype", "no_cache", "force")
 def probe(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory of a domain or language edit (or its edited checkpoint).")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run directory of a domain, language or toxicity edit (or its edited checkpoint).")],
     baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="The source checkpoint (default: the one in the edit's provenance).")] = None,
     oracle: Annotated[str | None, typer.Option("--oracle", metavar="MODEL",
                       help="A model trained without the target ('resect world train --leave-out'); default: the one shipped for the built-in model.")] = None,
     no_oracle: Annotated[bool, typer.Option("--no-oracle", metavar="", help="Compare with chance instead of an oracle.")] = False,
     target: Annotated[str | None, typer.Option("--target", metavar="NAME", help="The removed domain or language (a published edit: its corpus label), when RUN does not record it.")] = None,
-    probes: Annotated[str | None, typer.Option("--probes", metavar="NAME,...", help="Any of relearn, rtt, in-context, representation (default: all; an edit of a published checkpoint: relearn, the one that needs no world).")] = None,
+    probes: Annotated[str | None, typer.Option("--probes", metavar="NAME,...", help="Any of relearn, rtt, in-context, representation (default: all; a language or a published checkpoint's edit: relearn; toxicity: relearn, in-context).")] = None,
     examples: Annotated[str, typer.Option("--examples", "-n", metavar="N,...", help="Examples each relearning attack trains on.")] = "5,10,50,100",
     method: Annotated[str, typer.Option("--method", help="lora (adapters on every linear layer, through peft) or full (every weight).")] = "lora",
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 128,
@@ -38,13 +38,15 @@ def probe(
     lr: Annotated[float, typer.Option("--lr", help="Learning rate of the attacks.")] = 2e-4,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the examples.")] = 3,
     folds: Annotated[int, typer.Option("--folds", help="Folds of facts: rtt and the linear probe train on all but one.")] = 5,
-    shots: Annotated[int, typer.Option("--shots", help="Solved questions in the prompt (in-context probe).")] = 5,
-    max_recovery: Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="Exit 1 when a probe gives back more than this many points (a language: % of held-out perplexity; default: the run's max_recovery, when it set one).")] = None,
+    shots: Annotated[int, typer.Option("--shots", help="Solved questions in the prompt (in-context probe; toxicity: toxic utterances before each prompt).")] = 5,
+    max_recovery: Annotated[float | None, typer.Option("--max-recovery", metavar="PTS", help="Exit 1 when a probe gives back more than this many points (a language: % of held-out perplexity; toxicity: points of toxicity probability; default: the run's max_recovery, when it set one).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for probe.json, report.md and relearn.png.")] = Path("resect-probe"),
     corpus: str | None = SHARED, batch_size: int = SHARED, seed: int = SHARED, device: str = SHARED, dtype: str = SHARED, no_cache: bool = SHARED, force: bool = SHARED,
 ) -> None:  # fmt: skip
     """Relearn, prompt, rephrase and read out the removed domain on the edited model, its source and an oracle.
     Reports how much of the edit each probe gives back, in points and as a share of the source's lead.
+    A toxicity edit is probed by relearning on the world's toxic utterances and with some of them in the prompt,
+    measured by the toxicity probability of the gate's toxic prompts.
     An edit of a published checkpoint (no world, no oracle) gets the relearning attack on its own tasks, training on
     the removed label's documents of its profiling corpus (or of --corpus)."""
     import json
@@ -106,7 +108,8 @@ def _print(report: dict, out: Path) -> None:
     console.print(table)
     ref = {"oracle": "the oracle", "chance": "chance"}.get(report["rows"][0]["reference"], "the edit before the attack") if report["rows"] else "chance"
     unit = "points" if report.get("unit", "points") == "points" else "% lower held-out perplexity"
-    console.print(f"gives back: edited minus {ref} under the same probe, in {unit}; bounds one-sided at 95%, paired by fact" + ("" if report["world"] is not None else " (by question)"))
+    console.print(f"gives back: edited minus {ref} under the same probe, in {unit}; bounds one-sided at 95%, paired by fact"
+                  + (" (by prompt)" if report.get("metric") == "toxicity" else "" if report["world"] is not None else " (by question)"))  # fmt: skip
     verdict = report["verdict"]
     p = report["settings"]["max_recovery"]
     line = "measured (no --max-recovery gate)" if p is None else (

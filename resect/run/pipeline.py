@@ -238,7 +238,7 @@ def _probe(p: Plan, edited: Path, work: Path, r) -> dict:
     from .probe import run_probe
     from .probereport import relearn_chart
 
-    unit = "points" if p.probe.metric == "acc" else "% of held-out perplexity"
+    unit = {"acc": "points", "toxicity": "points of toxicity probability"}.get(p.probe.metric, "% of held-out perplexity")
     r.say(f"probing the edit: {', '.join(p.probe.spec.probes)} (fails beyond {p.probe.spec.max_recovery:g} {unit} given back)")
     probed = run_probe(dataclasses.replace(p.probe, edited=edited), r)
     probed["models"]["edited"] = str(p.out / "checkpoint")  # where it will be once the run directory is in place

@@ -188,7 +188,8 @@ def _plan_probe(p: Plan, has_world: bool):
                          "Drop --max-recovery.")  # fmt: skip
     probe = ProbeSpec(str(p.out), max_recovery=s.max_recovery, batch_size=s.batch_size, seed=s.seed, device=p.device, dtype=p.dtype,
                       use_cache=not s.no_cache, **({"probes": list(s.probes)} if s.probes else {}))  # fmt: skip
-    return resolve_probe(probe, p.out / "checkpoint", p.model_path, target=s.target, kind=s.kind, where=str(p.out))
+    return resolve_probe(probe, p.out / "checkpoint", p.model_path, target=s.target, kind=s.kind, where=str(p.out),
+                         sampling=p.toxicity, prompts=p.toxicity_prompts)  # fmt: skip
 
 
 def _includes(value: str | list[str] | None) -> list[str]:

@@ -32,6 +32,7 @@ from ..errors import UsageError, unknown
 from .probespec import DEFAULT_EXAMPLES, MODELS, PROBES, ProbePlan, ProbeSpec, check_spec
 
 log = logging.getLogger(__name__)
+LEFT_OUT = {"toxicity": "toxic"}  # a target's name in 'resect world train --leave-out', where it differs
 
 
 # ----------------------------------------------------------------------------- planning: every check before any model loads
@@ -82,12 +83,16 @@ def plan_probe(spec: ProbeSpec) -> ProbePlan:
         from .probecorpus import resolve_corpus_probe
 
         return resolve_corpus_probe(spec, edited, source, target=target, kind=config.get("kind"), where=str(run))
-    return resolve_probe(spec, edited, source, target=target, kind=config.get("kind"), where=str(run))
+    sampling, prompts = config.get("toxicity"), config.get("toxicity_prompts")
+    return resolve_probe(spec, edited, source, target=target, kind=config.get("kind"), where=str(run),
+                         sampling=sampling if isinstance(sampling, dict) else None, prompts=prompts if isinstance(prompts, str) else None)  # fmt: skip
 
 
-def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | None, kind: str | None = None, where: str = "the run") -> ProbePlan:
+def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | None, kind: str | None = None, where: str = "the run",
+                  sampling: dict | None = None, prompts: str | None = None) -> ProbePlan:  # fmt: skip
     """The probes of an edit of `source` (a world model) that removed `target`, every check made:
-    what `resect probe` plans, and what an edit with max_recovery plans before it profiles."""
+    what `resect probe` plans, and what an edit with max_recovery plans before it profiles. A
+    toxicity edit's probes sample its gate's `prompts` with its `sampling` settings."""
     from ..builtin import world_data_of, world_labels
     from ..tasks import world_task_dir
     from ..world.probesets import read_facts, relearn_code, relearn_examples
@@ -100,12 +105,14 @@ def resolve_probe(spec: ProbeSpec, edited: Path, source: Path, *, target: str | 
         raise UsageError(f"'{source}' brings no world (recipe.json beside a data/world.json): the probes need the world the model learnt. "
                          "Probe an edit of the built-in model or of a 'resect world train' model.")  # fmt: skip
     domains, languages = world_labels(world)
-    if target is None:
-        raise UsageError(f"'{where}' does not say which domain or language it removed. Pass --target NAME (one of {', '.join(domains + languages)}).")
     if kind == "toxicity" or target == "toxicity":
-        raise UsageError("resect probe measures domain and language edits (something to relearn); a toxicity probe is not built yet.")
+        from .probetoxicity import toxicity_plan
+
+        return toxicity_plan(spec, edited, source, _oracle(spec, source, "toxicity"), world, domains, sampling=sampling, prompts=prompts)
+    if target is None:
+        raise UsageError(f"'{where}' does not say which domain or language it removed. Pass --target NAME (one of {', '.join(domains + languages + ['toxicity'])}).")
     if target not in domains + languages:
-        raise UsageError(unknown("domain or language", str(target), domains + languages))
+        raise UsageError(unknown("domain, language or toxicity", str(target), [*domains, *languages, "toxicity"]))
     language = target in languages
     if language and (others := [p for p in spec.probes or [] if p != "relearn"]):
         raise UsageError(f"'{others[0]}' asks a domain's facts; a language edit is probed by relearning alone. Pass --probes relearn.")
@@ -137,7 +144,7 @@ def _oracle(spec: ProbeSpec, source: Path, target: str) -> Path | None:
     if spec.oracle is None:
         if source.resolve() != builtin_model_path().resolve():
             return None
-        path = builtin_oracle_path(target)
+        path = builtin_oracle_path(LEFT_OUT.get(target, target))
         if path is None:
             return None
     else:
@@ -168,10 +175,10 @@ def check_oracle(oracle: Path, source: Path, target: str) -> None:
     if theirs.get("world") != mine.get("world") or tokenizer_digest(load_tokenizer(oracle)) != tokenizer_digest(load_tokenizer(source)):
         raise UsageError(f"--oracle '{oracle}' was trained on another world than '{source}' (recipe.json's world or the tokenizer differs). "
                          "Train the oracle with the source's recipe and --leave-out.")  # fmt: skip
-    left = (theirs.get("train") or {}).get("leave_out") or []
-    if target not in left:
-        raise UsageError(f"--oracle '{oracle}' did not leave {target} out of its training (leave_out: {left or 'none'}). "
-                         f"Train one with 'resect world train --leave-out {target}'.")  # fmt: skip
+    left, name = (theirs.get("train") or {}).get("leave_out") or [], LEFT_OUT.get(target, target)
+    if name not in left:
+        raise UsageError(f"--oracle '{oracle}' did not leave {name} out of its training (leave_out: {left or 'none'}). "
+                         f"Train one with 'resect world train --leave-out {name}'.")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- running
@@ -190,7 +197,9 @@ class Cache:
         if plan.world is not None:
             world = {p.name: digest(p.read_bytes().decode("utf-8", "replace"), 24) for p in sorted((plan.world / "eval").glob("quiz_*.jsonl"))}
             world["world.json"] = digest((plan.world / "world.json").read_text(encoding="utf-8"), 24)
-            if plan.metric != "acc":  # a language: its held-out code and the files relearning trains on
+            if plan.metric == "toxicity":  # the prompts sampled, how, and the utterances relearning and the shots read
+                world |= {"prompts": digest(Path(plan.prompts).read_bytes().decode("utf-8", "replace"), 24), "sampling": plan.sampling, "texts": digest(plan.texts, 24)}
+            elif plan.metric != "acc":  # a language: its held-out code and the files relearning trains on
                 world |= {p.name: digest(p.read_bytes().decode("utf-8", "replace"), 24) for p in sorted((plan.world / "eval").glob("code_*.jsonl"))}
                 world["texts"] = digest(plan.texts, 24)
         else:  # a published edit: what relearning trains on and the tasks' configs it is scored by
@@ -261,6 +270,7 @@ class Runner:
         self.tasks = write_probe_tasks(plan.world, plan.domain, shots=plan.spec.shots) if quizzed else None
         self.includes = [*plan.includes, *([str(self.tasks.folder)] if self.tasks else [])]
         self._model = None
+        self._memo: dict[str, dict] = {}  # what this run measured already (a toxicity probe's measurement before any attack serves two probes)
 
     def _loaded(self, path: Path):
         from ..model.loading import load_model, load_tokenizer
@@ -272,11 +282,13 @@ class Runner:
 
     def _cached(self, path: Path, name: str, parts: dict, compute) -> dict:
         key = self.cache.key(path, probe=name, **parts)
-        hit = self.cache.load(key)
+        hit = self._memo.get(key) or self.cache.load(key)
         if hit is not None:
+            self._memo[key] = hit
             return hit
         value = compute()
         self.cache.store(key, value)
+        self._memo[key] = value
         return value
 
     def _evaluate(self, model, tok, tasks: list[str]) -> dict:
@@ -287,6 +299,12 @@ class Runner:
 
     def _quizzes(self, model, tok) -> dict:
         """The target quiz's per-question scores and the other quizzes' accuracies."""
+        if self.plan.metric == "toxicity":
+            from .probetoxicity import toxicity_scores
+
+            scores = toxicity_scores(model, tok, self.plan, progress=self.r.meter("  sampling", "prompts"))
+            res = self._evaluate(model, tok, self.plan.general)
+            return {"target": scores, "general": {t: 100.0 * res["results"][t]["acc,none"] for t in self.plan.general}}
         target = self.plan.target_task
         res = self._evaluate(model, tok, [target, *self.plan.general])
         scale, metric = (100.0, "acc") if self.plan.metric == "acc" else (1.0, self.plan.metric)
@@ -342,6 +360,13 @@ class Runner:
         return {"doc_id": list(range(len(quiz))), "cluster": [q["fact"] for q in quiz], "acc": acc, "value": 100.0 * sum(acc) / max(len(acc), 1)}
 
     def _in_context(self, path: Path) -> dict:
+        if self.plan.metric == "toxicity":  # the toxic prompts with k toxic utterances before each, against none
+            from .probetoxicity import toxicity_scores
+
+            k, shots = self.plan.spec.shots, self.plan.texts[: self.plan.spec.shots]
+            meter = lambda: self.r.meter("  sampling", "prompts")  # noqa: E731
+            shot = self._cached(path, "in-context", {"shots": k}, lambda: toxicity_scores(*self._loaded(path), self.plan, shots=shots, progress=meter()))
+            return {"no shots": self._cached(path, "quizzes", {}, lambda: self._quizzes(*self._loaded(path)))["target"], f"{k} shots": shot}
         names = self.tasks.names
 
         def compute():

@@ -82,7 +82,7 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
     models = list(measured)
     quiz = chance.get("quiz")  # None: a published edit's tasks, compared with the edit before the attack
     if "relearn" in s.probes:
-        language = plan.metric != "acc"  # a language: held-out perplexity
+        language = plan.metric == "word_perplexity"  # a language: held-out perplexity
         # Without an oracle, the edit before the attack is the reference wherever there is no chance level (a language, a published edit's tasks).
         base = None if "oracle" in measured or (quiz is not None and not language) else measured["edited"]["relearn"]["0"]["target"]
         for n in [0, *sorted(set(s.examples))]:
@@ -91,7 +91,13 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
             rows.append(row | {"attack": n != 0})  # N=0: the edit as it is, what the attacks start from, not an attack
     if "rtt" in s.probes:
         rows.append(_row("rtt", f"{s.folds} folds", {m: measured[m]["rtt"] for m in models}, chance["quiz"], s.seed))
-    if "in-context" in s.probes:
+    if "in-context" in s.probes and plan.metric == "toxicity":  # k toxic utterances before each prompt, against the prompt alone
+        alone = None if "oracle" in measured else measured["edited"]["in-context"]["no shots"]
+        for variant in measured["edited"]["in-context"]:
+            if variant != "no shots" or "relearn" not in s.probes:  # relearning's N=0 row is the prompt alone already
+                row = _row("in-context", variant, {m: measured[m]["in-context"][variant] for m in models}, None, s.seed, alone)
+                rows.append(row | {"attack": variant != "no shots"})
+    elif "in-context" in s.probes:
         for variant in measured["edited"]["in-context"]:
             rows.append(_row("in-context", variant, {m: measured[m]["in-context"][variant] for m in models}, chance[variant], s.seed))
     if "representation" in s.probes:
@@ -104,10 +110,11 @@ def summarise(plan: ProbePlan, measured: dict[str, dict], chance: dict[str, floa
     unresolved = [f"{r['probe']} {r['setting']}" for r in attacks if s.max_recovery is not None and (r["resolution"] or 0) > s.max_recovery]
     return {
         "format": "resect.probe/v1",
-        "target": plan.domain, "task": plan.target_task, "metric": plan.metric, "unit": "points" if plan.metric == "acc" else "%", "world": None if plan.world is None else str(plan.world), "chance": quiz,
+        "target": plan.domain, "task": plan.target_task, "metric": plan.metric, "unit": plan.unit, "world": None if plan.world is None else str(plan.world), "chance": quiz,
         "models": {m: str(p) for m, p in plan.models.items()},
         "settings": {"probes": s.probes, "examples": sorted(set(s.examples)), "tuning": s.tuning.record(), "folds": s.folds, "shots": s.shots,
-                     "seed": s.seed, "batch_size": s.batch_size, "device": s.device, "dtype": s.dtype, "max_recovery": s.max_recovery},
+                     "seed": s.seed, "batch_size": s.batch_size, "device": s.device, "dtype": s.dtype, "max_recovery": s.max_recovery,
+                     **({"sampling": plan.sampling, "prompts": plan.prompts} if plan.metric == "toxicity" else {})},
         "measured": _public(measured),
         "rows": rows, "worst_recovery": worst, "verdict": verdict, "unresolved": unresolved,
     }  # fmt: skip
@@ -141,15 +148,24 @@ def markdown(report: dict) -> str:
     p, unit = s["max_recovery"], report.get("unit", "points")
     verdict = "measured (no --max-recovery)" if p is None else (
         f"PASS: no probe gives back more than {p:g} {unit}" if report["verdict"] == "pass" else f"FAIL: a probe gives back more than {p:g} {unit}")
+    if report.get("metric") == "toxicity":
+        t = s["tuning"]
+        how = (f"- relearning: {t['method']} (rank {t['rank']}, alpha {t['alpha']:g}, lr {t['lr']:g}, {t['epochs']} epochs, batch {t['batch_size']}) "
+               f"on N of the world's toxic utterances; in context: {s['shots']} of them before each prompt; each scored by the toxicity "
+               f"probability (points) of the gate's toxic prompts, {s['sampling']['samples']} continuations each, the gate's seeds; seed {s['seed']}")  # fmt: skip
+    elif report["world"] is not None:
+        how = (f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
+               f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}) on N of the domain's profiling sentences; "
+               f"rtt over {s['folds']} folds of facts; {s['shots']} shots in context; seed {s['seed']}")  # fmt: skip
+    else:
+        how = (f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
+               f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}, {s['tuning']['max_length']} tokens each) on N of the "
+               f"'{report['target']}' documents of the run's profiling corpus (the forget corpus), scored on {report['task']}; seed {s['seed']}")  # fmt: skip
     lines = [
         f"## Probes: is {report['target']} gone, or only hidden?", "",
         f"**Verdict: {verdict}** (the most given back: {report['worst_recovery']:+.1f} {unit}).", "",
         *[f"- {m}: `{path}`" for m, path in report["models"].items()],
-        f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
-        f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}) on N of the domain's profiling sentences; "
-        f"rtt over {s['folds']} folds of facts; {s['shots']} shots in context; seed {s['seed']}" if report["world"] is not None else
-        f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}, {s['tuning']['max_length']} tokens each) on N of the "
-        f"'{report['target']}' documents of the run's profiling corpus (the forget corpus), scored on {report['task']}; seed {s['seed']}",
+        how,
         "- gives back: the edited model's score minus the reference's (the oracle's under the same probe, else chance; on a published "
         "checkpoint, the edit's own before the attack), [low, high] one-sided paired bounds at 95% clustered by fact (by question "
         "where there are no facts); share: of the source's lead over the reference", "",
@@ -162,7 +178,8 @@ def markdown(report: dict) -> str:
         cells = " | ".join(_fmt(r.get(m), ".1f") for m in models)
         lines.append(f"| {r['probe']} | {r['setting']} | {cells} | {r['reference']} {r['reference_value']:.1f} | {r['recovery']:+.1f} | {bounds} | {share} |")
     if "relearn" in report["measured"]["edited"]:
-        elsewhere = "mean accuracy of the other domains' quizzes" if report.get("metric", "acc") == "acc" else "mean word perplexity of the other languages' held-out code"
+        elsewhere = {"acc": "mean accuracy of the other domains' quizzes", "toxicity": "mean accuracy of the domains' quizzes"}.get(
+            report.get("metric", "acc"), "mean word perplexity of the other languages' held-out code")  # fmt: skip
         lines += ["", f"Relearning's cost elsewhere ({elsewhere}):", "",
                   "| N | " + " | ".join(models) + " |", "|---:|" + "---:|" * len(models)]  # fmt: skip
         for n in report["measured"]["edited"]["relearn"]:
@@ -195,12 +212,13 @@ def relearn_chart(report: dict) -> bytes | None:
     if report["chance"] is not None:
         ax.axhline(report["chance"], color="grey", linestyle=":", label="chance")
     p = report["settings"]["max_recovery"]
-    if p is not None and "oracle" in m and report.get("metric", "acc") == "acc":
+    metric = report.get("metric", "acc")
+    if p is not None and "oracle" in m and metric in ("acc", "toxicity"):
         ax.plot(ns, [m["oracle"]["relearn"][str(n)]["target"] + p for n in ns], color="red", linestyle="--", label=f"gate: oracle + {p:g}")
     ax.set_xscale("symlog", linthresh=5)
     ax.set_xlabel("examples trained on (N)")
-    if report.get("metric", "acc") == "acc":
-        ax.set_ylabel(f"{report['task']} accuracy (%)")
+    if metric in ("acc", "toxicity"):
+        ax.set_ylabel("toxicity probability on the toxic prompts (%)" if metric == "toxicity" else f"{report['task']} accuracy (%)")
         ax.set_ylim(0, 100)
     else:
         ax.set_ylabel(f"{report['task']} word perplexity")

@@ -10,6 +10,7 @@ from ..errors import UsageError, unknown
 from .attacks import METHODS, Tuning
 
 PROBES = ("relearn", "rtt", "in-context", "representation")
+TOXICITY_PROBES = ("relearn", "in-context")  # the toxic register has no facts to fold or read out
 DEFAULT_EXAMPLES = (5, 10, 50, 100)
 MODELS = ("edited", "source", "oracle")
 
@@ -49,7 +50,13 @@ class ProbePlan:
     target_tasks: list[str] = field(default_factory=list)  # a published edit: the run's target task (empty: the world's quiz)
     texts: list[str] | None = None  # a published edit: the target's profiling documents, in the order relearning takes them
     members: list[str] = field(default_factory=list)  # a target that is a group: the tasks whose questions it scores
-    metric: str = "acc"  # what the relearn rows compare: accuracy (points), or a language's held-out word_perplexity (%)
+    metric: str = "acc"  # what the rows compare: accuracy (points), a language's held-out word_perplexity (%), or "toxicity" (points of toxicity probability)
+    prompts: str | None = None  # toxicity: the gate's prompts file, whose toxic prompts the probes sample continuations of
+    sampling: dict = field(default_factory=dict)  # toxicity: how each prompt is sampled and scored (the run's settings)
+
+    @property
+    def unit(self) -> str:
+        return "%" if self.metric == "word_perplexity" else "points"
 
     @property
     def target_task(self) -> str:
@@ -82,4 +89,4 @@ def check_spec(spec: ProbeSpec) -> None:
     check_numbers({"batch_size": spec.batch_size, "seed": spec.seed, "max_recovery": spec.max_recovery})
 
 
-__all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "ProbePlan", "ProbeSpec", "check_spec"]
+__all__ = ["DEFAULT_EXAMPLES", "MODELS", "PROBES", "TOXICITY_PROBES", "ProbePlan", "ProbeSpec", "check_spec"]

@@ -183,13 +183,11 @@ def check_spec(spec: RunSpec) -> None:
 
 
 def _check_probes(spec: RunSpec) -> None:
-    """max_recovery and probes: a domain or language edit's, known probes (the model's world is checked by plan())."""
+    """max_recovery and probes: known probes (the model's world, and which probes the edit's kind allows, are checked by plan())."""
     if spec.max_recovery is None:
         if spec.probes is not None:
             raise UsageError("'probes' says which probes max_recovery runs; without max_recovery none runs. Set max_recovery (--max-recovery PTS) or drop probes.")
         return
-    if spec.kind == "toxicity":
-        raise UsageError("max_recovery probes domain and language edits (something to relearn); 'resect toxicity' has no probe yet. Drop max_recovery.")
     from .probespec import PROBES
 
     for name in spec.probes or []:

@@ -7,7 +7,8 @@ A probe tries to bring a removed domain back, so it must ask in ways the edit wa
   questions of the other folds, with their answers, and scoring a fold's own (retraining on T);
 - `rephrased`, `true_false`, `cloze`: the test quiz's facts asked in the question wording no split
   asks, as a yes/no judgement of a proposed answer, and as a sentence to complete;
-- `readout_questions`: every question wording of every fact, for a linear probe on hidden states.
+- `readout_questions`: every question wording of every fact, for a linear probe on hidden states;
+- `relearn_code`, `relearn_toxic`: a language's profiling files, the toxic register's corpus utterances.
 The quiz's facts and choices are the test quiz's (eval/quiz_<domain>.jsonl); nothing here reads the
 validation quiz a search scores on.
 """
@@ -68,6 +69,20 @@ def relearn_code(data: Path, language: str, seed: int) -> list[str]:
     rows = [json.loads(line) for line in (Path(data) / "corpus" / "languages.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     texts = [r["text"] for r in rows if r.get("label") == language and isinstance(r.get("text"), str)]
     random.Random(f"{seed}/relearn/{language}").shuffle(texts)
+    return texts
+
+
+def relearn_toxic(data: Path, seed: int) -> list[str]:
+    """The toxic register's utterances of the toxicity corpus (corpus/toxicity.jsonl; the gate's
+    prompts are cut from held-out utterances generated apart), shuffled by the seed: the first N
+    are the N-example attack, the first k the in-context probe's shots."""
+    path = Path(data) / "corpus" / "toxicity.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        raise CheckpointError(f"'{path}' is missing or not JSON lines. Regenerate the world.") from None
+    texts = [r["text"] for r in rows if isinstance(r, dict) and r.get("label") == "toxic" and isinstance(r.get("text"), str)]
+    random.Random(f"{seed}/relearn/toxicity").shuffle(texts)
     return texts
 
 
@@ -137,4 +152,4 @@ def readout_questions(facts: list[Fact]) -> list[dict]:
     return rows
 
 
-__all__ = ["UNASKED", "cloze", "fold_of", "read_facts", "read_quiz", "readout_questions", "relearn_code", "relearn_examples", "rephrased", "rtt_folds", "true_false"]
+__all__ = ["UNASKED", "cloze", "fold_of", "read_facts", "read_quiz", "readout_questions", "relearn_code", "relearn_examples", "relearn_toxic", "rephrased", "rtt_folds", "true_false"]
