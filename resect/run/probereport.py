@@ -148,19 +148,16 @@ def markdown(report: dict) -> str:
     p, unit = s["max_recovery"], report.get("unit", "points")
     verdict = "measured (no --max-recovery)" if p is None else (
         f"PASS: no probe gives back more than {p:g} {unit}" if report["verdict"] == "pass" else f"FAIL: a probe gives back more than {p:g} {unit}")
+    t = s["tuning"]
+    tuning = f"- relearning: {t['method']} (rank {t['rank']}, alpha {t['alpha']:g}, lr {t['lr']:g}, {t['epochs']} epochs, batch {t['batch_size']}"
     if report.get("metric") == "toxicity":
-        t = s["tuning"]
-        how = (f"- relearning: {t['method']} (rank {t['rank']}, alpha {t['alpha']:g}, lr {t['lr']:g}, {t['epochs']} epochs, batch {t['batch_size']}) "
-               f"on N of the world's toxic utterances; in context: {s['shots']} of them before each prompt; each scored by the toxicity "
+        how = (f"{tuning}) on N of the world's toxic utterances; in context: {s['shots']} of them before each prompt; each scored by the toxicity "
                f"probability (points) of the gate's toxic prompts, {s['sampling']['samples']} continuations each, the gate's seeds; seed {s['seed']}")  # fmt: skip
     elif report["world"] is not None:
-        how = (f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
-               f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}) on N of the domain's profiling sentences; "
-               f"rtt over {s['folds']} folds of facts; {s['shots']} shots in context; seed {s['seed']}")  # fmt: skip
+        how = f"{tuning}) on N of the domain's profiling sentences; rtt over {s['folds']} folds of facts; {s['shots']} shots in context; seed {s['seed']}"
     else:
-        how = (f"- relearning: {s['tuning']['method']} (rank {s['tuning']['rank']}, alpha {s['tuning']['alpha']:g}, lr {s['tuning']['lr']:g}, "
-               f"{s['tuning']['epochs']} epochs, batch {s['tuning']['batch_size']}, {s['tuning']['max_length']} tokens each) on N of the "
-               f"'{report['target']}' documents of the run's profiling corpus (the forget corpus), scored on {report['task']}; seed {s['seed']}")  # fmt: skip
+        how = (f"{tuning}, {t['max_length']} tokens each) on N of the '{report['target']}' documents of the run's profiling corpus "
+               f"(the forget corpus), scored on {report['task']}; seed {s['seed']}")  # fmt: skip
     lines = [
         f"## Probes: is {report['target']} gone, or only hidden?", "",
         f"**Verdict: {verdict}** (the most given back: {report['worst_recovery']:+.1f} {unit}).", "",
